@@ -1,0 +1,32 @@
+package events
+
+// Route says that events of Type (and, when set, Source) go to Function.
+type Route struct {
+	Type     string
+	Source   string
+	Function string
+}
+
+// Routes is the routing table. deploy/ has one Trigger per row, the
+// all-in-one function dispatches by it, and the local broker loads the
+// Triggers; a test in deploy keeps them in step.
+var Routes = []Route{
+	{Type: SessionCreated, Function: "autoscale"},
+	{Type: SessionTerminated, Function: "autoscale"},
+	{Type: Ping, Source: AutoscaleTickSource, Function: "autoscale"},
+	{Type: SnapshotRequested, Function: "snapshot"},
+	{Type: RestoreRequested, Function: "restore"},
+	{Type: TemplateUpdated, Function: "tags"},
+	{Type: Ping, Source: MailHealthSource, Function: "mailtest"},
+}
+
+// RoutesFor returns the rows that deliver to function.
+func RoutesFor(function string) []Route {
+	var out []Route
+	for _, r := range Routes {
+		if r.Function == function {
+			out = append(out, r)
+		}
+	}
+	return out
+}

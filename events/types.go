@@ -1,0 +1,55 @@
+// Package events is the event contract of StreamSpace Functions: the type
+// names, a Go struct and a JSON Schema for each type's data, and the routing
+// table that the deploy Triggers, the all-in-one function and the local
+// broker all derive from.
+package events
+
+// Event types, named io.streamspace.<noun>.<verb>.v1.
+const (
+	SessionCreated    = "io.streamspace.session.created.v1"
+	SessionTerminated = "io.streamspace.session.terminated.v1"
+	SessionTagsUpdated = "io.streamspace.session.tags.updated.v1"
+
+	AutoscaleScaled = "io.streamspace.autoscale.scaled.v1"
+	AutoscaleFailed = "io.streamspace.autoscale.failed.v1"
+
+	SnapshotRequested = "io.streamspace.snapshot.requested.v1"
+	SnapshotProgress  = "io.streamspace.snapshot.progress.v1"
+	SnapshotCompleted = "io.streamspace.snapshot.completed.v1"
+	SnapshotFailed    = "io.streamspace.snapshot.failed.v1"
+
+	RestoreRequested = "io.streamspace.snapshot.restore.requested.v1"
+	RestoreProgress  = "io.streamspace.snapshot.restore.progress.v1"
+	RestoreCompleted = "io.streamspace.snapshot.restore.completed.v1"
+	RestoreFailed    = "io.streamspace.snapshot.restore.failed.v1"
+
+	TemplateUpdated         = "io.streamspace.template.updated.v1"
+	TemplateShared          = "io.streamspace.template.shared.v1"
+	TemplateShareRevoked    = "io.streamspace.template.share.revoked.v1"
+	TemplateVersionCreated  = "io.streamspace.template.version.created.v1"
+	TemplateVersionRestored = "io.streamspace.template.version.restored.v1"
+
+	NotificationCreated = "io.streamspace.notification.created.v1"
+
+	IntegrationTested        = "io.streamspace.integration.tested.v1"
+	IntegrationHealthChanged = "io.streamspace.integration.health.changed.v1"
+
+	UserLogin = "io.streamspace.user.login.v1"
+
+	// Ping is the type Knative's PingSource emits; the source tells which
+	// schedule fired.
+	Ping = "dev.knative.sources.ping"
+)
+
+// PingSource names the source attribute of a PingSource's events, as Knative
+// sets it: /apis/v1/namespaces/<namespace>/pingsources/<name>.
+func PingSource(namespace, name string) string {
+	return "/apis/v1/namespaces/" + namespace + "/pingsources/" + name
+}
+
+// The PingSources the functions subscribe to, in the default namespace.
+const (
+	DefaultNamespace    = "streamspace"
+	AutoscaleTickSource = "/apis/v1/namespaces/streamspace/pingsources/autoscale-tick"
+	MailHealthSource    = "/apis/v1/namespaces/streamspace/pingsources/mail-health"
+)

@@ -1,0 +1,3 @@
+module github.com/streamspace-dev/functions/functions/tags
+
+go 1.26.0

@@ -1,0 +1,3 @@
+module github.com/streamspace-dev/functions/shared
+
+go 1.26.0
