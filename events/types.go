@@ -6,8 +6,8 @@ package events
 
 // Event types, named io.streamspace.<noun>.<verb>.v1.
 const (
-	SessionCreated    = "io.streamspace.session.created.v1"
-	SessionTerminated = "io.streamspace.session.terminated.v1"
+	SessionCreated     = "io.streamspace.session.created.v1"
+	SessionTerminated  = "io.streamspace.session.terminated.v1"
 	SessionTagsUpdated = "io.streamspace.session.tags.updated.v1"
 
 	AutoscaleScaled = "io.streamspace.autoscale.scaled.v1"

@@ -1,0 +1,62 @@
+# StreamSpace Functions. `make run` and `make test` are the two commands;
+# everything else is for developers and CI.
+
+SHELL := /bin/bash
+MODULE := github.com/streamspace-dev/functions
+FUNCTIONS := $(notdir $(wildcard functions/*))
+BIN := bin
+GO ?= go
+
+# Tests and `make run` use DATABASE_URL when it is set; otherwise they run
+# under a throwaway PostgreSQL cluster from Debian's pg_virtualenv.
+ifeq ($(strip $(DATABASE_URL)),)
+WITH_DB := pg_virtualenv -t -o 'max_connections=300' -o 'fsync=off'
+else
+WITH_DB :=
+endif
+
+TEST_FLAGS ?= -count=1 -timeout 10m
+BENCH_FLAGS ?= -run '^$$' -bench . -benchmem -count 1 -timeout 20m
+
+.PHONY: all build run test bench lint migrate tidy clean
+
+all: build
+
+## build: one binary per function, the all-in-one, the local runner and the migrator, in bin/
+build:
+	@mkdir -p $(BIN)
+	@for f in $(FUNCTIONS); do \
+		echo "go build $(BIN)/$$f"; \
+		$(GO) build -trimpath -o $(BIN)/$$f ./functions/$$f/cmd/$$f || exit 1; \
+	done
+	$(GO) build -trimpath -o $(BIN)/streamspace ./cmd/streamspace
+	$(GO) build -trimpath -o $(BIN)/streamspace-local ./cmd/streamspace-local
+	$(GO) build -trimpath -o $(BIN)/migrate ./shared/db/cmd/migrate
+
+## run: the all-in-one function on http://localhost:8080 with an in-process broker
+run: build
+	$(WITH_DB) $(BIN)/streamspace-local
+
+## test: every module's tests against a real PostgreSQL
+test: lint
+	$(WITH_DB) $(GO) test $(TEST_FLAGS) $(MODULE)/...
+
+## bench: the benchmarks named in the issues (figures go in the closing note)
+bench: build
+	$(WITH_DB) $(GO) test $(BENCH_FLAGS) $(MODULE)/...
+
+## lint: gofmt and go vet across every module
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(MODULE)/...
+
+## migrate: apply the database migrations to DATABASE_URL
+migrate:
+	$(GO) run ./shared/db/cmd/migrate
+
+## tidy: go mod tidy in every module
+tidy:
+	@for m in $$($(GO) list -m -f '{{.Dir}}'); do (cd $$m && $(GO) mod tidy) || exit 1; done
+
+clean:
+	rm -rf $(BIN)

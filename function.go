@@ -1,0 +1,153 @@
+// Package function is the all-in-one StreamSpace function: every function in
+// one Service, for small installs and `make run`. Each REST route is mounted
+// once, on the function that owns it; a CloudEvent posted to /events/<name>
+// goes to that function (the all-in-one Triggers subscribe with those paths),
+// and one posted elsewhere goes to the function the routing table names.
+package function
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/streamspace-dev/functions/events"
+	tags "github.com/streamspace-dev/functions/functions/tags"
+	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/runtime"
+)
+
+// member is what the all-in-one needs of each function.
+type member interface {
+	Start(ctx context.Context, env map[string]string) error
+	Stop(ctx context.Context) error
+	Handle(w http.ResponseWriter, r *http.Request)
+	Routes() []string
+}
+
+// Function holds every function and the router in front of them.
+type Function struct {
+	members map[string]member
+	order   []string
+	rest    *http.ServeMux
+}
+
+// New returns the all-in-one function with every function built in.
+func New() *Function {
+	return newWith(map[string]member{
+		tags.Name: tags.New(),
+	})
+}
+
+func newWith(members map[string]member) *Function {
+	f := &Function{members: members}
+	for name := range members {
+		f.order = append(f.order, name)
+	}
+	return f
+}
+
+// Start starts every function with the same environment, then mounts each
+// one's REST routes. A route claimed twice is a start-up error.
+func (f *Function) Start(ctx context.Context, env map[string]string) (err error) {
+	rest := http.NewServeMux()
+	var started []string
+	defer func() {
+		if err != nil {
+			for _, name := range started {
+				f.members[name].Stop(ctx)
+			}
+		}
+	}()
+	for _, name := range f.order {
+		m := f.members[name]
+		if err := m.Start(ctx, env); err != nil {
+			return fmt.Errorf("start %s: %w", name, err)
+		}
+		started = append(started, name)
+		for _, pattern := range m.Routes() {
+			if err := mount(rest, pattern, m); err != nil {
+				return fmt.Errorf("mount %s route %q: %w", name, pattern, err)
+			}
+		}
+	}
+	f.rest = rest
+	return nil
+}
+
+func mount(mux *http.ServeMux, pattern string, m member) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%v", p)
+		}
+	}()
+	mux.HandleFunc(pattern, m.Handle)
+	return nil
+}
+
+// Stop stops every function.
+func (f *Function) Stop(ctx context.Context) error {
+	var all []error
+	for _, name := range f.order {
+		all = append(all, f.members[name].Stop(ctx))
+	}
+	return errors.Join(all...)
+}
+
+// Handle routes a request to the function that owns it.
+func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
+	if name, ok := strings.CutPrefix(r.URL.Path, "/events/"); ok {
+		m, found := f.members[name]
+		if !found {
+			runtime.WriteError(w, r, errs.E(errs.NotFound, "no function %q", name))
+			return
+		}
+		m.Handle(w, r)
+		return
+	}
+	if runtime.IsCloudEvent(r) {
+		f.routeEvent(w, r)
+		return
+	}
+	if _, pattern := f.rest.Handler(r); pattern == "" {
+		runtime.WriteError(w, r, errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path))
+		return
+	}
+	f.rest.ServeHTTP(w, r)
+}
+
+// routeEvent delivers an event posted to / by the routing table. Binary-mode
+// attributes are in headers; a structured event is peeked without being
+// consumed, since the member reads the body again.
+func (f *Function) routeEvent(w http.ResponseWriter, r *http.Request) {
+	typ, source := r.Header.Get("Ce-Type"), r.Header.Get("Ce-Source")
+	if typ == "" {
+		body, err := runtime.PeekBody(r)
+		if err != nil {
+			runtime.WriteJSONStatus(w, errs.EventStatus(err), err)
+			return
+		}
+		var e cloudevents.Event
+		if err := e.UnmarshalJSON(body); err == nil {
+			typ, source = e.Type(), e.Source()
+		}
+	}
+	var owner member
+	for _, route := range events.Routes {
+		if route.Type == typ && (route.Source == "" || route.Source == source) {
+			if m, ok := f.members[route.Function]; ok {
+				owner = m
+				break
+			}
+		}
+	}
+	if owner == nil {
+		err := errs.E(errs.Invalid, "no function here handles event type %q from %q", typ, source)
+		runtime.WriteJSONStatus(w, errs.EventStatus(err), err)
+		return
+	}
+	owner.Handle(w, r)
+}

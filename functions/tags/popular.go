@@ -1,0 +1,161 @@
+package function
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/runtime"
+)
+
+// Limits of GET /api/v1/search/filters/tags.
+const (
+	DefaultPopularLimit = 50
+	MaxPopularLimit     = 200
+	maxCategoryLength   = 100
+)
+
+// TagCount is one tag and the number of catalog templates carrying it.
+type TagCount struct {
+	Tag   string `json:"tag"`
+	Count int64  `json:"count"`
+}
+
+// popularSQL counts each tag once per template across catalog_templates.
+// Null tags, non-arrays, non-string elements and blank strings are skipped
+// rather than failing the query. $1 category (null: all), $2 limit.
+const popularSQL = `
+	select t.tag, count(*) as n
+	from catalog_templates c
+	cross join lateral (
+		select distinct e #>> '{}' as tag
+		from jsonb_array_elements(c.tags) as e
+		where jsonb_typeof(e) = 'string' and btrim(e #>> '{}') <> ''
+	) t
+	where jsonb_typeof(c.tags) = 'array'
+	  and ($1::text is null or c.category = $1)
+	group by t.tag
+	order by n desc, t.tag asc
+	limit $2`
+
+// PopularTags returns the most used catalog tags, optionally in one category.
+func (s *Store) PopularTags(ctx context.Context, category *string, limit int) ([]TagCount, error) {
+	rows, err := s.Pool.Query(ctx, popularSQL, category, limit)
+	if err != nil {
+		return nil, fmt.Errorf("popular tags: %w", err)
+	}
+	defer rows.Close()
+	out := make([]TagCount, 0, limit)
+	for rows.Next() {
+		var tc TagCount
+		if err := rows.Scan(&tc.Tag, &tc.Count); err != nil {
+			return nil, fmt.Errorf("popular tags: %w", err)
+		}
+		out = append(out, tc)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("popular tags: %w", err)
+	}
+	return out, nil
+}
+
+func parsePopularQuery(r *http.Request) (category *string, limit int, err error) {
+	q := r.URL.Query()
+	limit = DefaultPopularLimit
+	if v := q.Get("limit"); v != "" || q.Has("limit") {
+		n, perr := strconv.Atoi(v)
+		if perr != nil || n < 1 || n > MaxPopularLimit {
+			return nil, 0, errs.E(errs.Invalid, "limit %q: want an integer from 1 to %d", truncate(v), MaxPopularLimit)
+		}
+		limit = n
+	}
+	if q.Has("category") {
+		c := q.Get("category")
+		if c == "" || len(c) > maxCategoryLength || hasControl(c) {
+			return nil, 0, errs.E(errs.Invalid, "category %q: want 1-%d printable characters", truncate(c), maxCategoryLength)
+		}
+		category = &c
+	}
+	return category, limit, nil
+}
+
+func (f *Function) popularTags(w http.ResponseWriter, r *http.Request, _ authn.Identity) error {
+	category, limit, err := parsePopularQuery(r)
+	if err != nil {
+		return err
+	}
+	tags, err := f.cache.get(r.Context(), category, limit, f.store.PopularTags)
+	if err != nil {
+		return err
+	}
+	runtime.WriteJSON(w, http.StatusOK, tags)
+	return nil
+}
+
+// popularCache keeps popular-tag results per (category, limit) for ttl.
+// Concurrent misses for one key share a single query. clear drops every
+// entry; a query that started before clear does not refill the cache.
+type popularCache struct {
+	ttl   time.Duration
+	now   func() time.Time
+	group singleflight.Group
+
+	mu         sync.Mutex
+	generation uint64
+	entries    map[string]cacheEntry
+}
+
+type cacheEntry struct {
+	tags    []TagCount
+	expires time.Time
+}
+
+func newPopularCache(ttl time.Duration) *popularCache {
+	return &popularCache{ttl: ttl, now: time.Now, entries: make(map[string]cacheEntry)}
+}
+
+type loader func(ctx context.Context, category *string, limit int) ([]TagCount, error)
+
+func (c *popularCache) get(ctx context.Context, category *string, limit int, load loader) ([]TagCount, error) {
+	key := strconv.Itoa(limit) + "\x00"
+	if category != nil {
+		key += "c" + *category
+	}
+	c.mu.Lock()
+	e, ok := c.entries[key]
+	gen := c.generation
+	c.mu.Unlock()
+	if ok && c.now().Before(e.expires) {
+		return e.tags, nil
+	}
+	v, err, _ := c.group.Do(key+"\x00"+strconv.FormatUint(gen, 10), func() (any, error) {
+		tags, err := load(context.WithoutCancel(ctx), category, limit)
+		if err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		if c.generation == gen {
+			c.entries[key] = cacheEntry{tags: tags, expires: c.now().Add(c.ttl)}
+		}
+		c.mu.Unlock()
+		return tags, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.([]TagCount), nil
+}
+
+func (c *popularCache) clear() {
+	c.mu.Lock()
+	c.generation++
+	clear(c.entries)
+	c.mu.Unlock()
+}

@@ -1,0 +1,94 @@
+package fntest
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+)
+
+// Sink is a CloudEvents receiver standing in for K_SINK's broker ingress.
+// It records what it accepted and can be told to refuse deliveries.
+type Sink struct {
+	URL string
+
+	mu       sync.Mutex
+	events   []cloudevents.Event
+	failures int
+	refused  int
+}
+
+// NewSink starts a sink for the test.
+func NewSink(tb testing.TB) *Sink {
+	s := &Sink{}
+	srv := httptest.NewServer(http.HandlerFunc(s.serve))
+	tb.Cleanup(srv.Close)
+	s.URL = srv.URL
+	return s
+}
+
+func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	if s.failures > 0 {
+		s.failures--
+		s.refused++
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	s.mu.Unlock()
+	e, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	s.events = append(s.events, *e)
+	s.mu.Unlock()
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// FailNext makes the next n deliveries fail with 503.
+func (s *Sink) FailNext(n int) {
+	s.mu.Lock()
+	s.failures = n
+	s.mu.Unlock()
+}
+
+// Refused reports how many deliveries were refused.
+func (s *Sink) Refused() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
+}
+
+// Events returns what the sink accepted, in arrival order.
+func (s *Sink) Events() []cloudevents.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]cloudevents.Event(nil), s.events...)
+}
+
+// WaitFor waits up to timeout until an event of eventType arrived and
+// returns every such event.
+func (s *Sink) WaitFor(ctx context.Context, eventType string, timeout time.Duration) []cloudevents.Event {
+	deadline := time.Now().Add(timeout)
+	for {
+		var out []cloudevents.Event
+		for _, e := range s.Events() {
+			if e.Type() == eventType {
+				out = append(out, e)
+			}
+		}
+		if len(out) > 0 || time.Now().After(deadline) || ctx.Err() != nil {
+			return out
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

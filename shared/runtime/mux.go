@@ -1,0 +1,172 @@
+package runtime
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/errs"
+)
+
+// Authenticator tells who sent a REST request.
+type Authenticator interface {
+	Authenticate(r *http.Request) (authn.Identity, error)
+}
+
+// RouteHandler serves an authenticated REST request. A returned error is
+// written as a JSON error body with the status of its kind.
+type RouteHandler func(w http.ResponseWriter, r *http.Request, who authn.Identity) error
+
+// EventHandler handles one CloudEvent whose data already passed its schema.
+// A non-nil reply is returned to the broker, which routes it on. An error's
+// kind decides whether the broker retries (see errs.EventStatus).
+type EventHandler func(ctx context.Context, e cloudevents.Event) (reply *cloudevents.Event, err error)
+
+// Mux is one function's handler: CloudEvents by type and REST routes by
+// pattern on a single http.Handler, as DESIGN §3 requires.
+type Mux struct {
+	function string
+	auth     Authenticator
+	validate func(cloudevents.Event) error
+	routes   *http.ServeMux
+	patterns []string
+	events   map[string]EventHandler
+}
+
+// NewMux returns a Mux for function. auth checks every REST request;
+// validate checks every event before its handler runs.
+func NewMux(function string, auth Authenticator, validate func(cloudevents.Event) error) *Mux {
+	return &Mux{
+		function: function,
+		auth:     auth,
+		validate: validate,
+		routes:   http.NewServeMux(),
+		events:   make(map[string]EventHandler),
+	}
+}
+
+// Route serves pattern (an http.ServeMux pattern with method, e.g.
+// "POST /api/v1/batch/sessions/update-tags") with h, behind authentication.
+func (m *Mux) Route(pattern string, h RouteHandler) {
+	m.patterns = append(m.patterns, pattern)
+	m.routes.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		AddLogAttrs(r.Context(), slog.String("function", m.function))
+		who, err := m.auth.Authenticate(r)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="streamspace"`)
+			WriteError(w, r, err)
+			return
+		}
+		AddLogAttrs(r.Context(), slog.String("user", who.Subject))
+		r = r.WithContext(authn.WithIdentity(r.Context(), who))
+		if err := h(w, r, who); err != nil {
+			WriteError(w, r, err)
+		}
+	})
+}
+
+// On handles events of eventType with h.
+func (m *Mux) On(eventType string, h EventHandler) { m.events[eventType] = h }
+
+// Patterns lists the REST patterns this Mux serves.
+func (m *Mux) Patterns() []string { return append([]string(nil), m.patterns...) }
+
+// EventTypes lists the event types this Mux handles.
+func (m *Mux) EventTypes() []string {
+	out := make([]string, 0, len(m.events))
+	for t := range m.events {
+		out = append(out, t)
+	}
+	return out
+}
+
+// ServeHTTP sends CloudEvents to their handler and everything else to the
+// REST routes.
+func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if IsCloudEvent(r) {
+		m.serveEvent(w, r)
+		return
+	}
+	if _, pattern := m.routes.Handler(r); pattern == "" {
+		WriteError(w, r, errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path))
+		return
+	}
+	m.routes.ServeHTTP(w, r)
+}
+
+// IsCloudEvent reports whether r carries a CloudEvent in binary or
+// structured mode.
+func IsCloudEvent(r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		return false
+	}
+	if r.Header.Get("Ce-Specversion") != "" {
+		return true
+	}
+	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/cloudevents")
+}
+
+func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	AddLogAttrs(ctx, slog.String("function", m.function))
+	msg := cehttp.NewMessageFromHttpRequest(r)
+	defer msg.Finish(nil)
+	if msg.ReadEncoding() == binding.EncodingBatch {
+		m.eventError(w, r, errs.E(errs.Invalid, "batched CloudEvents are not accepted"))
+		return
+	}
+	e, err := binding.ToEvent(ctx, msg)
+	if err != nil {
+		m.eventError(w, r, classifyBody(errs.Wrap(errs.Invalid, err, "malformed CloudEvent: %v", err)))
+		return
+	}
+	AddLogAttrs(ctx,
+		slog.String("eventId", e.ID()),
+		slog.String("eventType", e.Type()),
+		slog.String("eventSource", e.Source()))
+	h, ok := m.events[e.Type()]
+	if !ok {
+		m.eventError(w, r, errs.E(errs.Invalid, "function %s does not handle event type %q", m.function, e.Type()))
+		return
+	}
+	if err := m.validate(*e); err != nil {
+		m.eventError(w, r, err)
+		return
+	}
+	reply, err := h(ctx, *e)
+	if err != nil {
+		m.eventError(w, r, err)
+		return
+	}
+	if reply == nil {
+		AddLogAttrs(ctx, slog.String("outcome", "handled"))
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	AddLogAttrs(ctx, slog.String("outcome", "replied"), slog.String("replyType", reply.Type()), slog.String("replyId", reply.ID()))
+	if err := cehttp.WriteResponseWriter(ctx, binding.ToMessage(reply), http.StatusOK, w); err != nil {
+		AddLogAttrs(ctx, slog.String("error", err.Error()))
+	}
+}
+
+// eventError answers a delivery that failed. A status under 500 tells the
+// broker the event is final; 5xx asks for a retry.
+func (m *Mux) eventError(w http.ResponseWriter, r *http.Request, err error) {
+	outcome := "rejected"
+	if errs.Retryable(err) {
+		outcome = "retry"
+	}
+	AddLogAttrs(r.Context(), slog.String("outcome", outcome), slog.String("error", err.Error()))
+	WriteJSONStatus(w, errs.EventStatus(err), err)
+}
+
+// WriteJSONStatus writes err's JSON error body with an explicit status.
+func WriteJSONStatus(w http.ResponseWriter, status int, err error) {
+	WriteJSON(w, status, errorBody{Error: errorDetail{Code: errs.KindOf(err), Message: errs.Message(err)}})
+}

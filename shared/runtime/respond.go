@@ -1,0 +1,101 @@
+package runtime
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/streamspace-dev/functions/shared/errs"
+)
+
+var errPanic = errors.New("handler panicked")
+
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    errs.Kind `json:"code"`
+	Message string    `json:"message"`
+}
+
+// WriteJSON writes v as JSON with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// WriteError writes err as {"error":{"code","message"}} with the status of
+// its kind. Only the client-safe message leaves the process; the full error
+// goes to the request's log line.
+func WriteError(w http.ResponseWriter, r *http.Request, err error) {
+	err = classifyBody(err)
+	AddLogAttrs(r.Context(), slog.String("error", err.Error()))
+	WriteJSON(w, errs.HTTPStatus(err), errorBody{Error: errorDetail{Code: errs.KindOf(err), Message: errs.Message(err)}})
+}
+
+// classifyBody gives a body-size overrun its own kind wherever it surfaces.
+func classifyBody(err error) error {
+	var mb *http.MaxBytesError
+	if errors.As(err, &mb) && errs.KindOf(err) != errs.TooLarge {
+		return errs.Wrap(errs.TooLarge, err, "request body exceeds %d bytes", mb.Limit)
+	}
+	return err
+}
+
+// DecodeJSON reads one JSON object from r's body into v. Unknown fields,
+// trailing data, wrong types and an oversized body are client errors whose
+// message names the problem.
+func DecodeJSON(r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return errs.E(errs.Invalid, "content type %q: want application/json", ct)
+	}
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return decodeError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errs.E(errs.Invalid, "request body must hold one JSON object")
+	}
+	return nil
+}
+
+func decodeError(err error) error {
+	var (
+		mb  *http.MaxBytesError
+		se  *json.SyntaxError
+		ute *json.UnmarshalTypeError
+	)
+	switch {
+	case errors.As(err, &mb):
+		return errs.Wrap(errs.TooLarge, err, "request body exceeds %d bytes", mb.Limit)
+	case errors.Is(err, io.EOF):
+		return errs.E(errs.Invalid, "request body is empty")
+	case errors.As(err, &se):
+		return errs.E(errs.Invalid, "malformed JSON at byte %d", se.Offset)
+	case errors.As(err, &ute):
+		return errs.E(errs.Invalid, "field %q: got %s, want %s", ute.Field, ute.Value, ute.Type)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return errs.E(errs.Invalid, "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	default:
+		return errs.Wrap(errs.Invalid, err, "malformed JSON: %s", fmt.Sprint(err))
+	}
+}
+
+// PeekBody reads r's body and puts it back, so a router can look at it
+// before the handler reads it.
+func PeekBody(r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return nil, classifyBody(errs.Wrap(errs.Invalid, err, "read body"))
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return body, nil
+}

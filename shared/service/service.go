@@ -1,0 +1,144 @@
+// Package service wires what every function needs from its environment: the
+// typed config, the database pool, the token verifier, the outbox for
+// emitted events and the Mux that serves events and REST routes. A
+// function's Start calls Start here, then registers its routes and events.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/db"
+	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/outbox"
+	"github.com/streamspace-dev/functions/shared/runtime"
+)
+
+// Base is the configuration every function shares (DESIGN §3). A function's
+// own config struct embeds it.
+type Base struct {
+	// DatabaseURL is the PostgreSQL connection string.
+	DatabaseURL string `env:"DATABASE_URL,required"`
+	// Sink is where emitted events go; Knative's SinkBinding sets it.
+	Sink string `env:"K_SINK"`
+	// AuthIssuer is the expected iss of bearer tokens.
+	AuthIssuer string `env:"AUTH_ISSUER,required"`
+	// AuthAudience is the expected aud of bearer tokens.
+	AuthAudience string `env:"AUTH_AUDIENCE,required"`
+	// AuthJWKSURL serves the issuer's signing keys.
+	AuthJWKSURL string `env:"AUTH_JWKS_URL,required"`
+	// AuthRoleClaim is the dotted claim path holding the role.
+	AuthRoleClaim string `env:"AUTH_ROLE_CLAIM" envDefault:"role"`
+	// Namespace is where StreamSpace sessions run.
+	Namespace string `env:"STREAMSPACE_NAMESPACE" envDefault:"streamspace"`
+	// OutboxInterval is how often undelivered events are retried.
+	OutboxInterval time.Duration `env:"OUTBOX_INTERVAL" envDefault:"15s"`
+}
+
+// base lets Start reach the Base inside any config that embeds it.
+func (b *Base) base() *Base { return b }
+
+type hasBase interface{ base() *Base }
+
+// Load parses env into cfg, a pointer to a struct that embeds Base. A missing
+// required variable is an error that names it.
+func Load(environ map[string]string, cfg any) error {
+	if err := env.ParseWithOptions(cfg, env.Options{Environment: environ}); err != nil {
+		var agg env.AggregateError
+		if errors.As(err, &agg) {
+			return fmt.Errorf("config: %w", errors.Join(agg.Errors...))
+		}
+		return fmt.Errorf("config: %w", err)
+	}
+	return nil
+}
+
+// Service is one started function's dependencies.
+type Service struct {
+	Name   string
+	Pool   *pgxpool.Pool
+	Auth   *authn.Verifier
+	Outbox *outbox.Outbox
+	Mux    *runtime.Mux
+	Log    *slog.Logger
+
+	stop context.CancelFunc
+}
+
+// Start loads cfg from environ, connects to the database, prepares the
+// verifier and the outbox, and returns a Service whose Mux is ready for the
+// function's routes and event handlers. validate checks every incoming event
+// (events.Validate).
+func Start(ctx context.Context, name string, environ map[string]string, cfg hasBase, validate func(cloudevents.Event) error) (*Service, error) {
+	if err := Load(environ, cfg); err != nil {
+		return nil, err
+	}
+	b := cfg.base()
+	log := slog.Default().With("function", name)
+	pool, err := db.Open(ctx, b.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	verifier, err := authn.NewVerifier(ctx, authn.Config{
+		Issuer:    b.AuthIssuer,
+		Audience:  b.AuthAudience,
+		JWKSURL:   b.AuthJWKSURL,
+		RoleClaim: b.AuthRoleClaim,
+	})
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	ob, err := outbox.New(pool, name, b.Sink, log)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	go ob.Run(runCtx, b.OutboxInterval)
+	return &Service{
+		Name:   name,
+		Pool:   pool,
+		Auth:   verifier,
+		Outbox: ob,
+		Mux:    runtime.NewMux(name, verifier, validate),
+		Log:    log,
+		stop:   stop,
+	}, nil
+}
+
+// Stop ends background work and closes the pool.
+func (s *Service) Stop(context.Context) error {
+	if s == nil {
+		return nil
+	}
+	s.stop()
+	s.Pool.Close()
+	return nil
+}
+
+// Serve is a function's Handle: it answers 503 until Start has run.
+func (s *Service) Serve(w http.ResponseWriter, r *http.Request) {
+	if s == nil {
+		runtime.WriteError(w, r, errs.E(errs.Unavailable, "function is starting"))
+		return
+	}
+	s.Mux.ServeHTTP(w, r)
+}
+
+// Emit flushes the outbox after a commit so events leave promptly; what
+// fails stays queued for the background retry.
+func (s *Service) Emit(ctx context.Context) {
+	if _, err := s.Outbox.Flush(ctx); err != nil {
+		s.Log.Warn("emit after commit failed; queued for retry", "err", err)
+	}
+}
