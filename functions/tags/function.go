@@ -57,7 +57,6 @@ func (f *Function) Stop(ctx context.Context) error { return f.svc.Stop(ctx) }
 // Handle serves CloudEvents and REST routes.
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) { f.svc.Serve(w, r) }
 
-
 // onTemplateUpdated drops cached popular tags: a template's tags or category
 // may have changed. Clearing twice is harmless, so redeliveries need no record.
 func (f *Function) onTemplateUpdated(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {

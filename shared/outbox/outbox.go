@@ -65,7 +65,9 @@ func (o *Outbox) Add(ctx context.Context, tx pgx.Tx, events ...cloudevents.Event
 // (other requests, other instances) never send one event twice at once.
 func (o *Outbox) Flush(ctx context.Context) (int, error) {
 	if o.sink == "" {
-		o.warnOnce.Do(func() { o.log.Warn("K_SINK is not set: emitted events stay queued in event_outbox", "function", o.function) })
+		o.warnOnce.Do(func() {
+			o.log.Warn("K_SINK is not set: emitted events stay queued in event_outbox", "function", o.function)
+		})
 		return 0, nil
 	}
 	sent := 0

@@ -124,7 +124,7 @@ func Serve(ctx context.Context, f Function, o Options) error {
 	// Start runs while the server already answers health checks, so a slow
 	// Start shows as not ready rather than as a refused connection.
 	if s, ok := f.(starter); ok {
-		if err := s.Start(ctx, o.Env); err != nil {
+		if err := s.Start(WithLogger(ctx, o.Logger), o.Env); err != nil {
 			srv.Close()
 			return fmt.Errorf("start: %w", err)
 		}
@@ -209,4 +209,20 @@ func Environ() map[string]string {
 		}
 	}
 	return env
+}
+
+type loggerKey struct{}
+
+// WithLogger returns ctx carrying log; Serve passes it to Start so a
+// function logs where its server does.
+func WithLogger(ctx context.Context, log *slog.Logger) context.Context {
+	return context.WithValue(ctx, loggerKey{}, log)
+}
+
+// Logger returns the logger in ctx, or slog.Default().
+func Logger(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok {
+		return l
+	}
+	return slog.Default()
 }

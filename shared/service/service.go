@@ -83,7 +83,7 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		return nil, err
 	}
 	b := cfg.base()
-	log := slog.Default().With("function", name)
+	log := runtime.Logger(ctx).With("function", name)
 	pool, err := db.Open(ctx, b.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
