@@ -202,7 +202,8 @@ type Store struct {
 // caller may change, and reports each id's outcome in request order.
 // $1 ids, $2 owner (null for admins), $3 tags, $4 operation. Rows are locked
 // in id order so concurrent batches over the same sessions cannot deadlock.
-// Add keeps the existing order and appends only the tags not yet present.
+// Add keeps the existing order and appends only the tags not yet present;
+// the common case, a session with none of them, skips the per-tag check.
 const applySQL = `
 	with input as (
 		select id, ord from unnest($1::text[]) with ordinality as i(id, ord)
@@ -214,8 +215,11 @@ const applySQL = `
 	), updated as (
 		update sessions s
 		set tags = case $4::text
-			when 'add' then s.tags || coalesce(
-				(select jsonb_agg(t) from unnest($3::text[]) as t where not s.tags ? t), '[]'::jsonb)
+			when 'add' then case
+				when not s.tags ?| $3::text[] then s.tags || to_jsonb($3::text[])
+				else s.tags || coalesce(
+					(select jsonb_agg(t) from unnest($3::text[]) as t where not s.tags ? t), '[]'::jsonb)
+				end
 			when 'remove' then s.tags - $3::text[]
 			else to_jsonb($3::text[])
 			end,

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/streamspace-dev/functions/shared/authn"
@@ -28,26 +29,35 @@ type TagCount struct {
 	Count int64  `json:"count"`
 }
 
-// popularSQL counts each tag once per template across catalog_templates.
-// Null tags, non-arrays, non-string elements and blank strings are skipped
-// rather than failing the query. $1 category (null: all), $2 limit.
-const popularSQL = `
-	select t.tag, count(*) as n
-	from catalog_templates c
-	cross join lateral (
-		select distinct e #>> '{}' as tag
-		from jsonb_array_elements(c.tags) as e
-		where jsonb_typeof(e) = 'string' and btrim(e #>> '{}') <> ''
-	) t
-	where jsonb_typeof(c.tags) = 'array'
-	  and ($1::text is null or c.category = $1)
-	group by t.tag
-	order by n desc, t.tag asc
-	limit $2`
+// The popular-tag queries read catalog_tag_counts, which triggers on
+// catalog_templates keep exact (migration 002): a template counts once per
+// distinct string tag; null, non-array and non-string tags are skipped.
+const (
+	popularSQL = `
+		select tag, sum(templates)::bigint as n
+		from catalog_tag_counts
+		group by tag
+		order by n desc, tag
+		limit $1`
+	popularInCategorySQL = `
+		select tag, templates
+		from catalog_tag_counts
+		where category = $1 and templates > 0
+		order by templates desc, tag
+		limit $2`
+)
 
 // PopularTags returns the most used catalog tags, optionally in one category.
 func (s *Store) PopularTags(ctx context.Context, category *string, limit int) ([]TagCount, error) {
-	rows, err := s.Pool.Query(ctx, popularSQL, category, limit)
+	var (
+		rows pgx.Rows
+		err  error
+	)
+	if category == nil {
+		rows, err = s.Pool.Query(ctx, popularSQL, limit)
+	} else {
+		rows, err = s.Pool.Query(ctx, popularInCategorySQL, *category, limit)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("popular tags: %w", err)
 	}
