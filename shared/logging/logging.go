@@ -62,10 +62,31 @@ func isSecretKey(key string) bool {
 }
 
 // Scrub removes credentials from s: URL userinfo passwords, password=
-// pairs, bearer tokens and JWTs.
+// pairs, bearer tokens and JWTs. Every log attribute passes through it, so
+// cheap substring checks decide which patterns can match at all.
 func Scrub(s string) string {
-	s = urlPassword.ReplaceAllString(s, "${1}"+Redacted+"@")
-	s = kvPassword.ReplaceAllString(s, "${1}"+Redacted)
-	s = bearer.ReplaceAllString(s, "${1}"+Redacted)
-	return jwt.ReplaceAllString(s, Redacted)
+	if strings.Contains(s, "://") && strings.Contains(s, "@") {
+		s = urlPassword.ReplaceAllString(s, "${1}"+Redacted+"@")
+	}
+	if containsFold(s, "password") {
+		s = kvPassword.ReplaceAllString(s, "${1}"+Redacted)
+	}
+	if containsFold(s, "bearer") {
+		s = bearer.ReplaceAllString(s, "${1}"+Redacted)
+	}
+	if strings.Contains(s, "eyJ") {
+		s = jwt.ReplaceAllString(s, Redacted)
+	}
+	return s
+}
+
+// containsFold reports whether s contains the lowercase ASCII word sub in
+// any letter case, without allocating.
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(sub)], sub) {
+			return true
+		}
+	}
+	return false
 }
