@@ -14,6 +14,7 @@ import (
 
 	"github.com/caarlos0/env/v11"
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/streamspace-dev/functions/shared/authn"
@@ -141,4 +142,27 @@ func (s *Service) Emit(ctx context.Context) {
 	if _, err := s.Outbox.Flush(ctx); err != nil {
 		s.Log.Warn("emit after commit failed; queued for retry", "err", err)
 	}
+}
+
+// Once applies effect for event e at most once: the effect and the record
+// that (source, id) was processed by this function commit in one
+// transaction. A redelivery of a processed event returns done=false and
+// changes nothing; a concurrent one waits on the first and then does the
+// same.
+func (s *Service) Once(ctx context.Context, e cloudevents.Event, effect func(pgx.Tx) error) (done bool, err error) {
+	err = db.InTx(ctx, s.Pool, func(tx pgx.Tx) error {
+		first, err := db.MarkProcessed(ctx, tx, s.Name, e.Source(), e.ID())
+		if err != nil || !first {
+			return err
+		}
+		done = true
+		return effect(tx)
+	})
+	if err != nil {
+		return false, err
+	}
+	if !done {
+		runtime.AddLogAttrs(ctx, slog.Bool("duplicate", true))
+	}
+	return done, nil
 }
