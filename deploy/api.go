@@ -1,0 +1,57 @@
+// Package deploy holds the Kubernetes and Knative manifests of StreamSpace
+// Functions (kustomize: base/, functions/<name>/, overlays/) and the tests
+// that keep them honest: every document is decoded strictly into the
+// Knative and Kubernetes Go types and run through Knative's own SetDefaults
+// and Validate, the Triggers match the routing table in events/, and no
+// function's event path is reachable from outside the cluster.
+//
+// Some files are generated from the routing table and from APIPaths below:
+// each function folder's triggers.yaml and each overlay's Triggers and
+// HTTPRoute. Regenerate them with
+//
+//	go test ./deploy -run TestGenerated -update
+package deploy
+
+// PathMatch is one Gateway API HTTPRoute path match.
+type PathMatch struct {
+	// Type is Exact, PathPrefix or RegularExpression.
+	Type  string
+	Value string
+}
+
+// APIPaths are the REST paths each function serves (DESIGN.md §5), the only
+// paths the HTTPRoute forwards to it. Everything else under /api/v1 stays
+// with the StreamSpace API, and nothing outside /api/v1 is exposed.
+//
+// Where a function's paths differ from another's only after a path
+// parameter, the match is a RegularExpression (RE2, matched against the
+// whole path). Gateway API calls regular expressions implementation-specific;
+// Envoy-based gateways (Envoy Gateway, Istio, Cilium) and NGINX Gateway
+// Fabric support them.
+var APIPaths = map[string][]PathMatch{
+	"tags": {
+		{Type: "Exact", Value: "/api/v1/batch/sessions/update-tags"},
+		{Type: "Exact", Value: "/api/v1/search/filters/tags"},
+	},
+	"sharing": {
+		{Type: "RegularExpression", Value: `^/api/v1/session-templates/[^/]+/(share|shares|shares/[^/]+)$`},
+	},
+	"versioning": {
+		{Type: "RegularExpression", Value: `^/api/v1/session-templates/[^/]+/versions(/[^/]+/(restore|diff))?$`},
+	},
+	"snapshot": {
+		{Type: "RegularExpression", Value: `^/api/v1/sessions/[^/]+/snapshots(/[^/]+)?$`},
+	},
+	"restore": {
+		{Type: "RegularExpression", Value: `^/api/v1/sessions/[^/]+/snapshots/[^/]+/restore(/status)?$`},
+	},
+	"mailtest": {
+		{Type: "RegularExpression", Value: `^/api/v1/integrations/[^/]+/test$`},
+	},
+	"autoscale": {
+		{Type: "PathPrefix", Value: "/api/v1/autoscaling"},
+	},
+	"auth": {
+		{Type: "PathPrefix", Value: "/api/v1/auth/oidc"},
+	},
+}
