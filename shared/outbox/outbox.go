@@ -44,18 +44,25 @@ func New(pool *pgxpool.Pool, function, sink string, log *slog.Logger) (*Outbox, 
 	return &Outbox{pool: pool, function: function, sink: sink, client: c, log: log}, nil
 }
 
-// Add queues events in tx; they are sent only if tx commits.
+// Add queues events in tx, in one statement; they are sent only if tx commits.
 func (o *Outbox) Add(ctx context.Context, tx pgx.Tx, events ...cloudevents.Event) error {
-	for _, e := range events {
+	if len(events) == 0 {
+		return nil
+	}
+	ids := make([]string, len(events))
+	docs := make([]string, len(events))
+	for i, e := range events {
 		raw, err := json.Marshal(e)
 		if err != nil {
 			return fmt.Errorf("encode event %s: %w", e.ID(), err)
 		}
-		if _, err := tx.Exec(ctx,
-			`insert into event_outbox (id, function, event) values ($1, $2, $3)`,
-			e.ID(), o.function, raw); err != nil {
-			return fmt.Errorf("queue event %s: %w", e.ID(), db.Classify(err))
-		}
+		ids[i], docs[i] = e.ID(), string(raw)
+	}
+	if _, err := tx.Exec(ctx, `
+		insert into event_outbox (id, function, event)
+		select id, $1, doc::jsonb from unnest($2::uuid[], $3::text[]) as e(id, doc)`,
+		o.function, ids, docs); err != nil {
+		return fmt.Errorf("queue %d events: %w", len(events), db.Classify(err))
 	}
 	return nil
 }

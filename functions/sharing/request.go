@@ -1,0 +1,133 @@
+package function
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/streamspace-dev/functions/shared/access"
+	"github.com/streamspace-dev/functions/shared/errs"
+)
+
+// maxIDLength bounds every id a request names: template, user and team ids
+// are text columns that the StreamSpace API limited to 255 characters.
+const maxIDLength = 255
+
+// ShareRequest is the body of POST /api/v1/session-templates/{id}/share.
+// Pointers tell an absent id from an empty one, which is an error.
+type ShareRequest struct {
+	UserID          *string `json:"userId"`
+	TeamID          *string `json:"teamId"`
+	PermissionLevel string  `json:"permissionLevel"`
+}
+
+// Grantee is who a share is for: a user or a team.
+type Grantee struct {
+	Type string `json:"type"` // GranteeUser or GranteeTeam
+	ID   string `json:"id"`
+	// Name is the user's display name (or username) or the team's name.
+	Name string `json:"name"`
+}
+
+// Grantee types.
+const (
+	GranteeUser = "user"
+	GranteeTeam = "team"
+)
+
+// ShareInput is a validated share request.
+type ShareInput struct {
+	Grantee Grantee
+	Level   access.Level
+}
+
+// userID and teamID return the grantee as the two nullable columns of
+// template_shares.
+func (in ShareInput) userID() *string { return in.Grantee.idIf(GranteeUser) }
+func (in ShareInput) teamID() *string { return in.Grantee.idIf(GranteeTeam) }
+
+func (g Grantee) idIf(typ string) *string {
+	if g.Type != typ {
+		return nil
+	}
+	return &g.ID
+}
+
+// Validate checks r and returns the share to make. The error names the
+// offending field.
+func (r ShareRequest) Validate() (ShareInput, error) {
+	var in ShareInput
+	switch {
+	case r.UserID != nil && r.TeamID != nil:
+		return in, errs.E(errs.Invalid, "userId and teamId: give exactly one, not both")
+	case r.UserID != nil:
+		if err := checkID("userId", *r.UserID); err != nil {
+			return in, err
+		}
+		in.Grantee = Grantee{Type: GranteeUser, ID: *r.UserID}
+	case r.TeamID != nil:
+		if err := checkID("teamId", *r.TeamID); err != nil {
+			return in, err
+		}
+		in.Grantee = Grantee{Type: GranteeTeam, ID: *r.TeamID}
+	default:
+		return in, errs.E(errs.Invalid, "userId or teamId is required: who to share with")
+	}
+	if r.PermissionLevel == "" {
+		return in, errs.E(errs.Invalid, "permissionLevel is required: read, write or manage")
+	}
+	l, err := access.ParseLevel(r.PermissionLevel)
+	if err != nil {
+		return in, errs.E(errs.Invalid, "permissionLevel %q: want read, write or manage", truncate(r.PermissionLevel))
+	}
+	in.Level = l
+	return in, nil
+}
+
+// checkID accepts 1-255 bytes of valid UTF-8 without control characters.
+func checkID(field, id string) error {
+	if id == "" || len(id) > maxIDLength || !utf8.ValidString(id) || hasControl(id) {
+		return errs.E(errs.Invalid, "%s %q: want 1-%d printable characters", field, truncate(id), maxIDLength)
+	}
+	return nil
+}
+
+// templateID is the {id} of a route, checked.
+func templateID(r *http.Request) (string, error) {
+	id := r.PathValue("id")
+	if err := checkID("template id", id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// shareID is the {shareId} of a route: template_shares.id, a positive
+// integer written in plain decimal digits.
+func shareID(r *http.Request) (int64, error) {
+	raw := r.PathValue("shareId")
+	bad := errs.E(errs.Invalid, "share id %q: want a positive integer", truncate(raw))
+	if raw == "" || len(raw) > 19 || strings.TrimLeft(raw, "0123456789") != "" {
+		return 0, bad
+	}
+	n, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || n < 1 {
+		return 0, bad
+	}
+	return n, nil
+}
+
+func hasControl(s string) bool { return strings.IndexFunc(s, unicode.IsControl) >= 0 }
+
+// truncate keeps error messages short when echoing client input.
+func truncate(s string) string {
+	if len(s) > 60 {
+		s = s[:60]
+		for !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
+		return s + "…"
+	}
+	return s
+}
