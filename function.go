@@ -15,6 +15,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/streamspace-dev/functions/events"
+	sharing "github.com/streamspace-dev/functions/functions/sharing"
 	tags "github.com/streamspace-dev/functions/functions/tags"
 	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/runtime"
@@ -38,7 +39,8 @@ type Function struct {
 // New returns the all-in-one function with every function built in.
 func New() *Function {
 	return newWith(map[string]member{
-		tags.Name: tags.New(),
+		sharing.Name: sharing.New(),
+		tags.Name:    tags.New(),
 	})
 }
 

@@ -9,6 +9,7 @@ require (
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/robfig/cron/v3 v3.0.1
 	github.com/streamspace-dev/functions/events v0.0.0
+	github.com/streamspace-dev/functions/functions/sharing v0.0.0
 	github.com/streamspace-dev/functions/functions/tags v0.0.0
 	github.com/streamspace-dev/functions/shared v0.0.0
 	go.uber.org/zap v1.28.0
@@ -162,6 +163,7 @@ tool knative.dev/eventing/cmd/event_display
 
 replace (
 	github.com/streamspace-dev/functions/events => ./events
+	github.com/streamspace-dev/functions/functions/sharing => ./functions/sharing
 	github.com/streamspace-dev/functions/functions/tags => ./functions/tags
 	github.com/streamspace-dev/functions/shared => ./shared
 )
