@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -67,9 +68,15 @@ func (o *Outbox) Add(ctx context.Context, tx pgx.Tx, events ...cloudevents.Event
 	return nil
 }
 
+// claimFor is how long a flush owns the events it claimed. An instance that
+// dies mid-send leaves them due again after this, and they are resent.
+const claimFor = time.Minute
+
 // Flush sends the queued events that are due and reports how many the sink
-// acknowledged. Rows are locked with skip locked, so concurrent flushes
-// (other requests, other instances) never send one event twice at once.
+// acknowledged. Events are claimed in a short transaction (skip locked, so
+// concurrent flushes never claim the same event), sent with no transaction
+// open, then deleted if acknowledged or given a backoff if not. Delivery is
+// at least once: consumers deduplicate by event id.
 func (o *Outbox) Flush(ctx context.Context) (int, error) {
 	if o.sink == "" {
 		o.warnOnce.Do(func() {
@@ -77,61 +84,79 @@ func (o *Outbox) Flush(ctx context.Context) (int, error) {
 		})
 		return 0, nil
 	}
-	sent := 0
-	err := db.InTx(ctx, o.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `
-			select id, event, attempts from event_outbox
-			where function = $1 and coalesce(next_attempt_at, created_at) <= now()
+	due, err := o.claim(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var sent, failed []string
+	var reasons []string
+	for _, p := range due {
+		if err := o.send(ctx, p.event); err != nil {
+			o.log.Warn("emit failed; will retry", "eventId", p.id, "eventType", p.event.Type(), "attempt", p.attempts, "err", err)
+			failed = append(failed, p.id)
+			reasons = append(reasons, err.Error())
+			continue
+		}
+		sent = append(sent, p.id)
+	}
+	if len(sent) > 0 {
+		if _, err := o.pool.Exec(ctx, `delete from event_outbox where id = any($1)`, sent); err != nil {
+			return len(sent), fmt.Errorf("mark %d events sent: %w", len(sent), db.Classify(err))
+		}
+	}
+	if len(failed) > 0 {
+		if _, err := o.pool.Exec(ctx, `
+			update event_outbox o
+			set last_error = f.reason,
+			    next_attempt_at = now() + make_interval(secs => least(300, power(2, o.attempts)))
+			from unnest($1::uuid[], $2::text[]) as f(id, reason)
+			where o.id = f.id`, failed, reasons); err != nil {
+			return len(sent), fmt.Errorf("reschedule %d events: %w", len(failed), db.Classify(err))
+		}
+	}
+	return len(sent), nil
+}
+
+type pending struct {
+	id       string
+	event    cloudevents.Event
+	attempts int
+	created  time.Time
+}
+
+func (o *Outbox) claim(ctx context.Context) ([]pending, error) {
+	rows, err := o.pool.Query(ctx, `
+		update event_outbox
+		set attempts = attempts + 1, next_attempt_at = now() + $3::interval
+		where id in (
+			select id from event_outbox
+			where function = $1 and next_attempt_at <= now()
 			order by created_at
 			limit $2
-			for update skip locked`, o.function, batchSize)
-		if err != nil {
-			return err
+			for update skip locked)
+		returning id::text, event, attempts, created_at`, o.function, batchSize, claimFor)
+	if err != nil {
+		return nil, fmt.Errorf("claim queued events: %w", db.Classify(err))
+	}
+	defer rows.Close()
+	var due []pending
+	for rows.Next() {
+		var p pending
+		var raw []byte
+		if err := rows.Scan(&p.id, &raw, &p.attempts, &p.created); err != nil {
+			return nil, fmt.Errorf("claim queued events: %w", err)
 		}
-		type pending struct {
-			id       string
-			event    cloudevents.Event
-			attempts int
+		if err := json.Unmarshal(raw, &p.event); err != nil {
+			return nil, fmt.Errorf("decode queued event %s: %w", p.id, err)
 		}
-		var due []pending
-		for rows.Next() {
-			var p pending
-			var raw []byte
-			if err := rows.Scan(&p.id, &raw, &p.attempts); err != nil {
-				return err
-			}
-			if err := json.Unmarshal(raw, &p.event); err != nil {
-				return fmt.Errorf("decode queued event %s: %w", p.id, err)
-			}
-			due = append(due, p)
-		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		var done []string
-		for _, p := range due {
-			if err := o.send(ctx, p.event); err != nil {
-				o.log.Warn("emit failed; will retry", "eventId", p.id, "eventType", p.event.Type(), "attempt", p.attempts+1, "err", err)
-				if _, uerr := tx.Exec(ctx, `
-					update event_outbox
-					set attempts = attempts + 1, last_error = $2,
-					    next_attempt_at = now() + make_interval(secs => least(300, power(2, attempts)))
-					where id = $1`, p.id, err.Error()); uerr != nil {
-					return uerr
-				}
-				continue
-			}
-			done = append(done, p.id)
-		}
-		if len(done) > 0 {
-			if _, err := tx.Exec(ctx, `delete from event_outbox where id = any($1)`, done); err != nil {
-				return err
-			}
-		}
-		sent = len(done)
-		return nil
-	})
-	return sent, err
+		due = append(due, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim queued events: %w", db.Classify(err))
+	}
+	// update ... returning has no order; send oldest first.
+	slices.SortFunc(due, func(a, b pending) int { return a.created.Compare(b.created) })
+	return due, nil
 }
 
 func (o *Outbox) send(ctx context.Context, e cloudevents.Event) error {
