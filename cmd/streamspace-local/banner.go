@@ -1,0 +1,98 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/streamspace-dev/functions/events"
+	"github.com/streamspace-dev/functions/shared/authn"
+)
+
+// tokenTTL is how long the printed development tokens are valid.
+const tokenTTL = 12 * time.Hour
+
+// Demo requests the printed commands make, each of them exactly as sent.
+const (
+	demoTagsBody  = `{"operation":"add","sessionIds":["demo-1"],"tags":["dev"]}`
+	demoTagsQuery = "/api/v1/search/filters/tags?limit=10"
+	demoEventID   = "demo-template-updated-1"
+	demoEventData = `{"templateId":"demo","change":"updated"}`
+)
+
+// tokens mints the development tokens: dev (admin) and alice (user).
+func (r *runner) tokens() (admin, user string, err error) {
+	if admin, err = r.Issuer.Token(demoOwner, authn.Admin, Audience, tokenTTL); err != nil {
+		return "", "", err
+	}
+	if user, err = r.Issuer.Token(demoUser, authn.User, Audience, tokenTTL); err != nil {
+		return "", "", err
+	}
+	return admin, user, nil
+}
+
+// banner prints the ready line, the development tokens and commands that
+// work as printed.
+func (r *runner) banner(w io.Writer) error {
+	admin, user, err := r.tokens()
+	if err != nil {
+		return err
+	}
+	overlay := r.Overlay
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, overlay); err == nil && !strings.HasPrefix(rel, "..") {
+			overlay = rel
+		}
+	}
+	seeded := ""
+	if r.Seeded {
+		seeded = ", demo rows seeded"
+	}
+	var pings []string
+	for _, p := range r.Manifests.PingSources {
+		pings = append(pings, fmt.Sprintf("%s/%s (%s)", p.Namespace, p.Name, p.Spec.Schedule))
+	}
+	b := r.Manifests.Brokers[0]
+	lines := []string{
+		fmt.Sprintf("streamspace-local ready: function %s, broker %s/", r.FunctionURL, r.BrokerURL),
+		fmt.Sprintf("  database      %s, schema version %d%s", r.Database, r.Schema, seeded),
+		fmt.Sprintf("  broker        %s/%s from %s", b.Namespace, b.Name, overlay),
+		fmt.Sprintf("  triggers      %s", list(r.Broker.Triggers())),
+		fmt.Sprintf("  pingsources   %s", list(pings)),
+		fmt.Sprintf("  dead letters  %s", r.DeadLetters),
+		fmt.Sprintf("  issuer        %s (JWKS %s%s), audience %s", r.Issuer.URL(), r.BrokerURL, jwksPath, Audience),
+		"",
+		fmt.Sprintf("Development tokens, valid %dh:", int(tokenTTL.Hours())),
+		fmt.Sprintf("  %s (admin): %s", demoOwner, admin),
+		fmt.Sprintf("  %s (user): %s", demoUser, user),
+		"",
+		fmt.Sprintf("Add the tag dev to session %s (as %s):", demoSession, demoOwner),
+		fmt.Sprintf("  curl -sS -X POST %s/api/v1/batch/sessions/update-tags \\", r.FunctionURL),
+		fmt.Sprintf("    -H 'Authorization: Bearer %s' \\", admin),
+		fmt.Sprintf("    -H 'Content-Type: application/json' -d '%s'", demoTagsBody),
+		"",
+		"Popular catalog tags:",
+		fmt.Sprintf("  curl -sS '%s%s' \\", r.FunctionURL, demoTagsQuery),
+		fmt.Sprintf("    -H 'Authorization: Bearer %s'", admin),
+		"",
+		"Send an event into the broker (its Trigger delivers it to tags, which clears the popular-tag cache):",
+		fmt.Sprintf("  curl -sS -i -X POST %s/ \\", r.BrokerURL),
+		fmt.Sprintf("    -H 'Ce-Specversion: 1.0' -H 'Ce-Id: %s' \\", demoEventID),
+		fmt.Sprintf("    -H 'Ce-Type: %s' -H 'Ce-Source: %s' \\", events.TemplateUpdated, events.SourceOf("versioning")),
+		fmt.Sprintf("    -H 'Content-Type: application/json' -d '%s'", demoEventData),
+		"",
+		"Stop with Ctrl-C.",
+	}
+	_, err = io.WriteString(w, strings.Join(lines, "\n")+"\n")
+	return err
+}
+
+func list(items []string) string {
+	if len(items) == 0 {
+		return "none"
+	}
+	return strings.Join(items, ", ")
+}

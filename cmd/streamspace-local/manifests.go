@@ -1,0 +1,96 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+)
+
+// Manifests are the eventing objects of a kustomize overlay that the local
+// broker runs. Everything else in the overlay is ignored.
+type Manifests struct {
+	Brokers     []*eventingv1.Broker
+	Triggers    []*eventingv1.Trigger
+	PingSources []*sourcesv1.PingSource
+}
+
+// defaultNamespace is where an object without a namespace lives, as kubectl
+// would apply it.
+const defaultNamespace = "default"
+
+// loadOverlay builds the overlay in dir with kustomize, in process, and
+// decodes its Brokers, Triggers and PingSources strictly into Knative's Go
+// types, so a field the types do not know is an error here as it would be
+// at the API server.
+func loadOverlay(dir string) (*Manifests, error) {
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	resources, err := k.Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		return nil, fmt.Errorf("kustomize build %s: %w", dir, err)
+	}
+	m := &Manifests{}
+	for _, r := range resources.Resources() {
+		var obj interface {
+			GetNamespace() string
+			SetNamespace(string)
+		}
+		switch gvk := r.GetGvk(); {
+		case gvk.Group == eventingv1.SchemeGroupVersion.Group && gvk.Version == "v1" && gvk.Kind == "Broker":
+			b := &eventingv1.Broker{}
+			m.Brokers, obj = append(m.Brokers, b), b
+		case gvk.Group == eventingv1.SchemeGroupVersion.Group && gvk.Version == "v1" && gvk.Kind == "Trigger":
+			t := &eventingv1.Trigger{}
+			m.Triggers, obj = append(m.Triggers, t), t
+		case gvk.Group == sourcesv1.SchemeGroupVersion.Group && gvk.Version == "v1" && gvk.Kind == "PingSource":
+			p := &sourcesv1.PingSource{}
+			m.PingSources, obj = append(m.PingSources, p), p
+		default:
+			continue
+		}
+		doc, err := r.AsYAML()
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", r.GetKind(), r.GetName(), err)
+		}
+		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+			return nil, fmt.Errorf("decode %s %s: %w", r.GetKind(), r.GetName(), err)
+		}
+		if obj.GetNamespace() == "" {
+			obj.SetNamespace(defaultNamespace)
+		}
+	}
+	return m, nil
+}
+
+// findOverlay returns dir if it exists; a relative dir that does not is
+// looked up from each parent of the working directory in turn.
+func findOverlay(dir string) (string, error) {
+	if isDir(dir) || filepath.IsAbs(dir) {
+		return dir, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := wd; ; {
+		if candidate := filepath.Join(d, dir); isDir(candidate) {
+			return candidate, nil
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return "", errors.New("overlay " + dir + " not found in " + wd + " or any parent; set DEPLOY_OVERLAY")
+		}
+		d = parent
+	}
+}
+
+func isDir(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir()
+}

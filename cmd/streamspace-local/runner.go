@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"knative.dev/pkg/apis"
+
+	function "github.com/streamspace-dev/functions"
+	"github.com/streamspace-dev/functions/shared/authn/localissuer"
+	"github.com/streamspace-dev/functions/shared/runtime"
+)
+
+// Audience is the aud of the development tokens and what the function
+// expects.
+const Audience = "streamspace-api"
+
+// allInOneService is the Knative Service of the all-in-one overlay
+// (deploy/overlays/all-in-one/service.yaml), which the function started
+// here stands in for.
+const allInOneService = "streamspace"
+
+// Paths served on the broker port besides the ingress.
+const (
+	jwksPath        = "/.well-known/jwks.json"
+	deadLettersPath = "/dead-letters"
+)
+
+// drainTimeout bounds how long deliveries in flight may finish on
+// shutdown before their retries are cut short.
+const drainTimeout = 20 * time.Second
+
+// runner is one local run: the broker port (ingress, JWKS, dead-letter
+// log), the all-in-one function, and the PingSource schedules.
+type runner struct {
+	log *slog.Logger
+
+	FunctionURL string
+	BrokerURL   string
+	Database    string
+	Schema      int
+	Overlay     string
+	Issuer      *localissuer.Issuer
+	Broker      *Broker
+	Manifests   *Manifests
+	DeadLetters string
+	Seeded      bool
+
+	brokerSrv    *http.Server
+	deadLetters  *deadLetterLog
+	pings        *pinger
+	stopFunction context.CancelFunc
+	functionDone chan error
+}
+
+// start migrates the database, loads the overlay, and starts the broker
+// port, the function and the schedules; it returns once the function is
+// ready. observe, when set, receives every delivery's result.
+func start(ctx context.Context, cfg Config, environ map[string]string, log *slog.Logger, observe func(Delivery)) (_ *runner, err error) {
+	r := &runner{log: log, DeadLetters: cfg.DeadLetterFile, Seeded: cfg.Seed}
+	defer func() {
+		if err != nil {
+			r.shutdown(context.Background())
+		}
+	}()
+
+	dbURL := databaseURL(cfg.DatabaseURL, environ)
+	r.Database = describeDatabase(dbURL)
+	if r.Schema, err = migrateDatabase(ctx, dbURL); err != nil {
+		return nil, err
+	}
+	if cfg.Seed {
+		if err := seedDemo(ctx, dbURL); err != nil {
+			return nil, err
+		}
+	}
+
+	if r.Overlay, err = findOverlay(cfg.Overlay); err != nil {
+		return nil, err
+	}
+	if r.Manifests, err = loadOverlay(r.Overlay); err != nil {
+		return nil, err
+	}
+	if n := len(r.Manifests.Brokers); n != 1 {
+		return nil, fmt.Errorf("overlay %s has %d Brokers; the local run serves exactly one", r.Overlay, n)
+	}
+	kb := r.Manifests.Brokers[0]
+
+	fnLn, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(cfg.Port))
+	if err != nil {
+		return nil, fmt.Errorf("function port: %w", err)
+	}
+	brokerLn, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(cfg.BrokerPort))
+	if err != nil {
+		fnLn.Close()
+		return nil, fmt.Errorf("broker port: %w", err)
+	}
+	r.FunctionURL = "http://" + fnLn.Addr().String()
+	r.BrokerURL = "http://" + brokerLn.Addr().String()
+	functionURL, _ := apis.ParseURL(r.FunctionURL)
+	ingress, _ := apis.ParseURL(r.BrokerURL + "/")
+	deadLetters, _ := apis.ParseURL(r.BrokerURL + deadLettersPath)
+	res := resolver{
+		services: map[string]*apis.URL{allInOneService: functionURL},
+		brokers:  map[string]*apis.URL{kb.Namespace + "/" + kb.Name: ingress},
+	}
+
+	if r.Issuer, err = localissuer.New(r.BrokerURL); err != nil {
+		fnLn.Close()
+		brokerLn.Close()
+		return nil, err
+	}
+	if r.deadLetters, err = openDeadLetterLog(cfg.DeadLetterFile, log.With("component", "dead-letters")); err != nil {
+		fnLn.Close()
+		brokerLn.Close()
+		return nil, err
+	}
+	r.Broker, err = newBroker(brokerOptions{
+		Broker:      kb,
+		Triggers:    r.Manifests.Triggers,
+		Resolver:    res,
+		Ingress:     ingress,
+		DeadLetters: deadLetters,
+		Logger:      log.With("component", "broker"),
+		Observe:     observe,
+	})
+	if err != nil {
+		fnLn.Close()
+		brokerLn.Close()
+		return nil, err
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("GET "+jwksPath, r.Issuer.JWKSHandler())
+	mux.Handle(deadLettersPath, r.deadLetters)
+	mux.Handle("/", r.Broker)
+	r.brokerSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	go r.brokerSrv.Serve(brokerLn)
+
+	env := make(map[string]string, len(environ)+7)
+	for k, v := range environ {
+		env[k] = v
+	}
+	for k, v := range map[string]string{
+		"PORT":          strconv.Itoa(fnLn.Addr().(*net.TCPAddr).Port),
+		"DATABASE_URL":  dbURL,
+		"K_SINK":        ingress.String(),
+		"AUTH_ISSUER":   r.Issuer.URL(),
+		"AUTH_AUDIENCE": Audience,
+		"AUTH_JWKS_URL": r.BrokerURL + jwksPath,
+	} {
+		env[k] = v
+	}
+	fnCtx, stopFunction := context.WithCancel(context.WithoutCancel(ctx))
+	r.stopFunction, r.functionDone = stopFunction, make(chan error, 1)
+	ready := make(chan struct{})
+	go func() {
+		r.functionDone <- runtime.Serve(fnCtx, function.New(), runtime.Options{
+			Listener: fnLn,
+			Env:      env,
+			Logger:   log.With("component", "function"),
+			OnReady:  func(net.Addr) { close(ready) },
+		})
+	}()
+	select {
+	case <-ready:
+	case err := <-r.functionDone:
+		r.functionDone <- err
+		return nil, fmt.Errorf("function: %w", err)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+
+	client, err := cloudevents.NewClientHTTP()
+	if err != nil {
+		return nil, err
+	}
+	if r.pings, err = startPings(r.Manifests.PingSources, res, client, log.With("component", "pingsource")); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// shutdown stops the schedules, lets deliveries in flight finish (up to
+// drainTimeout or ctx), then drains and stops the function, and closes the
+// broker port last so replies and emitted events still arrive meanwhile.
+func (r *runner) shutdown(ctx context.Context) error {
+	var errs []error
+	if r.pings != nil {
+		r.pings.Stop()
+	}
+	if r.Broker != nil {
+		dctx, cancel := context.WithTimeout(ctx, drainTimeout)
+		if err := r.Broker.Drain(dctx); err != nil {
+			r.log.Warn("deliveries still in flight are cancelled", "err", err)
+		}
+		cancel()
+	}
+	if r.stopFunction != nil {
+		r.stopFunction()
+		errs = append(errs, <-r.functionDone)
+	}
+	if r.Broker != nil {
+		r.Broker.Close()
+	}
+	if r.brokerSrv != nil {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		errs = append(errs, r.brokerSrv.Shutdown(sctx))
+		cancel()
+	}
+	if r.deadLetters != nil {
+		errs = append(errs, r.deadLetters.Close())
+	}
+	return errors.Join(errs...)
+}
