@@ -17,6 +17,7 @@ import (
 	"github.com/streamspace-dev/functions/events"
 	sharing "github.com/streamspace-dev/functions/functions/sharing"
 	tags "github.com/streamspace-dev/functions/functions/tags"
+	versioning "github.com/streamspace-dev/functions/functions/versioning"
 	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/runtime"
 )
@@ -39,8 +40,9 @@ type Function struct {
 // New returns the all-in-one function with every function built in.
 func New() *Function {
 	return newWith(map[string]member{
-		sharing.Name: sharing.New(),
-		tags.Name:    tags.New(),
+		sharing.Name:    sharing.New(),
+		tags.Name:       tags.New(),
+		versioning.Name: versioning.New(),
 	})
 }
 

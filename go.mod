@@ -11,6 +11,7 @@ require (
 	github.com/streamspace-dev/functions/events v0.0.0
 	github.com/streamspace-dev/functions/functions/sharing v0.0.0
 	github.com/streamspace-dev/functions/functions/tags v0.0.0
+	github.com/streamspace-dev/functions/functions/versioning v0.0.0
 	github.com/streamspace-dev/functions/shared v0.0.0
 	go.uber.org/zap v1.28.0
 	k8s.io/api v0.35.7
@@ -106,8 +107,13 @@ require (
 	github.com/spf13/pflag v1.0.10 // indirect
 	github.com/stoewer/go-strcase v1.3.0 // indirect
 	github.com/stretchr/objx v0.5.3 // indirect
+	github.com/tidwall/gjson v1.18.0 // indirect
+	github.com/tidwall/match v1.1.1 // indirect
+	github.com/tidwall/pretty v1.2.1 // indirect
+	github.com/tidwall/sjson v1.2.5 // indirect
 	github.com/valyala/bytebufferpool v1.0.0 // indirect
 	github.com/valyala/fastjson v1.6.10 // indirect
+	github.com/wI2L/jsondiff v0.7.1 // indirect
 	github.com/x448/float16 v0.8.4 // indirect
 	github.com/xlab/treeprint v1.2.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
@@ -165,5 +171,6 @@ replace (
 	github.com/streamspace-dev/functions/events => ./events
 	github.com/streamspace-dev/functions/functions/sharing => ./functions/sharing
 	github.com/streamspace-dev/functions/functions/tags => ./functions/tags
+	github.com/streamspace-dev/functions/functions/versioning => ./functions/versioning
 	github.com/streamspace-dev/functions/shared => ./shared
 )

@@ -79,8 +79,9 @@ var kinds = map[string]func() any{
 // the rules its ServiceAccount's Roles must grant exactly. Least privilege:
 // a function not listed here fails the test until its access is declared.
 var kubeAccess = map[string][]rbacv1.PolicyRule{
-	"tags":    nil, // PostgreSQL only
-	"sharing": nil, // PostgreSQL only
+	"tags":       nil, // PostgreSQL only
+	"sharing":    nil, // PostgreSQL only
+	"versioning": nil, // PostgreSQL only
 }
 
 // configKeys are the keys of the shared ConfigMap (DESIGN.md §3).

@@ -7,7 +7,6 @@ package function
 
 import (
 	"context"
-	"net/http"
 
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/service"
@@ -25,7 +24,7 @@ type Config struct {
 
 // Function serves the sharing routes.
 type Function struct {
-	svc   *service.Service
+	*service.Service
 	store *Store
 }
 
@@ -39,19 +38,10 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	if err != nil {
 		return err
 	}
-	f.svc = svc
+	f.Service = svc
 	f.store = &Store{Pool: svc.Pool}
 	svc.Mux.Route("GET /api/v1/session-templates/{id}/shares", f.listShares)
 	svc.Mux.Route("POST /api/v1/session-templates/{id}/share", f.share)
 	svc.Mux.Route("DELETE /api/v1/session-templates/{id}/shares/{shareId}", f.revoke)
 	return nil
 }
-
-// Stop releases the database pool.
-func (f *Function) Stop(ctx context.Context) error { return f.svc.Stop(ctx) }
-
-// Handle serves the REST routes.
-func (f *Function) Handle(w http.ResponseWriter, r *http.Request) { f.svc.Serve(w, r) }
-
-// Routes lists the REST patterns the function serves, for the all-in-one.
-func (f *Function) Routes() []string { return f.svc.Mux.Patterns() }

@@ -80,7 +80,7 @@ func (f *Function) share(w http.ResponseWriter, r *http.Request, who authn.Ident
 		status = http.StatusCreated
 	}
 	if res.Changed {
-		f.svc.Emit(r.Context())
+		f.Emit(r.Context())
 	}
 	runtime.WriteJSON(w, status, res)
 	return nil
@@ -99,7 +99,7 @@ func (f *Function) revoke(w http.ResponseWriter, r *http.Request, who authn.Iden
 	if err != nil {
 		return err
 	}
-	f.svc.Emit(r.Context())
+	f.Emit(r.Context())
 	runtime.WriteJSON(w, http.StatusOK, RevokeResult{Share: c.Share})
 	return nil
 }
@@ -152,7 +152,7 @@ func (f *Function) queueChange(ctx context.Context, tx pgx.Tx, c Change) error {
 	}); err != nil {
 		return err
 	}
-	return f.svc.Outbox.Add(ctx, tx, out...)
+	return f.Outbox.Add(ctx, tx, out...)
 }
 
 func deref(s *string) string {

@@ -169,7 +169,7 @@ func (f *Function) updateTags(w http.ResponseWriter, r *http.Request, who authn.
 	if err != nil {
 		return err
 	}
-	f.svc.Emit(r.Context())
+	f.Emit(r.Context())
 	runtime.WriteJSON(w, http.StatusOK, res)
 	return nil
 }
@@ -190,7 +190,7 @@ func (f *Function) queueTagsUpdated(ctx context.Context, tx pgx.Tx, who authn.Id
 	if err != nil {
 		return err
 	}
-	return f.svc.Outbox.Add(ctx, tx, e)
+	return f.Outbox.Add(ctx, tx, e)
 }
 
 // Store holds the tag queries.

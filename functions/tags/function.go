@@ -4,7 +4,6 @@ package function
 
 import (
 	"context"
-	"net/http"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -27,7 +26,7 @@ type Config struct {
 
 // Function serves the tags routes and events.
 type Function struct {
-	svc   *service.Service
+	*service.Service
 	store *Store
 	cache *popularCache
 }
@@ -42,7 +41,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	if err != nil {
 		return err
 	}
-	f.svc = svc
+	f.Service = svc
 	f.store = &Store{Pool: svc.Pool}
 	f.cache = newPopularCache(cfg.CacheTTL)
 	svc.Mux.Route("POST /api/v1/batch/sessions/update-tags", f.updateTags)
@@ -51,18 +50,9 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	return nil
 }
 
-// Stop releases the database pool.
-func (f *Function) Stop(ctx context.Context) error { return f.svc.Stop(ctx) }
-
-// Handle serves CloudEvents and REST routes.
-func (f *Function) Handle(w http.ResponseWriter, r *http.Request) { f.svc.Serve(w, r) }
-
 // onTemplateUpdated drops cached popular tags: a template's tags or category
 // may have changed. Clearing twice is harmless, so redeliveries need no record.
 func (f *Function) onTemplateUpdated(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
 	f.cache.clear()
 	return nil, nil
 }
-
-// Routes lists the REST patterns the function serves, for the all-in-one.
-func (f *Function) Routes() []string { return f.svc.Mux.Patterns() }

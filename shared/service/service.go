@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"reflect"
+	"strings"
 	"time"
 
 	"github.com/caarlos0/env/v11"
@@ -50,17 +52,41 @@ func (b *Base) base() *Base { return b }
 
 type hasBase interface{ base() *Base }
 
-// Load parses env into cfg, a pointer to a struct that embeds Base. A missing
-// required variable is an error that names it.
+// Load parses env into cfg, a pointer to a struct that embeds Base. A
+// missing or unparsable variable is an error that names it.
 func Load(environ map[string]string, cfg any) error {
-	if err := env.ParseWithOptions(cfg, env.Options{Environment: environ}); err != nil {
-		var agg env.AggregateError
-		if errors.As(err, &agg) {
-			return fmt.Errorf("config: %w", errors.Join(agg.Errors...))
-		}
+	err := env.ParseWithOptions(cfg, env.Options{Environment: environ})
+	if err == nil {
+		return nil
+	}
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
 		return fmt.Errorf("config: %w", err)
 	}
-	return nil
+	all := make([]error, 0, len(agg.Errors))
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			e = fmt.Errorf("%s: %w", envKey(cfg, pe.Name), pe.Err)
+		}
+		all = append(all, e)
+	}
+	return fmt.Errorf("config: %w", errors.Join(all...))
+}
+
+// envKey is the variable behind a config field: the library reports parse
+// errors by Go field name, which an operator never sees.
+func envKey(cfg any, field string) string {
+	t := reflect.TypeOf(cfg)
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if sf, ok := t.FieldByName(field); ok {
+		if key, _, _ := strings.Cut(sf.Tag.Get("env"), ","); key != "" {
+			return key
+		}
+	}
+	return field
 }
 
 // Service is one started function's dependencies.
@@ -127,14 +153,18 @@ func (s *Service) Stop(context.Context) error {
 	return nil
 }
 
-// Serve is a function's Handle: it answers 503 until Start has run.
-func (s *Service) Serve(w http.ResponseWriter, r *http.Request) {
+// Handle serves the function's events and REST routes; it answers 503 until
+// Start has run. A function embeds *Service to get Handle, Stop and Routes.
+func (s *Service) Handle(w http.ResponseWriter, r *http.Request) {
 	if s == nil {
 		runtime.WriteError(w, r, errs.E(errs.Unavailable, "function is starting"))
 		return
 	}
 	s.Mux.ServeHTTP(w, r)
 }
+
+// Routes lists the REST patterns the function serves, for the all-in-one.
+func (s *Service) Routes() []string { return s.Mux.Patterns() }
 
 // Emit flushes the outbox after a commit so events leave promptly; what
 // fails stays queued for the background retry.

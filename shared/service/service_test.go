@@ -46,7 +46,7 @@ func (c *counter) Start(ctx context.Context, env map[string]string) error {
 	return nil
 }
 func (c *counter) Stop(ctx context.Context) error                { return c.svc.Stop(ctx) }
-func (c *counter) Handle(w http.ResponseWriter, r *http.Request) { c.svc.Serve(w, r) }
+func (c *counter) Handle(w http.ResponseWriter, r *http.Request) { c.svc.Handle(w, r) }
 
 func effects(t *testing.T, h *fntest.Harness) int {
 	t.Helper()
@@ -157,6 +157,17 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), missing) {
 			t.Errorf("without %s: %v", missing, err)
 		}
+	}
+}
+
+func TestUnparsableValuesNameTheVariable(t *testing.T) {
+	var cfg service.Base
+	err := service.Load(map[string]string{
+		"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "AUTH_ISSUER": "https://i", "AUTH_AUDIENCE": "a", "AUTH_JWKS_URL": "https://i/jwks",
+		"OUTBOX_INTERVAL": "often",
+	}, &cfg)
+	if err == nil || !strings.Contains(err.Error(), "OUTBOX_INTERVAL") {
+		t.Errorf("got %v, want an error naming OUTBOX_INTERVAL", err)
 	}
 }
 

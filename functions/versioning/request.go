@@ -1,0 +1,152 @@
+package function
+
+import (
+	"math"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/streamspace-dev/functions/shared/errs"
+)
+
+// Limits of the versioning routes.
+const (
+	MaxDescription = 1000 // characters
+	MaxTags        = 20
+	MaxTagLength   = 50 // characters
+	DefaultLimit   = 20
+	MaxLimit       = 100
+	maxIDLength    = 255
+)
+
+// AutoBackupTag marks the version a restore saves of the state it replaces.
+// Users cannot set it, so retention can trust it.
+const AutoBackupTag = "auto-backup"
+
+// CurrentTemplate is the diff target that means the template as it is now.
+const CurrentTemplate = "current"
+
+// CreateRequest is the body of POST …/versions.
+type CreateRequest struct {
+	Description string   `json:"description"`
+	Tags        []string `json:"tags"`
+}
+
+// Validate returns the description and the tags to store: tags trimmed, in
+// request order, each once. The error names the offending value.
+func (r CreateRequest) Validate() (description string, tags []string, err error) {
+	if n := utf8.RuneCountInString(r.Description); n > MaxDescription {
+		return "", nil, errs.E(errs.Invalid, "description: %d characters, at most %d", n, MaxDescription)
+	}
+	// Line breaks and tabs are text; other control characters (NUL, which
+	// PostgreSQL refuses, and escape sequences that garble a terminal) are not.
+	if strings.IndexFunc(r.Description, func(c rune) bool { return unicode.IsControl(c) && c != '\n' && c != '\r' && c != '\t' }) >= 0 {
+		return "", nil, errs.E(errs.Invalid, "description: control characters other than line breaks and tabs are not allowed")
+	}
+	if len(r.Tags) > MaxTags {
+		return "", nil, errs.E(errs.Invalid, "tags: %d tags, at most %d", len(r.Tags), MaxTags)
+	}
+	tags = make([]string, 0, len(r.Tags))
+	for i, raw := range r.Tags {
+		t := strings.TrimSpace(raw)
+		if n := utf8.RuneCountInString(t); n == 0 || n > MaxTagLength {
+			return "", nil, errs.E(errs.Invalid, "tags[%d] %q: want 1-%d characters after trimming", i, truncate(raw), MaxTagLength)
+		}
+		if hasControl(t) {
+			return "", nil, errs.E(errs.Invalid, "tags[%d] %q: control characters are not allowed", i, truncate(raw))
+		}
+		// Any spelling is refused, so no user tag can be mistaken for the
+		// marker by a person reading the list.
+		if strings.EqualFold(t, AutoBackupTag) {
+			return "", nil, errs.E(errs.Invalid, "tags[%d] %q: reserved for the backups a restore makes", i, truncate(raw))
+		}
+		if !slices.Contains(tags, t) {
+			tags = append(tags, t)
+		}
+	}
+	return r.Description, tags, nil
+}
+
+// templateID returns the {id} path value: 1-255 printable characters.
+func templateID(r *http.Request) (string, error) {
+	id := r.PathValue("id")
+	if id == "" || len(id) > maxIDLength || !utf8.ValidString(id) || hasControl(id) {
+		return "", errs.E(errs.Invalid, "template id %q: want 1-%d printable characters", truncate(id), maxIDLength)
+	}
+	return id, nil
+}
+
+// parseVersion parses a version number written in decimal with no sign,
+// leading zero or padding, as a client that got it from us writes it.
+func parseVersion(name, s string) (int, error) {
+	bad := errs.E(errs.Invalid, "%s %q: want a version number from 1 to %d", name, truncate(s), math.MaxInt32)
+	if s == "" || s[0] == '0' || len(s) > 10 {
+		return 0, bad
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, bad
+		}
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n > math.MaxInt32 {
+		return 0, bad
+	}
+	return n, nil
+}
+
+// ListQuery is a validated GET …/versions query.
+type ListQuery struct {
+	Limit int
+	// Before, when set, starts the page below this version number.
+	Before *int
+}
+
+// parseListQuery reads limit (1-100, default 20) and cursor (as issued by
+// an earlier page of the same template; empty means the first page).
+func parseListQuery(r *http.Request, template string) (ListQuery, error) {
+	q := r.URL.Query()
+	lq := ListQuery{Limit: DefaultLimit}
+	if q.Has("limit") {
+		v := q.Get("limit")
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxLimit {
+			return lq, errs.E(errs.Invalid, "limit %q: want an integer from 1 to %d", truncate(v), MaxLimit)
+		}
+		lq.Limit = n
+	}
+	if c := q.Get("cursor"); c != "" {
+		n, err := decodeCursor(template, c)
+		if err != nil {
+			return lq, err
+		}
+		lq.Before = &n
+	}
+	return lq, nil
+}
+
+// parseAgainst reads the diff target: "current" (the default) or a version
+// number. A nil result means the template as it is now.
+func parseAgainst(r *http.Request) (*int, error) {
+	q := r.URL.Query()
+	if !q.Has("against") || q.Get("against") == CurrentTemplate {
+		return nil, nil
+	}
+	n, err := parseVersion("against", q.Get("against"))
+	if err != nil {
+		return nil, errs.E(errs.Invalid, "against %q: want %q or a version number from 1 to %d", truncate(q.Get("against")), CurrentTemplate, math.MaxInt32)
+	}
+	return &n, nil
+}
+
+func hasControl(s string) bool { return strings.IndexFunc(s, unicode.IsControl) >= 0 }
+
+func truncate(s string) string {
+	if utf8.RuneCountInString(s) > 60 {
+		return string([]rune(s)[:60]) + "…"
+	}
+	return s
+}
