@@ -9,7 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -48,9 +50,7 @@ func New() *Function {
 
 func newWith(members map[string]member) *Function {
 	f := &Function{members: members}
-	for name := range members {
-		f.order = append(f.order, name)
-	}
+	f.order = slices.Sorted(maps.Keys(members))
 	return f
 }
 
@@ -106,7 +106,10 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 	if name, ok := strings.CutPrefix(r.URL.Path, "/events/"); ok {
 		m, found := f.members[name]
 		if !found {
-			runtime.WriteError(w, r, errs.E(errs.NotFound, "no function %q", name))
+			// Final on the event path: a Trigger naming a function this
+			// Service lacks is a configuration error no retry can fix.
+			err := errs.E(errs.NotFound, "no function %q here", name)
+			runtime.WriteJSONStatus(w, errs.EventStatus(err), err)
 			return
 		}
 		m.Handle(w, r)
