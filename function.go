@@ -54,6 +54,9 @@ func newWith(members map[string]member) *Function {
 	return f
 }
 
+// Functions names the functions this Service contains.
+func (f *Function) Functions() []string { return slices.Clone(f.order) }
+
 // Start starts every function with the same environment, then mounts each
 // one's REST routes. A route claimed twice is a start-up error.
 func (f *Function) Start(ctx context.Context, env map[string]string) (err error) {
