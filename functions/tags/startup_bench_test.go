@@ -20,18 +20,7 @@ import (
 // binary until /health/readiness answers 200, and the resident memory of the
 // process once it sits idle.
 func BenchmarkStartup(b *testing.B) {
-	bin := filepath.Join(b.TempDir(), "tags")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/tags")
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
-	pool := dbtest.New(b)
-	env := append(os.Environ(),
-		"DATABASE_URL="+dbtest.URL(b, pool),
-		"AUTH_ISSUER=https://issuer.invalid",
-		"AUTH_AUDIENCE=streamspace-api",
-		"AUTH_JWKS_URL=https://issuer.invalid/jwks",
-	)
+	bin, env := buildBinary(b)
 
 	start := func() (*exec.Cmd, string) {
 		port := freePort(b)
@@ -62,7 +51,25 @@ func BenchmarkStartup(b *testing.B) {
 	b.ReportMetric(rssMB(b, cmd.Process.Pid), "idle-RSS-MB")
 }
 
-func waitReady(b *testing.B, url string) {
+// buildBinary builds the tags command and returns it with an environment
+// that points it at a fresh database.
+func buildBinary(tb testing.TB) (string, []string) {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "tags")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/tags")
+	if out, err := build.CombinedOutput(); err != nil {
+		tb.Fatalf("build: %v\n%s", err, out)
+	}
+	pool := dbtest.New(tb)
+	return bin, append(os.Environ(),
+		"DATABASE_URL="+dbtest.URL(tb, pool),
+		"AUTH_ISSUER=https://issuer.invalid",
+		"AUTH_AUDIENCE=streamspace-api",
+		"AUTH_JWKS_URL=https://issuer.invalid/jwks",
+	)
+}
+
+func waitReady(b testing.TB, url string) {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get(url)
@@ -77,7 +84,7 @@ func waitReady(b *testing.B, url string) {
 	b.Fatal("not ready after 10s")
 }
 
-func freePort(b *testing.B) string {
+func freePort(b testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
