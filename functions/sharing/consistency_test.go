@@ -8,6 +8,7 @@ import (
 	"github.com/streamspace-dev/functions/events"
 	function "github.com/streamspace-dev/functions/functions/sharing"
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/fntest"
 )
 
 func TestConcurrentSharesToOneGranteeEndInOneShare(t *testing.T) {
@@ -50,7 +51,7 @@ func TestConcurrentSharesToOneGranteeEndInOneShare(t *testing.T) {
 			if created != 1 {
 				t.Errorf("201 answers: got %d, want exactly 1", created)
 			}
-			if rows := count(t, h, `select count(*) from template_shares where `+tc.column+` = $1`, tc.id); rows != 1 {
+			if rows := h.Count(`select count(*) from template_shares where `+tc.column+` = $1`, tc.id); rows != 1 {
 				t.Fatalf("share rows: got %d, want 1", rows)
 			}
 
@@ -73,7 +74,7 @@ func TestConcurrentSharesToOneGranteeEndInOneShare(t *testing.T) {
 			}
 			changes := len(audits)
 			t.Logf("%d concurrent shares made %d changes", n, changes)
-			if got := count(t, h, `select count(*) from notifications`); got != changes*tc.notes {
+			if got := h.Count(`select count(*) from notifications`); got != changes*tc.notes {
 				t.Errorf("notifications: got %d, want %d for %d changes", got, changes*tc.notes, changes)
 			}
 			settle(t, h)
@@ -120,19 +121,19 @@ func TestAFailureHalfWayLeavesNothing(t *testing.T) {
 			if status != http.StatusInternalServerError {
 				t.Fatalf("status: got %d %s, want 500", status, raw)
 			}
-			if code, msg := errorBody(t, raw); code != "internal" || msg != "internal error" {
+			if code, msg := fntest.ErrorBody(t, raw); code != "internal" || msg != "internal error" {
 				t.Errorf("error: got %s %q, want internal with no detail", code, msg)
 			}
 			if got := activeLevel(t, h, "t1", "shared_with_user_id", "bob"); got != "read" {
 				t.Errorf("bob's share: got %q, want read, unchanged", got)
 			}
-			if got := count(t, h, `select count(*) from template_shares`); got != 1 {
+			if got := h.Count(`select count(*) from template_shares`); got != 1 {
 				t.Errorf("share rows: got %d, want 1", got)
 			}
 			if got := len(auditRows(t, h)); got != audits {
 				t.Errorf("audit rows: got %d, want %d", got, audits)
 			}
-			if got := count(t, h, `select count(*) from event_outbox`); got != 0 {
+			if got := h.Count(`select count(*) from event_outbox`); got != 0 {
 				t.Errorf("queued events: got %d, want 0", got)
 			}
 			if got := len(h.Sink.Events()); got != sent {
@@ -181,7 +182,7 @@ func TestConcurrentRevokesRevokeOnce(t *testing.T) {
 		t.Errorf("revoke audit rows: got %d, want 1", revokes)
 	}
 	// carol and dave: one notification for the share, one for the revoke.
-	if got := count(t, h, `select count(*) from notifications where kind = $1`, function.KindShareRevoked); got != 2 {
+	if got := h.Count(`select count(*) from notifications where kind = $1`, function.KindShareRevoked); got != 2 {
 		t.Errorf("revoke notifications: got %d, want 2", got)
 	}
 	settle(t, h)

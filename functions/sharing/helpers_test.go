@@ -94,27 +94,6 @@ func list(t *testing.T, h *fntest.Harness, token, tmpl string) (int, function.Sh
 	return status, res
 }
 
-// errorBody decodes {"error":{"code","message"}}.
-func errorBody(t *testing.T, raw []byte) (code, message string) {
-	t.Helper()
-	var e struct {
-		Error struct{ Code, Message string }
-	}
-	if err := json.Unmarshal(raw, &e); err != nil || e.Error.Code == "" {
-		t.Fatalf("error body %s is not {error:{code,message}}", raw)
-	}
-	return e.Error.Code, e.Error.Message
-}
-
-func count(t *testing.T, h *fntest.Harness, sql string, args ...any) int {
-	t.Helper()
-	var n int
-	if err := h.Pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return n
-}
-
 // activeLevel is the grantee's active share level on tmpl, "" for none.
 func activeLevel(t *testing.T, h *fntest.Harness, tmpl, column, grantee string) string {
 	t.Helper()
@@ -204,7 +183,7 @@ func notifications(t *testing.T, h *fntest.Harness) map[string][]notification {
 func settle(t *testing.T, h *fntest.Harness) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for count(t, h, `select count(*) from event_outbox`) > 0 {
+	for h.Count(`select count(*) from event_outbox`) > 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("events still queued in the outbox after 10s")
 		}

@@ -93,8 +93,8 @@ func TestEveryRouteHidesTemplatesFromStrangers(t *testing.T) {
 			if status != http.StatusNotFound {
 				t.Fatalf("stranger: got %d %s, want 404 (never 403)", status, raw)
 			}
-			code, msg := errorBody(t, raw)
-			_, missingMsg := errorBody(t, second(h.Do(rt.method, rt.path("missing"), mallory, rt.body)))
+			code, msg := fntest.ErrorBody(t, raw)
+			_, missingMsg := fntest.ErrorBody(t, second(h.Do(rt.method, rt.path("missing"), mallory, rt.body)))
 			if code != "not_found" || strings.ReplaceAll(msg, "t1", "missing") != missingMsg {
 				t.Errorf("stranger: got %s %q, want not_found worded as for a missing template (%q)", code, msg, missingMsg)
 			}
@@ -109,7 +109,7 @@ func TestEveryRouteHidesTemplatesFromStrangers(t *testing.T) {
 	if got := activeLevel(t, h, "t1", "shared_with_user_id", "bob"); got != "read" {
 		t.Errorf("bob's share after strangers' requests: got %q, want read", got)
 	}
-	if n := count(t, h, `select count(*) from template_shares`); n != 1 {
+	if n := h.Count(`select count(*) from template_shares`); n != 1 {
 		t.Errorf("share rows: got %d, want 1", n)
 	}
 }

@@ -74,7 +74,7 @@ func TestRevokeKeepsHistoryAndTwiceIsNotFound(t *testing.T) {
 	if status != http.StatusNotFound {
 		t.Fatalf("revoke twice: got %d %s, want 404", status, raw)
 	}
-	if _, msg := errorBody(t, raw); !strings.Contains(msg, "share") {
+	if _, msg := fntest.ErrorBody(t, raw); !strings.Contains(msg, "share") {
 		t.Errorf("revoke twice message: got %q, want it to name the share", msg)
 	}
 	if n := len(auditRows(t, h)); n != 2 {
@@ -86,7 +86,7 @@ func TestRevokeKeepsHistoryAndTwiceIsNotFound(t *testing.T) {
 	if again.ID == first.ID {
 		t.Errorf("share after revoke: got id %d again, want a new share", again.ID)
 	}
-	if n := count(t, h, `select count(*) from template_shares where shared_with_user_id = 'bob'`); n != 2 {
+	if n := h.Count(`select count(*) from template_shares where shared_with_user_id = 'bob'`); n != 2 {
 		t.Errorf("share rows for bob: got %d, want 2 (one revoked, one active)", n)
 	}
 }
@@ -133,7 +133,7 @@ func TestRevokeNeedsManageOrHavingMadeTheShare(t *testing.T) {
 				}
 				return
 			}
-			if _, msg := errorBody(t, raw); !strings.Contains(msg, tc.wantMsg) {
+			if _, msg := fntest.ErrorBody(t, raw); !strings.Contains(msg, tc.wantMsg) {
 				t.Errorf("message: got %q, want it to name %q", msg, tc.wantMsg)
 			}
 		})
@@ -174,7 +174,7 @@ func TestRevokeRejectsBadIDs(t *testing.T) {
 			if status != http.StatusBadRequest {
 				t.Fatalf("status: got %d %s, want 400", status, raw)
 			}
-			if _, msg := errorBody(t, raw); !strings.Contains(msg, "share id") {
+			if _, msg := fntest.ErrorBody(t, raw); !strings.Contains(msg, "share id") {
 				t.Errorf("message: got %q, want it to name the share id", msg)
 			}
 		})

@@ -13,6 +13,7 @@ import (
 	"github.com/streamspace-dev/functions/shared/access"
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/fntest"
 )
 
 func TestShareWithAUserCreatesChangesAndNoOps(t *testing.T) {
@@ -64,7 +65,7 @@ func TestShareWithAUserCreatesChangesAndNoOps(t *testing.T) {
 			if got := activeLevel(t, h, "t1", "shared_with_user_id", "bob"); got != tc.wantLevel {
 				t.Errorf("stored level: got %q, want %q", got, tc.wantLevel)
 			}
-			if n := count(t, h, `select count(*) from template_shares where shared_with_user_id = 'bob'`); n != 1 {
+			if n := h.Count(`select count(*) from template_shares where shared_with_user_id = 'bob'`); n != 1 {
 				t.Errorf("share rows for bob: got %d, want 1", n)
 			}
 			audits := auditRows(t, h)
@@ -163,15 +164,15 @@ func TestShareRejectsBadRequestsAndChangesNothing(t *testing.T) {
 			if status != tc.wantStatus {
 				t.Fatalf("status: got %d %s, want %d", status, raw, tc.wantStatus)
 			}
-			if _, msg := errorBody(t, raw); !strings.Contains(msg, tc.wantMsg) {
+			if _, msg := fntest.ErrorBody(t, raw); !strings.Contains(msg, tc.wantMsg) {
 				t.Errorf("message: got %q, want it to name %q", msg, tc.wantMsg)
 			}
 		})
 	}
-	if n := count(t, h, `select count(*) from template_shares`); n != 1 {
+	if n := h.Count(`select count(*) from template_shares`); n != 1 {
 		t.Errorf("share rows after rejected requests: got %d, want the 1 seeded", n)
 	}
-	if n := count(t, h, `select (select count(*) from audit_log) + (select count(*) from notifications) + (select count(*) from event_outbox)`); n != 0 {
+	if n := h.Count(`select (select count(*) from audit_log) + (select count(*) from notifications) + (select count(*) from event_outbox)`); n != 0 {
 		t.Errorf("audit, notification and outbox rows after rejected requests: got %d, want 0", n)
 	}
 	if n := len(h.Sink.Events()); n != 0 {

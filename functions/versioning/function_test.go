@@ -48,15 +48,6 @@ func exec(t *testing.T, h *fntest.Harness, sql string, args ...any) {
 	}
 }
 
-func count(t *testing.T, h *fntest.Harness, sql string, args ...any) int {
-	t.Helper()
-	var n int
-	if err := h.Pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return n
-}
-
 // seedTemplate creates template id owned by owner.
 func seedTemplate(t *testing.T, h *fntest.Harness, id, owner, name, config string) {
 	t.Helper()
@@ -98,17 +89,6 @@ func list(t *testing.T, h *fntest.Harness, token, template, query string) functi
 		t.Fatal(err)
 	}
 	return res
-}
-
-func errorBody(t *testing.T, raw []byte) (code, message string) {
-	t.Helper()
-	var e struct {
-		Error struct{ Code, Message string }
-	}
-	if err := json.Unmarshal(raw, &e); err != nil || e.Error.Code == "" {
-		t.Fatalf("error body %s is not {error:{code,message}}", raw)
-	}
-	return e.Error.Code, e.Error.Message
 }
 
 func TestCreateSnapshotsTheWholeTemplate(t *testing.T) {
@@ -205,7 +185,7 @@ func TestCreateRejectsBadInputAndChangesNothing(t *testing.T) {
 			if status != http.StatusBadRequest {
 				t.Fatalf("status %d, want 400 (%s)", status, raw)
 			}
-			if _, msg := errorBody(t, raw); !strings.Contains(msg, tc.want) {
+			if _, msg := fntest.ErrorBody(t, raw); !strings.Contains(msg, tc.want) {
 				t.Errorf("message %q does not name %q", msg, tc.want)
 			}
 		})
@@ -215,7 +195,7 @@ func TestCreateRejectsBadInputAndChangesNothing(t *testing.T) {
 	if status, v := create(t, h, alice, "tpl", atLimits); status != http.StatusCreated || len(v.Tags) != 20 {
 		t.Errorf("at the limits: %d, %d tags", status, len(v.Tags))
 	}
-	if n := count(t, h, `select count(*) from template_versions`); n != 1 {
+	if n := h.Count(`select count(*) from template_versions`); n != 1 {
 		t.Errorf("%d versions, want only the one at the limits", n)
 	}
 }
@@ -455,7 +435,7 @@ func TestRestoreSavesABackupAndOverwritesTheTemplate(t *testing.T) {
 	if ud != (events.TemplateUpdatedData{TemplateID: "tpl", UserID: "bob", Change: "restored"}) {
 		t.Errorf("updated event %+v", ud)
 	}
-	if n := count(t, h, `select count(*) from event_outbox`); n != 0 {
+	if n := h.Count(`select count(*) from event_outbox`); n != 0 {
 		t.Errorf("%d events left in the outbox after a successful send", n)
 	}
 
@@ -490,19 +470,19 @@ func TestRestoreIsAllOrNothing(t *testing.T) {
 	if status != http.StatusInternalServerError {
 		t.Fatalf("status %d %s, want 500", status, raw)
 	}
-	if _, msg := errorBody(t, raw); strings.Contains(msg, "refused by the test") {
+	if _, msg := fntest.ErrorBody(t, raw); strings.Contains(msg, "refused by the test") {
 		t.Errorf("internal error detail reached the client: %q", msg)
 	}
-	if n := count(t, h, `select count(*) from template_versions where template_id = 'tpl'`); n != 1 {
+	if n := h.Count(`select count(*) from template_versions where template_id = 'tpl'`); n != 1 {
 		t.Errorf("%d versions, want 1: the backup must roll back", n)
 	}
 	if now := templateNow(t, h, "tpl"); !sameJSON(t, now, before) {
 		t.Errorf("template %s, want unchanged %s", now, before)
 	}
-	if n := count(t, h, `select count(*) from audit_log`); n != 0 {
+	if n := h.Count(`select count(*) from audit_log`); n != 0 {
 		t.Errorf("%d audit rows, want 0", n)
 	}
-	if n := count(t, h, `select count(*) from event_outbox`); n != 0 {
+	if n := h.Count(`select count(*) from event_outbox`); n != 0 {
 		t.Errorf("%d queued events, want 0", n)
 	}
 	time.Sleep(300 * time.Millisecond) // three outbox intervals
@@ -708,7 +688,7 @@ func TestAccessOnEveryRoute(t *testing.T) {
 			if status != http.StatusNotFound {
 				t.Errorf("unknown template: %d %s, want 404", status, raw)
 			}
-			if code, msg := errorBody(t, raw); code != "not_found" || !strings.Contains(msg, "template") {
+			if code, msg := fntest.ErrorBody(t, raw); code != "not_found" || !strings.Contains(msg, "template") {
 				t.Errorf("unknown template: %s %q", code, msg)
 			}
 			want := http.StatusOK
@@ -735,7 +715,7 @@ func TestAccessOnEveryRoute(t *testing.T) {
 	if status, _ := create(t, h, h.Token("member", authn.User), "tpl", map[string]any{}); status != http.StatusNotFound {
 		t.Errorf("former member creates: %d, want 404", status)
 	}
-	if n := count(t, h, `select count(*) from template_versions where created_by in ('stranger', 'reader')`); n != 0 {
+	if n := h.Count(`select count(*) from template_versions where created_by in ('stranger', 'reader')`); n != 0 {
 		t.Errorf("%d versions written by users without write access", n)
 	}
 }
@@ -757,10 +737,10 @@ func TestVersionNumbersInPathsAreValidated(t *testing.T) {
 	}
 	if status, raw := h.Do(http.MethodPost, restorePath("tpl", 2147483647), alice, nil); status != http.StatusNotFound {
 		t.Errorf("restore of a missing version: %d %s, want 404", status, raw)
-	} else if _, msg := errorBody(t, raw); !strings.Contains(msg, "version 2147483647") {
+	} else if _, msg := fntest.ErrorBody(t, raw); !strings.Contains(msg, "version 2147483647") {
 		t.Errorf("message %q does not name the version", msg)
 	}
-	if n := count(t, h, `select count(*) from template_versions`); n != 1 {
+	if n := h.Count(`select count(*) from template_versions`); n != 1 {
 		t.Errorf("%d versions after failed restores, want 1 (no backup left behind)", n)
 	}
 }

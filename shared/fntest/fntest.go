@@ -204,6 +204,29 @@ func Deliver(tb testing.TB, url string, e cloudevents.Event, structured bool) (i
 	return resp.StatusCode, reply
 }
 
+// Count runs a query that returns one integer, such as a count(*).
+func (h *Harness) Count(sql string, args ...any) int {
+	h.tb.Helper()
+	var n int
+	if err := h.Pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		h.tb.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// ErrorBody decodes a {"error":{"code","message"}} response body, failing
+// the test when raw is not one.
+func ErrorBody(tb testing.TB, raw []byte) (code, message string) {
+	tb.Helper()
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	if err := json.Unmarshal(raw, &e); err != nil || e.Error.Code == "" {
+		tb.Fatalf("error body %s is not {error:{code,message}}", raw)
+	}
+	return e.Error.Code, e.Error.Message
+}
+
 // Buffer is a concurrency-safe log sink.
 type Buffer struct {
 	mu  sync.Mutex
