@@ -4,16 +4,11 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/streamspace-dev/functions/shared/access"
 	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/validate"
 )
-
-// maxIDLength bounds every id a request names: template, user and team ids
-// are text columns that the StreamSpace API limited to 255 characters.
-const maxIDLength = 255
 
 // ShareRequest is the body of POST /api/v1/session-templates/{id}/share.
 // Pointers tell an absent id from an empty one, which is an error.
@@ -63,12 +58,12 @@ func (r ShareRequest) Validate() (ShareInput, error) {
 	case r.UserID != nil && r.TeamID != nil:
 		return in, errs.E(errs.Invalid, "userId and teamId: give exactly one, not both")
 	case r.UserID != nil:
-		if err := checkID("userId", *r.UserID); err != nil {
+		if err := validate.ID("userId", *r.UserID); err != nil {
 			return in, err
 		}
 		in.Grantee = Grantee{Type: GranteeUser, ID: *r.UserID}
 	case r.TeamID != nil:
-		if err := checkID("teamId", *r.TeamID); err != nil {
+		if err := validate.ID("teamId", *r.TeamID); err != nil {
 			return in, err
 		}
 		in.Grantee = Grantee{Type: GranteeTeam, ID: *r.TeamID}
@@ -80,34 +75,22 @@ func (r ShareRequest) Validate() (ShareInput, error) {
 	}
 	l, err := access.ParseLevel(r.PermissionLevel)
 	if err != nil {
-		return in, errs.E(errs.Invalid, "permissionLevel %q: want read, write or manage", truncate(r.PermissionLevel))
+		return in, errs.E(errs.Invalid, "permissionLevel %q: want read, write or manage", validate.Quote(r.PermissionLevel))
 	}
 	in.Level = l
 	return in, nil
 }
 
-// checkID accepts 1-255 bytes of valid UTF-8 without control characters.
-func checkID(field, id string) error {
-	if id == "" || len(id) > maxIDLength || !utf8.ValidString(id) || hasControl(id) {
-		return errs.E(errs.Invalid, "%s %q: want 1-%d printable characters", field, truncate(id), maxIDLength)
-	}
-	return nil
-}
-
 // templateID is the {id} of a route, checked.
 func templateID(r *http.Request) (string, error) {
-	id := r.PathValue("id")
-	if err := checkID("template id", id); err != nil {
-		return "", err
-	}
-	return id, nil
+	return validate.PathID(r, "id", "template id")
 }
 
 // shareID is the {shareId} of a route: template_shares.id, a positive
 // integer written in plain decimal digits.
 func shareID(r *http.Request) (int64, error) {
 	raw := r.PathValue("shareId")
-	bad := errs.E(errs.Invalid, "share id %q: want a positive integer", truncate(raw))
+	bad := errs.E(errs.Invalid, "share id %q: want a positive integer", validate.Quote(raw))
 	if raw == "" || len(raw) > 19 || strings.TrimLeft(raw, "0123456789") != "" {
 		return 0, bad
 	}
@@ -116,18 +99,4 @@ func shareID(r *http.Request) (int64, error) {
 		return 0, bad
 	}
 	return n, nil
-}
-
-func hasControl(s string) bool { return strings.IndexFunc(s, unicode.IsControl) >= 0 }
-
-// truncate keeps error messages short when echoing client input.
-func truncate(s string) string {
-	if len(s) > 60 {
-		s = s[:60]
-		for !utf8.ValidString(s) {
-			s = s[:len(s)-1]
-		}
-		return s + "…"
-	}
-	return s
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/validate"
 )
 
 // Share is one share of a template.
@@ -212,13 +213,13 @@ func checkGrantee(who authn.Identity, templateID string, g Grantee, n names) err
 	if g.Type == GranteeUser {
 		switch g.ID {
 		case who.Subject:
-			return errs.E(errs.Invalid, "userId %q: you cannot share a template with yourself", truncate(g.ID))
+			return errs.E(errs.Invalid, "userId %q: you cannot share a template with yourself", validate.Quote(g.ID))
 		case n.owner:
-			return errs.E(errs.Invalid, "userId %q: the user owns template %q and already holds manage", truncate(g.ID), templateID)
+			return errs.E(errs.Invalid, "userId %q: the user owns template %q and already holds manage", validate.Quote(g.ID), templateID)
 		}
 	}
 	if n.grantee == nil {
-		return errs.E(errs.NotFound, "%s %q not found", g.Type, truncate(g.ID))
+		return errs.E(errs.NotFound, "%s %q not found", g.Type, validate.Quote(g.ID))
 	}
 	return nil
 }

@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -18,6 +15,7 @@ import (
 	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/runtime"
+	"github.com/streamspace-dev/functions/shared/validate"
 )
 
 // Limits of one batch request.
@@ -25,7 +23,6 @@ const (
 	MaxTags       = 50
 	MaxTagLength  = 50
 	MaxSessionIDs = 10000
-	maxIDLength   = 255
 )
 
 // Operations a batch can apply.
@@ -71,7 +68,7 @@ func (r BatchRequest) Validate() (Batch, error) {
 	if err != nil {
 		return b, err
 	}
-	tags, err := cleanTags(r.Tags)
+	tags, err := validate.Tags(r.Tags, MaxTags, MaxTagLength)
 	if err != nil {
 		return b, err
 	}
@@ -89,8 +86,8 @@ func foldIDs(in []string) ([]string, error) {
 	seen := make(map[string]struct{}, len(in))
 	out := make([]string, 0, len(in))
 	for i, id := range in {
-		if id == "" || len(id) > maxIDLength || hasControl(id) {
-			return nil, errs.E(errs.Invalid, "sessionIds[%d] %q: want 1-%d printable characters", i, truncate(id), maxIDLength)
+		if err := validate.ID(fmt.Sprintf("sessionIds[%d]", i), id); err != nil {
+			return nil, err
 		}
 		if _, dup := seen[id]; dup {
 			continue
@@ -102,38 +99,6 @@ func foldIDs(in []string) ([]string, error) {
 		return nil, errs.E(errs.Invalid, "sessionIds: %d distinct ids, at most %d per request", len(out), MaxSessionIDs)
 	}
 	return out, nil
-}
-
-func cleanTags(in []string) ([]string, error) {
-	if len(in) > MaxTags {
-		return nil, errs.E(errs.Invalid, "tags: %d tags, at most %d per request", len(in), MaxTags)
-	}
-	seen := make(map[string]struct{}, len(in))
-	out := make([]string, 0, len(in))
-	for i, raw := range in {
-		t := strings.TrimSpace(raw)
-		if n := utf8.RuneCountInString(t); n == 0 || n > MaxTagLength {
-			return nil, errs.E(errs.Invalid, "tags[%d] %q: want 1-%d characters after trimming", i, truncate(raw), MaxTagLength)
-		}
-		if !utf8.ValidString(t) || hasControl(t) {
-			return nil, errs.E(errs.Invalid, "tags[%d] %q: control characters are not allowed", i, truncate(raw))
-		}
-		if _, dup := seen[t]; dup {
-			continue
-		}
-		seen[t] = struct{}{}
-		out = append(out, t)
-	}
-	return out, nil
-}
-
-func hasControl(s string) bool { return strings.IndexFunc(s, unicode.IsControl) >= 0 }
-
-func truncate(s string) string {
-	if len(s) > 60 {
-		return s[:60] + "…"
-	}
-	return s
 }
 
 // SessionResult is one session's outcome.

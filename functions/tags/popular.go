@@ -14,6 +14,7 @@ import (
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/runtime"
+	"github.com/streamspace-dev/functions/shared/validate"
 )
 
 // Limits of GET /api/v1/search/filters/tags.
@@ -82,14 +83,14 @@ func parsePopularQuery(r *http.Request) (category *string, limit int, err error)
 	if v := q.Get("limit"); v != "" || q.Has("limit") {
 		n, perr := strconv.Atoi(v)
 		if perr != nil || n < 1 || n > MaxPopularLimit {
-			return nil, 0, errs.E(errs.Invalid, "limit %q: want an integer from 1 to %d", truncate(v), MaxPopularLimit)
+			return nil, 0, errs.E(errs.Invalid, "limit %q: want an integer from 1 to %d", validate.Quote(v), MaxPopularLimit)
 		}
 		limit = n
 	}
 	if q.Has("category") {
 		c := q.Get("category")
-		if c == "" || len(c) > maxCategoryLength || hasControl(c) {
-			return nil, 0, errs.E(errs.Invalid, "category %q: want 1-%d printable characters", truncate(c), maxCategoryLength)
+		if c == "" || len(c) > maxCategoryLength || validate.HasControl(c) {
+			return nil, 0, errs.E(errs.Invalid, "category %q: want 1-%d printable characters", validate.Quote(c), maxCategoryLength)
 		}
 		category = &c
 	}

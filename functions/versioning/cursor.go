@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/validate"
 )
 
 // A cursor marks where the next page of a template's versions starts: below
@@ -24,7 +25,7 @@ func encodeCursor(template string, n int) string {
 }
 
 func decodeCursor(template, cursor string) (int, error) {
-	bad := errs.E(errs.Invalid, "cursor %q: not a cursor issued for this template's versions", truncate(cursor))
+	bad := errs.E(errs.Invalid, "cursor %q: not a cursor issued for this template's versions", validate.Quote(cursor))
 	if len(cursor) > maxCursorLength {
 		return 0, bad
 	}

@@ -3,13 +3,13 @@ package function
 import (
 	"math"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/validate"
 )
 
 // Limits of the versioning routes.
@@ -19,7 +19,6 @@ const (
 	MaxTagLength   = 50 // characters
 	DefaultLimit   = 20
 	MaxLimit       = 100
-	maxIDLength    = 255
 )
 
 // AutoBackupTag marks the version a restore saves of the state it replaces.
@@ -46,25 +45,15 @@ func (r CreateRequest) Validate() (description string, tags []string, err error)
 	if strings.IndexFunc(r.Description, func(c rune) bool { return unicode.IsControl(c) && c != '\n' && c != '\r' && c != '\t' }) >= 0 {
 		return "", nil, errs.E(errs.Invalid, "description: control characters other than line breaks and tabs are not allowed")
 	}
-	if len(r.Tags) > MaxTags {
-		return "", nil, errs.E(errs.Invalid, "tags: %d tags, at most %d", len(r.Tags), MaxTags)
+	tags, err = validate.Tags(r.Tags, MaxTags, MaxTagLength)
+	if err != nil {
+		return "", nil, err
 	}
-	tags = make([]string, 0, len(r.Tags))
-	for i, raw := range r.Tags {
-		t := strings.TrimSpace(raw)
-		if n := utf8.RuneCountInString(t); n == 0 || n > MaxTagLength {
-			return "", nil, errs.E(errs.Invalid, "tags[%d] %q: want 1-%d characters after trimming", i, truncate(raw), MaxTagLength)
-		}
-		if hasControl(t) {
-			return "", nil, errs.E(errs.Invalid, "tags[%d] %q: control characters are not allowed", i, truncate(raw))
-		}
-		// Any spelling is refused, so no user tag can be mistaken for the
-		// marker by a person reading the list.
+	// Any spelling is refused, so no user tag can be mistaken for the
+	// marker by a person reading the list.
+	for i, t := range tags {
 		if strings.EqualFold(t, AutoBackupTag) {
-			return "", nil, errs.E(errs.Invalid, "tags[%d] %q: reserved for the backups a restore makes", i, truncate(raw))
-		}
-		if !slices.Contains(tags, t) {
-			tags = append(tags, t)
+			return "", nil, errs.E(errs.Invalid, "tags[%d] %q: reserved for the backups a restore makes", i, t)
 		}
 	}
 	return r.Description, tags, nil
@@ -72,17 +61,13 @@ func (r CreateRequest) Validate() (description string, tags []string, err error)
 
 // templateID returns the {id} path value: 1-255 printable characters.
 func templateID(r *http.Request) (string, error) {
-	id := r.PathValue("id")
-	if id == "" || len(id) > maxIDLength || !utf8.ValidString(id) || hasControl(id) {
-		return "", errs.E(errs.Invalid, "template id %q: want 1-%d printable characters", truncate(id), maxIDLength)
-	}
-	return id, nil
+	return validate.PathID(r, "id", "template id")
 }
 
 // parseVersion parses a version number written in decimal with no sign,
 // leading zero or padding, as a client that got it from us writes it.
 func parseVersion(name, s string) (int, error) {
-	bad := errs.E(errs.Invalid, "%s %q: want a version number from 1 to %d", name, truncate(s), math.MaxInt32)
+	bad := errs.E(errs.Invalid, "%s %q: want a version number from 1 to %d", name, validate.Quote(s), math.MaxInt32)
 	if s == "" || s[0] == '0' || len(s) > 10 {
 		return 0, bad
 	}
@@ -114,7 +99,7 @@ func parseListQuery(r *http.Request, template string) (ListQuery, error) {
 		v := q.Get("limit")
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > MaxLimit {
-			return lq, errs.E(errs.Invalid, "limit %q: want an integer from 1 to %d", truncate(v), MaxLimit)
+			return lq, errs.E(errs.Invalid, "limit %q: want an integer from 1 to %d", validate.Quote(v), MaxLimit)
 		}
 		lq.Limit = n
 	}
@@ -137,16 +122,7 @@ func parseAgainst(r *http.Request) (*int, error) {
 	}
 	n, err := parseVersion("against", q.Get("against"))
 	if err != nil {
-		return nil, errs.E(errs.Invalid, "against %q: want %q or a version number from 1 to %d", truncate(q.Get("against")), CurrentTemplate, math.MaxInt32)
+		return nil, errs.E(errs.Invalid, "against %q: want %q or a version number from 1 to %d", validate.Quote(q.Get("against")), CurrentTemplate, math.MaxInt32)
 	}
 	return &n, nil
-}
-
-func hasControl(s string) bool { return strings.IndexFunc(s, unicode.IsControl) >= 0 }
-
-func truncate(s string) string {
-	if utf8.RuneCountInString(s) > 60 {
-		return string([]rune(s)[:60]) + "…"
-	}
-	return s
 }

@@ -1,0 +1,77 @@
+// Package validate checks the client input every function takes at its
+// edge — ids, tag lists — with one set of rules and error messages that name
+// the offending value. Every failure is an errs.Invalid.
+package validate
+
+import (
+	"net/http"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/streamspace-dev/functions/shared/errs"
+)
+
+// MaxIDLength bounds every identifier, as the varchar(255) ids of the
+// StreamSpace API do.
+const MaxIDLength = 255
+
+// ID checks an identifier: 1 to MaxIDLength bytes of UTF-8 with no control
+// characters.
+func ID(field, id string) error {
+	if id == "" || len(id) > MaxIDLength || !utf8.ValidString(id) || HasControl(id) {
+		return errs.E(errs.Invalid, "%s %q: want 1-%d printable characters", field, Quote(id), MaxIDLength)
+	}
+	return nil
+}
+
+// PathID returns r's path value name, checked with ID and reported as field.
+func PathID(r *http.Request, name, field string) (string, error) {
+	id := r.PathValue(name)
+	if err := ID(field, id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// Tags trims each tag, drops repeats (keeping request order), and checks
+// there are at most max tags of 1 to maxLen characters without control
+// characters.
+func Tags(in []string, max, maxLen int) ([]string, error) {
+	if len(in) > max {
+		return nil, errs.E(errs.Invalid, "tags: %d tags, at most %d", len(in), max)
+	}
+	out := make([]string, 0, len(in))
+	seen := make(map[string]struct{}, len(in))
+	for i, raw := range in {
+		t := strings.TrimSpace(raw)
+		if n := utf8.RuneCountInString(t); n == 0 || n > maxLen {
+			return nil, errs.E(errs.Invalid, "tags[%d] %q: want 1-%d characters after trimming", i, Quote(raw), maxLen)
+		}
+		if !utf8.ValidString(t) || HasControl(t) {
+			return nil, errs.E(errs.Invalid, "tags[%d] %q: control characters are not allowed", i, Quote(raw))
+		}
+		if _, dup := seen[t]; dup {
+			continue
+		}
+		seen[t] = struct{}{}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// HasControl reports whether s holds a control character.
+func HasControl(s string) bool { return strings.IndexFunc(s, unicode.IsControl) >= 0 }
+
+// Quote shortens client input echoed in an error message to 60 bytes,
+// cutting on a character boundary.
+func Quote(s string) string {
+	if len(s) <= 60 {
+		return s
+	}
+	s = s[:60]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + "…"
+}
