@@ -40,6 +40,16 @@ func TestAllInOneRoutesEveryFunction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The ingress forwards /api/v1/...: a CloudEvent posted there without a
+	// token must never reach an event handler.
+	for _, tc := range rest {
+		for _, structured := range []bool{false, true} {
+			status, _ := fntest.Deliver(t, h.URL+tc.path, e, structured)
+			if status != http.StatusUnauthorized && status != http.StatusNotFound {
+				t.Errorf("CloudEvent without a token to %s: %d, want 401 (or 404 where no POST route exists)", tc.path, status)
+			}
+		}
+	}
 	for _, tc := range []struct {
 		path       string
 		structured bool

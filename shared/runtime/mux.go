@@ -100,10 +100,16 @@ func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.routes.ServeHTTP(w, r)
 }
 
+// RESTPrefix is where the REST routes live. It is the only prefix the
+// ingress exposes, so nothing under it is ever taken for an event.
+const RESTPrefix = "/api/"
+
 // IsCloudEvent reports whether r carries a CloudEvent in binary or
-// structured mode.
+// structured mode to the event path. A request under RESTPrefix never does,
+// whatever its headers: the event path is cluster-internal, and a CloudEvent
+// posted through the public ingress must not skip the bearer-token check.
 func IsCloudEvent(r *http.Request) bool {
-	if r.Method != http.MethodPost {
+	if r.Method != http.MethodPost || strings.HasPrefix(r.URL.Path, RESTPrefix) {
 		return false
 	}
 	if r.Header.Get("Ce-Specversion") != "" {

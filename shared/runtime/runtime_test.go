@@ -371,3 +371,18 @@ type recorder struct {
 func (r *recorder) Header() http.Header         { return r.header }
 func (r *recorder) WriteHeader(code int)        { r.status = code }
 func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
+
+func TestCloudEventsOnRESTPathsAreREST(t *testing.T) {
+	f := newFn()
+	close(f.release)
+	s := serve(t, f, runtime.Options{})
+	waitReady(t, s.url)
+	for _, structured := range []bool{false, true} {
+		// No token: a CloudEvent posted through the public ingress to a
+		// REST path must meet the bearer check, not an event handler.
+		code, _ := fntest.Deliver(t, s.url+"/api/v1/echo", event("io.test.ping.v1"), structured)
+		if code != http.StatusUnauthorized {
+			t.Errorf("structured=%v: CloudEvent on a REST path got %d, want 401", structured, code)
+		}
+	}
+}
