@@ -18,6 +18,9 @@ var Routes = []Route{
 	{Type: RestoreRequested, Function: "restore"},
 	{Type: TemplateUpdated, Function: "tags"},
 	{Type: Ping, Source: MailHealthSource, Function: "mailtest"},
+	{Type: Ping, Source: OutboxDrainSource, Function: "sharing"},
+	{Type: Ping, Source: OutboxDrainSource, Function: "tags"},
+	{Type: Ping, Source: OutboxDrainSource, Function: "versioning"},
 }
 
 // RoutesFor returns the rows that deliver to function.

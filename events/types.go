@@ -52,4 +52,7 @@ const (
 	DefaultNamespace    = "streamspace"
 	AutoscaleTickSource = "/apis/v1/namespaces/streamspace/pingsources/autoscale-tick"
 	MailHealthSource    = "/apis/v1/namespaces/streamspace/pingsources/mail-health"
+	// OutboxDrainSource wakes every function that emits events, so events
+	// queued while the sink was down leave even when no request comes.
+	OutboxDrainSource = "/apis/v1/namespaces/streamspace/pingsources/outbox-drain"
 )

@@ -47,6 +47,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	svc.Mux.Route("POST /api/v1/batch/sessions/update-tags", f.updateTags)
 	svc.Mux.Route("GET /api/v1/search/filters/tags", f.popularTags)
 	svc.Mux.On(events.TemplateUpdated, f.onTemplateUpdated)
+	svc.Mux.On(events.Ping, svc.DrainOutbox)
 	return nil
 }
 

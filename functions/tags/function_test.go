@@ -263,12 +263,18 @@ func TestEmitSurvivesASinkOutage(t *testing.T) {
 	if status != http.StatusOK {
 		t.Fatalf("status %d", status)
 	}
-	if h.Sink.Refused() == 0 {
+	if !h.Sink.WaitRefused(10 * time.Second) {
 		t.Fatal("sink was never tried")
 	}
+	// The relay logs the failure, then records it on the queued row.
 	var id string
-	if err := h.Pool.QueryRow(context.Background(), `select id::text from event_outbox`).Scan(&id); err != nil {
-		t.Fatalf("event not kept in the outbox while the sink is down: %v", err)
+	deadline := time.Now().Add(10 * time.Second)
+	for id == "" && time.Now().Before(deadline) {
+		h.Pool.QueryRow(context.Background(), `select id::text from event_outbox where last_error is not null`).Scan(&id)
+		time.Sleep(10 * time.Millisecond)
+	}
+	if id == "" {
+		t.Fatal("event not kept in the outbox with its error while the sink is down")
 	}
 	if !strings.Contains(h.Logs.String(), id) {
 		t.Errorf("failed send of %s not logged", id)
@@ -278,6 +284,30 @@ func TestEmitSurvivesASinkOutage(t *testing.T) {
 	got := h.Sink.WaitFor(context.Background(), events.SessionTagsUpdated, 10*time.Second)
 	if len(got) != 1 || got[0].ID() != id {
 		t.Fatalf("after the outage got %d events, want the queued %s", len(got), id)
+	}
+}
+
+func TestResponsesNeverWaitOnTheSink(t *testing.T) {
+	h := start(t)
+	seedSessions(t, h, "alice", []string{}, "s1")
+	release := h.Sink.Hold() // accepts connections, never answers
+	defer release()
+	done := make(chan int, 1)
+	go func() {
+		status, _ := batch(t, h, h.Token("alice", authn.User), map[string]any{"operation": "add", "sessionIds": []string{"s1"}, "tags": []string{"dev"}})
+		done <- status
+	}()
+	select {
+	case status := <-done:
+		if status != http.StatusOK {
+			t.Fatalf("status %d", status)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the response waited on a sink that never answers")
+	}
+	release()
+	if got := h.Sink.WaitFor(context.Background(), events.SessionTagsUpdated, 10*time.Second); len(got) != 1 {
+		t.Errorf("%d events after the sink answered, want 1", len(got))
 	}
 }
 

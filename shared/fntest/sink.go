@@ -22,6 +22,7 @@ type Sink struct {
 	events   []cloudevents.Event
 	failures int
 	refused  int
+	held     chan struct{} // while non-nil, deliveries wait for it to close
 }
 
 // NewSink starts a sink for the test.
@@ -34,6 +35,12 @@ func NewSink(tb testing.TB) *Sink {
 }
 
 func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	held := s.held
+	s.mu.Unlock()
+	if held != nil {
+		<-held
+	}
 	s.mu.Lock()
 	if s.failures > 0 {
 		s.failures--
@@ -61,6 +68,37 @@ func (s *Sink) FailNext(n int) {
 	s.mu.Unlock()
 }
 
+// Hold makes deliveries wait until the returned release is called, like a
+// sink that accepts connections and never answers.
+func (s *Sink) Hold() (release func()) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.held = ch
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.held = nil
+			s.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+// WaitRefused waits up to timeout until the sink refused at least one
+// delivery, and reports whether it did.
+func (s *Sink) WaitRefused(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for s.Refused() == 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 // Refused reports how many deliveries were refused.
 func (s *Sink) Refused() int {
 	s.mu.Lock()
@@ -78,6 +116,13 @@ func (s *Sink) Events() []cloudevents.Event {
 // WaitFor waits up to timeout until an event of eventType arrived and
 // returns every such event.
 func (s *Sink) WaitFor(ctx context.Context, eventType string, timeout time.Duration) []cloudevents.Event {
+	return s.WaitForN(ctx, eventType, 1, timeout)
+}
+
+// WaitForN waits up to timeout until n events of eventType arrived and
+// returns every such event (fewer if the time ran out). Events leave the
+// outbox after the response, so tests wait for them rather than expect them.
+func (s *Sink) WaitForN(ctx context.Context, eventType string, n int, timeout time.Duration) []cloudevents.Event {
 	deadline := time.Now().Add(timeout)
 	for {
 		var out []cloudevents.Event
@@ -86,7 +131,7 @@ func (s *Sink) WaitFor(ctx context.Context, eventType string, timeout time.Durat
 				out = append(out, e)
 			}
 		}
-		if len(out) > 0 || time.Now().After(deadline) || ctx.Err() != nil {
+		if len(out) >= n || time.Now().After(deadline) || ctx.Err() != nil {
 			return out
 		}
 		time.Sleep(20 * time.Millisecond)

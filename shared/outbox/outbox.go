@@ -33,6 +33,7 @@ type Outbox struct {
 	client   cloudevents.Client
 	log      *slog.Logger
 	warnOnce sync.Once
+	kick     chan struct{}
 }
 
 // New returns the outbox of function, sending to sink (K_SINK). An empty
@@ -42,7 +43,7 @@ func New(pool *pgxpool.Pool, function, sink string, log *slog.Logger) (*Outbox, 
 	if err != nil {
 		return nil, fmt.Errorf("cloudevents client: %w", err)
 	}
-	return &Outbox{pool: pool, function: function, sink: sink, client: c, log: log}, nil
+	return &Outbox{pool: pool, function: function, sink: sink, client: c, log: log, kick: make(chan struct{}, 1)}, nil
 }
 
 // Add queues events in tx, in one statement; they are sent only if tx commits.
@@ -78,16 +79,24 @@ const claimFor = time.Minute
 // open, then deleted if acknowledged or given a backoff if not. Delivery is
 // at least once: consumers deduplicate by event id.
 func (o *Outbox) Flush(ctx context.Context) (int, error) {
+	sent, _, err := o.flush(ctx)
+	return sent, err
+}
+
+// flush is Flush that also reports whether it claimed a full batch, in which
+// case more may be due.
+func (o *Outbox) flush(ctx context.Context) (int, bool, error) {
 	if o.sink == "" {
 		o.warnOnce.Do(func() {
 			o.log.Warn("K_SINK is not set: emitted events stay queued in event_outbox", "function", o.function)
 		})
-		return 0, nil
+		return 0, false, nil
 	}
 	due, err := o.claim(ctx)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
+	full := len(due) == batchSize
 	var sent, failed []string
 	var reasons []string
 	for _, p := range due {
@@ -101,7 +110,7 @@ func (o *Outbox) Flush(ctx context.Context) (int, error) {
 	}
 	if len(sent) > 0 {
 		if _, err := o.pool.Exec(ctx, `delete from event_outbox where id = any($1)`, sent); err != nil {
-			return len(sent), fmt.Errorf("mark %d events sent: %w", len(sent), db.Classify(err))
+			return len(sent), false, fmt.Errorf("mark %d events sent: %w", len(sent), db.Classify(err))
 		}
 	}
 	if len(failed) > 0 {
@@ -111,10 +120,32 @@ func (o *Outbox) Flush(ctx context.Context) (int, error) {
 			    next_attempt_at = now() + make_interval(secs => least(300, power(2, o.attempts)))
 			from unnest($1::uuid[], $2::text[]) as f(id, reason)
 			where o.id = f.id`, failed, reasons); err != nil {
-			return len(sent), fmt.Errorf("reschedule %d events: %w", len(failed), db.Classify(err))
+			return len(sent), false, fmt.Errorf("reschedule %d events: %w", len(failed), db.Classify(err))
 		}
 	}
-	return len(sent), nil
+	return len(sent), full, nil
+}
+
+// Drain flushes until no full batch is left, so a backlog (a team share
+// that notified thousands) goes out in one go rather than a batch per tick.
+func (o *Outbox) Drain(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		sent, full, err := o.flush(ctx)
+		total += sent
+		if err != nil || !full || ctx.Err() != nil {
+			return total, err
+		}
+	}
+}
+
+// Kick asks Run to drain now. It never blocks: a kick while one is pending
+// is the same kick.
+func (o *Outbox) Kick() {
+	select {
+	case o.kick <- struct{}{}:
+	default:
+	}
 }
 
 type pending struct {
@@ -170,19 +201,21 @@ func (o *Outbox) send(ctx context.Context, e cloudevents.Event) error {
 	return nil
 }
 
-// Run flushes every interval until ctx ends, so events queued while the sink
-// was down, or by an instance that stopped, are delivered.
+// Run drains at start, on every Kick and every interval until ctx ends, so
+// events leave right after the change that queued them commits, and events
+// queued while the sink was down, or by an instance that stopped, follow.
 func (o *Outbox) Run(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		if _, err := o.Flush(ctx); err != nil && ctx.Err() == nil {
+		if _, err := o.Drain(ctx); err != nil && ctx.Err() == nil {
 			o.log.Warn("outbox flush failed", "function", o.function, "err", err)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-o.kick:
 		}
 	}
 }

@@ -98,7 +98,8 @@ type Service struct {
 	Mux    *runtime.Mux
 	Log    *slog.Logger
 
-	stop context.CancelFunc
+	stop    context.CancelFunc
+	relayed chan struct{}
 }
 
 // Start loads cfg from environ, connects to the database, prepares the
@@ -131,24 +132,41 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		return nil, err
 	}
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	go ob.Run(runCtx, b.OutboxInterval)
+	relayed := make(chan struct{})
+	go func() {
+		defer close(relayed)
+		ob.Run(runCtx, b.OutboxInterval)
+	}()
 	return &Service{
-		Name:   name,
-		Pool:   pool,
-		Auth:   verifier,
-		Outbox: ob,
-		Mux:    runtime.NewMux(name, verifier, validate),
-		Log:    log,
-		stop:   stop,
+		Name:    name,
+		Pool:    pool,
+		Auth:    verifier,
+		Outbox:  ob,
+		Mux:     runtime.NewMux(name, verifier, validate),
+		Log:     log,
+		stop:    stop,
+		relayed: relayed,
 	}, nil
 }
 
-// Stop ends background work and closes the pool.
-func (s *Service) Stop(context.Context) error {
+// finalFlush bounds the last send of queued events when an instance stops,
+// inside Knative's termination grace period.
+const finalFlush = 5 * time.Second
+
+// Stop ends the outbox relay, gives queued events one last bounded chance
+// to leave (what does not stays queued for the next instance), and closes
+// the pool.
+func (s *Service) Stop(ctx context.Context) error {
 	if s == nil {
 		return nil
 	}
 	s.stop()
+	<-s.relayed
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalFlush)
+	defer cancel()
+	if _, err := s.Outbox.Drain(fctx); err != nil {
+		s.Log.Warn("final outbox flush failed; events stay queued", "err", err)
+	}
 	s.Pool.Close()
 	return nil
 }
@@ -166,12 +184,19 @@ func (s *Service) Handle(w http.ResponseWriter, r *http.Request) {
 // Routes lists the REST patterns the function serves, for the all-in-one.
 func (s *Service) Routes() []string { return s.Mux.Patterns() }
 
-// Emit flushes the outbox after a commit so events leave promptly; what
-// fails stays queued for the background retry.
-func (s *Service) Emit(ctx context.Context) {
-	if _, err := s.Outbox.Flush(ctx); err != nil {
-		s.Log.Warn("emit after commit failed; queued for retry", "err", err)
-	}
+// Emit tells the outbox relay that a committed change queued events. It
+// returns at once: the response never waits on the sink, and what the sink
+// refuses stays queued and is retried.
+func (s *Service) Emit(context.Context) { s.Outbox.Kick() }
+
+// DrainOutbox is the handler of the outbox-drain PingSource: waking the
+// function is most of its work (Start runs the relay), and it sends what is
+// due before answering, so a backlog left while every instance was scaled to
+// zero goes out within one schedule period.
+func (s *Service) DrainOutbox(ctx context.Context, _ cloudevents.Event) (*cloudevents.Event, error) {
+	sent, err := s.Outbox.Drain(ctx)
+	runtime.AddLogAttrs(ctx, slog.Int("sent", sent))
+	return nil, err
 }
 
 // Once applies effect for event e at most once: the effect and the record

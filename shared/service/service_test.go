@@ -12,9 +12,13 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/google/uuid"
+
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/fntest"
 	"github.com/streamspace-dev/functions/shared/logging"
+	"github.com/streamspace-dev/functions/shared/outbox"
 	"github.com/streamspace-dev/functions/shared/runtime"
 	"github.com/streamspace-dev/functions/shared/service"
 )
@@ -39,6 +43,7 @@ func (c *counter) Start(ctx context.Context, env map[string]string) error {
 		})
 		return nil, err
 	})
+	svc.Mux.On("dev.knative.sources.ping", svc.DrainOutbox)
 	svc.Mux.Route("GET /api/v1/whoami", func(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
 		runtime.WriteJSON(w, http.StatusOK, who)
 		return nil
@@ -111,6 +116,37 @@ func TestEventDeliveredTenTimesHasOneEffect(t *testing.T) {
 	h.Deliver(e, false)
 	if got := effects(t, h); got != 2 {
 		t.Errorf("%d effects after a second source, want 2", got)
+	}
+}
+
+func TestOutboxDrainPingSendsWhatIsQueued(t *testing.T) {
+	// No periodic relay during the test: only the ping can send.
+	h := fntest.Start(t, &counter{}, map[string]string{"OUTBOX_INTERVAL": "1h"})
+	ob, err := outbox.New(h.Pool, "counter", h.Sink.URL, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := cloudevents.NewEvent()
+	queued.SetID(uuid.NewString())
+	queued.SetSource("/streamspace/functions/counter")
+	queued.SetType("io.test.queued.v1")
+	queued.SetData(cloudevents.ApplicationJSON, map[string]string{})
+	if err := db.InTx(context.Background(), h.Pool, func(tx pgx.Tx) error { return ob.Add(context.Background(), tx, queued) }); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h.Sink.Events()); n != 0 {
+		t.Fatalf("%d events sent before the ping", n)
+	}
+	ping := cloudevents.NewEvent()
+	ping.SetID("ping-1")
+	ping.SetSource("/apis/v1/namespaces/streamspace/pingsources/outbox-drain")
+	ping.SetType("dev.knative.sources.ping")
+	ping.SetData(cloudevents.ApplicationJSON, map[string]string{"job": "outbox.drain"})
+	if status, _ := h.Deliver(ping, false); status != http.StatusAccepted {
+		t.Fatalf("ping: %d", status)
+	}
+	if got := h.Sink.Events(); len(got) != 1 || got[0].ID() != queued.ID() {
+		t.Errorf("after the ping the sink has %v, want the queued %s", got, queued.ID())
 	}
 }
 
