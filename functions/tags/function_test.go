@@ -381,7 +381,7 @@ func TestPopularTagsSkipsOddShapes(t *testing.T) {
 
 func TestPopularTagsRejectsBadQuery(t *testing.T) {
 	h := start(t)
-	for _, q := range []string{"?limit=0", "?limit=201", "?limit=-1", "?limit=abc", "?limit=", "?limit=1.5", "?category=", "?category=" + strings.Repeat("c", 101)} {
+	for _, q := range []string{"?limit=0", "?limit=201", "?limit=-1", "?limit=abc", "?limit=", "?limit=1.5", "?category=", "?category=" + strings.Repeat("c", 101), "?category=%ff%fe", "?category=a%E2%80%AEb"} {
 		status, body := h.Do(http.MethodGet, popularPath+q, h.Token("alice", authn.User), nil)
 		if status != http.StatusBadRequest {
 			t.Errorf("%s: %d %s, want 400", q, status, body)

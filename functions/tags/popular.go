@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/runtime"
 	"github.com/streamspace-dev/functions/shared/validate"
@@ -60,19 +61,19 @@ func (s *Store) PopularTags(ctx context.Context, category *string, limit int) ([
 		rows, err = s.Pool.Query(ctx, popularInCategorySQL, *category, limit)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("popular tags: %w", err)
+		return nil, fmt.Errorf("popular tags: %w", db.Classify(err))
 	}
 	defer rows.Close()
 	out := make([]TagCount, 0, limit)
 	for rows.Next() {
 		var tc TagCount
 		if err := rows.Scan(&tc.Tag, &tc.Count); err != nil {
-			return nil, fmt.Errorf("popular tags: %w", err)
+			return nil, fmt.Errorf("popular tags: %w", db.Classify(err))
 		}
 		out = append(out, tc)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("popular tags: %w", err)
+		return nil, fmt.Errorf("popular tags: %w", db.Classify(err))
 	}
 	return out, nil
 }
@@ -89,8 +90,8 @@ func parsePopularQuery(r *http.Request) (category *string, limit int, err error)
 	}
 	if q.Has("category") {
 		c := q.Get("category")
-		if c == "" || len(c) > maxCategoryLength || validate.HasControl(c) {
-			return nil, 0, errs.E(errs.Invalid, "category %q: want 1-%d printable characters", validate.Quote(c), maxCategoryLength)
+		if err := validate.Text("category", c, maxCategoryLength); err != nil {
+			return nil, 0, err
 		}
 		category = &c
 	}
@@ -153,7 +154,7 @@ func (c *popularCache) get(ctx context.Context, category *string, limit int, loa
 		}
 		c.mu.Lock()
 		if c.generation == gen {
-			c.entries[key] = cacheEntry{tags: tags, expires: c.now().Add(c.ttl)}
+			c.store(key, tags)
 		}
 		c.mu.Unlock()
 		return tags, nil
@@ -162,6 +163,27 @@ func (c *popularCache) get(ctx context.Context, category *string, limit int, loa
 		return nil, err
 	}
 	return v.([]TagCount), nil
+}
+
+// maxCacheEntries bounds the cache: the key includes a client-chosen
+// category, so without a bound any caller could grow it without end.
+const maxCacheEntries = 256
+
+// store adds an entry, first dropping expired ones when the cache is full,
+// and everything when that is not enough. c.mu is held.
+func (c *popularCache) store(key string, tags []TagCount) {
+	if len(c.entries) >= maxCacheEntries {
+		now := c.now()
+		for k, e := range c.entries {
+			if !now.Before(e.expires) {
+				delete(c.entries, k)
+			}
+		}
+		if len(c.entries) >= maxCacheEntries {
+			clear(c.entries)
+		}
+	}
+	c.entries[key] = cacheEntry{tags: tags, expires: c.now().Add(c.ttl)}
 }
 
 func (c *popularCache) clear() {

@@ -18,12 +18,7 @@ const MaxIDLength = 255
 
 // ID checks an identifier: 1 to MaxIDLength bytes of UTF-8 with no control
 // characters.
-func ID(field, id string) error {
-	if id == "" || len(id) > MaxIDLength || !utf8.ValidString(id) || HasControl(id) {
-		return errs.E(errs.Invalid, "%s %q: want 1-%d printable characters", field, Quote(id), MaxIDLength)
-	}
-	return nil
-}
+func ID(field, id string) error { return Text(field, id, MaxIDLength) }
 
 // PathID returns r's path value name, checked with ID and reported as field.
 func PathID(r *http.Request, name, field string) (string, error) {
@@ -60,8 +55,32 @@ func Tags(in []string, max, maxLen int) ([]string, error) {
 	return out, nil
 }
 
-// HasControl reports whether s holds a control character.
-func HasControl(s string) bool { return strings.IndexFunc(s, unicode.IsControl) >= 0 }
+// HasControl reports whether s holds a character that has no place in a
+// name: a control character, a bidirectional override or isolate (which
+// make text display as other than it is), or an invisible zero-width space
+// or byte-order mark. Joiners stay allowed: emoji sequences need them.
+func HasControl(s string) bool { return strings.IndexFunc(s, disallowed) >= 0 }
+
+func disallowed(r rune) bool {
+	switch {
+	case unicode.IsControl(r):
+		return true
+	case r >= 0x202A && r <= 0x202E, r >= 0x2066 && r <= 0x2069, r == 0x200E, r == 0x200F, r == 0x061C:
+		return true
+	case r == 0x200B, r == 0xFEFF:
+		return true
+	}
+	return false
+}
+
+// Text checks a short free-text value such as a category: 1 to max bytes
+// of UTF-8 without the characters HasControl refuses.
+func Text(field, s string, max int) error {
+	if s == "" || len(s) > max || !utf8.ValidString(s) || HasControl(s) {
+		return errs.E(errs.Invalid, "%s %q: want 1-%d printable characters", field, Quote(s), max)
+	}
+	return nil
+}
 
 // Quote shortens client input echoed in an error message to 60 bytes,
 // cutting on a character boundary.

@@ -23,6 +23,10 @@ func TestID(t *testing.T) {
 		{"a\x00b", false},
 		{"a\nb", false},
 		{"\xff", false},
+		{"evil\u202egnp.exe", false}, // right-to-left override
+		{"a\u200bb", false},          // zero-width space
+		{"👩\u200d💻", true},           // an emoji joined with ZWJ
+		{"café", true},
 	}
 	for _, tc := range tests {
 		err := validate.ID("template id", tc.id)
