@@ -174,9 +174,19 @@ func (h *Harness) Deliver(e cloudevents.Event, structured bool) (int, *cloudeven
 // Deliver posts e to url as the broker does.
 func Deliver(tb testing.TB, url string, e cloudevents.Event, structured bool) (int, *cloudevents.Event) {
 	tb.Helper()
+	return DeliverWithToken(tb, url, e, structured, "")
+}
+
+// DeliverWithToken is Deliver with the bearer token Knative's
+// authentication-oidc feature adds (none when empty).
+func DeliverWithToken(tb testing.TB, url string, e cloudevents.Event, structured bool, token string) (int, *cloudevents.Event) {
+	tb.Helper()
 	req, err := http.NewRequest(http.MethodPost, url, nil)
 	if err != nil {
 		tb.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	ctx := context.Background()
 	if structured {

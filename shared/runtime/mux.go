@@ -31,12 +31,13 @@ type EventHandler func(ctx context.Context, e cloudevents.Event) (reply *cloudev
 // Mux is one function's handler: CloudEvents by type and REST routes by
 // pattern on a single http.Handler, as DESIGN §3 requires.
 type Mux struct {
-	function string
-	auth     Authenticator
-	validate func(cloudevents.Event) error
-	routes   *http.ServeMux
-	patterns []string
-	events   map[string]EventHandler
+	function  string
+	auth      Authenticator
+	validate  func(cloudevents.Event) error
+	routes    *http.ServeMux
+	patterns  []string
+	events    map[string]EventHandler
+	eventAuth Authenticator
 }
 
 // NewMux returns a Mux for function. auth checks every REST request;
@@ -70,6 +71,11 @@ func (m *Mux) Route(pattern string, h RouteHandler) {
 		}
 	})
 }
+
+// RequireEventAuth makes every CloudEvent delivery authenticate with a; a
+// delivery that does not is refused with 401 before it is decoded. Knative
+// Eventing's authentication-oidc feature sends such a token.
+func (m *Mux) RequireEventAuth(a Authenticator) { m.eventAuth = a }
 
 // On handles events of eventType with h.
 func (m *Mux) On(eventType string, h EventHandler) { m.events[eventType] = h }
@@ -121,6 +127,14 @@ func IsCloudEvent(r *http.Request) bool {
 func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	AddLogAttrs(ctx, slog.String("function", m.function))
+	if m.eventAuth != nil {
+		who, err := m.eventAuth.Authenticate(r)
+		if err != nil {
+			m.eventError(w, r, err)
+			return
+		}
+		AddLogAttrs(ctx, slog.String("sender", who.Subject))
+	}
 	msg := cehttp.NewMessageFromHttpRequest(r)
 	defer msg.Finish(nil)
 	if msg.ReadEncoding() == binding.EncodingBatch {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -43,6 +44,19 @@ type Base struct {
 	AuthRoleClaim string `env:"AUTH_ROLE_CLAIM" envDefault:"role"`
 	// Namespace is where StreamSpace sessions run.
 	Namespace string `env:"STREAMSPACE_NAMESPACE" envDefault:"streamspace"`
+	// EventAuthIssuer, when set, makes every CloudEvent delivery carry a
+	// bearer token from this issuer, as Knative Eventing's
+	// authentication-oidc feature sends: the cluster's service-account
+	// token issuer. EventAuthAudience is this function's audience and
+	// EventAuthJWKSURL the issuer's keys, which must be readable without
+	// credentials.
+	EventAuthIssuer   string `env:"EVENT_AUTH_ISSUER"`
+	EventAuthAudience string `env:"EVENT_AUTH_AUDIENCE"`
+	EventAuthJWKSURL  string `env:"EVENT_AUTH_JWKS_URL"`
+	// EventAuthSubjects, when set, are the only token subjects accepted on
+	// the event path (the broker's OIDC service accounts), since any
+	// workload able to mount a projected token could name our audience.
+	EventAuthSubjects []string `env:"EVENT_AUTH_SUBJECTS" envSeparator:","`
 	// OutboxInterval is how often undelivered events are retried.
 	OutboxInterval time.Duration `env:"OUTBOX_INTERVAL" envDefault:"15s"`
 }
@@ -89,6 +103,49 @@ func envKey(cfg any, field string) string {
 	return field
 }
 
+// eventAuthenticator is the event path's token check, or nil when
+// EVENT_AUTH_ISSUER is unset.
+func (b *Base) eventAuthenticator(ctx context.Context) (runtime.Authenticator, error) {
+	if b.EventAuthIssuer == "" {
+		if b.EventAuthAudience != "" || b.EventAuthJWKSURL != "" || len(b.EventAuthSubjects) > 0 {
+			return nil, errors.New("config: EVENT_AUTH_ISSUER is required when any other EVENT_AUTH_* variable is set")
+		}
+		return nil, nil
+	}
+	for name, v := range map[string]string{"EVENT_AUTH_AUDIENCE": b.EventAuthAudience, "EVENT_AUTH_JWKS_URL": b.EventAuthJWKSURL} {
+		if v == "" {
+			return nil, fmt.Errorf("config: %s is required when EVENT_AUTH_ISSUER is set", name)
+		}
+	}
+	v, err := authn.NewVerifier(ctx, authn.Config{
+		Issuer:   b.EventAuthIssuer,
+		Audience: b.EventAuthAudience,
+		JWKSURL:  b.EventAuthJWKSURL,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("config: event auth: %w", err)
+	}
+	return senders{v, b.EventAuthSubjects}, nil
+}
+
+// senders authenticates event deliveries: a valid token and, when a list
+// is configured, a subject on it.
+type senders struct {
+	verifier *authn.Verifier
+	allowed  []string
+}
+
+func (s senders) Authenticate(r *http.Request) (authn.Identity, error) {
+	who, err := s.verifier.Authenticate(r)
+	if err != nil {
+		return who, err
+	}
+	if len(s.allowed) > 0 && !slices.Contains(s.allowed, who.Subject) {
+		return authn.Identity{}, errs.E(errs.Unauthenticated, "event sender %q is not allowed", who.Subject)
+	}
+	return who, nil
+}
+
 // Service is one started function's dependencies.
 type Service struct {
 	Name   string
@@ -112,7 +169,8 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 	}
 	b := cfg.base()
 	log := runtime.Logger(ctx).With("function", name)
-	pool, err := db.Open(ctx, b.DatabaseURL)
+	// Configuration is checked in full before anything connects.
+	eventAuth, err := b.eventAuthenticator(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -123,13 +181,20 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		RoleClaim: b.AuthRoleClaim,
 	})
 	if err != nil {
-		pool.Close()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	pool, err := db.Open(ctx, b.DatabaseURL)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	ob, err := outbox.New(pool, name, b.Sink, log)
 	if err != nil {
 		pool.Close()
 		return nil, err
+	}
+	mux := runtime.NewMux(name, verifier, validate)
+	if eventAuth != nil {
+		mux.RequireEventAuth(eventAuth)
 	}
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	relayed := make(chan struct{})
@@ -142,7 +207,7 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		Pool:    pool,
 		Auth:    verifier,
 		Outbox:  ob,
-		Mux:     runtime.NewMux(name, verifier, validate),
+		Mux:     mux,
 		Log:     log,
 		stop:    stop,
 		relayed: relayed,

@@ -2,12 +2,15 @@ package service_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/jackc/pgx/v5"
@@ -15,6 +18,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/authn/localissuer"
 	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/fntest"
 	"github.com/streamspace-dev/functions/shared/logging"
@@ -147,6 +151,84 @@ func TestOutboxDrainPingSendsWhatIsQueued(t *testing.T) {
 	}
 	if got := h.Sink.Events(); len(got) != 1 || got[0].ID() != queued.ID() {
 		t.Errorf("after the ping the sink has %v, want the queued %s", got, queued.ID())
+	}
+}
+
+func TestEventPathVerifiesTheBrokersToken(t *testing.T) {
+	// The cluster's token issuer, standing in for the API server's.
+	cluster := httptest.NewServer(nil)
+	t.Cleanup(cluster.Close)
+	iss, err := localissuer.New(cluster.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster.Config.Handler = iss.JWKSHandler()
+	const (
+		audience = "serving.knative.dev/service/streamspace/counter"
+		broker   = "system:serviceaccount:knative-eventing:broker-oidc"
+	)
+	h := fntest.Start(t, &counter{}, map[string]string{
+		"EVENT_AUTH_ISSUER":   cluster.URL,
+		"EVENT_AUTH_AUDIENCE": audience,
+		"EVENT_AUTH_JWKS_URL": cluster.URL,
+		"EVENT_AUTH_SUBJECTS": broker,
+	})
+	if _, err := h.Pool.Exec(context.Background(),
+		`insert into job_leases (name, owner, lease_until, heartbeat_at, created_at) values ('counter', 'test', now(), now(), now())`); err != nil {
+		t.Fatal(err)
+	}
+	token := func(sub, aud string) string {
+		tok, err := iss.Token(sub, authn.User, aud, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	tests := []struct {
+		name  string
+		token string
+		want  int
+	}{
+		{"no token", "", http.StatusUnauthorized},
+		{"the REST issuer's token", h.Token("alice", authn.Admin), http.StatusUnauthorized},
+		{"another audience", token(broker, "serving.knative.dev/service/streamspace/other"), http.StatusUnauthorized},
+		{"a subject not on the list", token("system:serviceaccount:streamspace:desktop", audience), http.StatusUnauthorized},
+		{"the broker", token(broker, audience), http.StatusAccepted},
+	}
+	for i, tc := range tests {
+		e := cloudevents.NewEvent()
+		e.SetID(fmt.Sprintf("oidc-%d", i))
+		e.SetSource("/test")
+		e.SetType(counted)
+		e.SetData(cloudevents.ApplicationJSON, map[string]string{})
+		if status, _ := fntest.DeliverWithToken(t, h.URL, e, false, tc.token); status != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, status, tc.want)
+		}
+	}
+	if got := effects(t, h); got != 1 {
+		t.Errorf("%d effects, want only the broker's delivery to count", got)
+	}
+}
+
+func TestEventAuthConfigIsAllOrNothing(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"EVENT_AUTH_AUDIENCE": "a"}, "EVENT_AUTH_ISSUER"},
+		{map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_JWKS_URL": "https://k8s/jwks"}, "EVENT_AUTH_AUDIENCE"},
+		{map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_AUDIENCE": "a"}, "EVENT_AUTH_JWKS_URL"},
+	} {
+		env := map[string]string{
+			"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "AUTH_ISSUER": "https://i", "AUTH_AUDIENCE": "a", "AUTH_JWKS_URL": "https://i/jwks",
+		}
+		for k, v := range tc.env {
+			env[k] = v
+		}
+		_, err := service.Start(context.Background(), "counter", env, &service.Base{}, func(cloudevents.Event) error { return nil })
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want an error naming %s", tc.env, err, tc.want)
+		}
 	}
 }
 
