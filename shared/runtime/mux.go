@@ -150,6 +150,13 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 		slog.String("eventId", e.ID()),
 		slog.String("eventType", e.Type()),
 		slog.String("eventSource", e.Source()))
+	// In binary mode traceparent is a header the middleware logs; in
+	// structured mode it is an extension attribute inside the body.
+	if r.Header.Get("traceparent") == "" {
+		if tp, ok := e.Extensions()["traceparent"].(string); ok {
+			AddLogAttrs(ctx, slog.String("traceparent", tp))
+		}
+	}
 	h, ok := m.events[e.Type()]
 	if !ok {
 		m.eventError(w, r, errs.E(errs.Invalid, "function %s does not handle event type %q", m.function, e.Type()))

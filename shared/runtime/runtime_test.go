@@ -300,8 +300,16 @@ func TestEvents(t *testing.T) {
 		t.Errorf("malformed structured event: %d, want 400", resp.StatusCode)
 	}
 
-	var found bool
+	traced := event("io.test.ping.v1")
+	traced.SetID("traced-1")
+	traced.SetExtension("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	fntest.Deliver(t, s.url, traced, true)
+
+	var found, tracedLogged bool
 	for _, line := range s.logs.Lines() {
+		if line["eventId"] == "traced-1" && line["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" {
+			tracedLogged = true
+		}
 		if line["eventId"] == "evt-1" && line["eventType"] == "io.test.ping.v1" && line["outcome"] == "replied" &&
 			line["eventSource"] == "/test" && line["durationMs"] != nil && line["status"] == float64(200) {
 			found = true
@@ -309,6 +317,9 @@ func TestEvents(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no complete log line for the ping event:\n%s", s.logs.String())
+	}
+	if !tracedLogged {
+		t.Errorf("structured event's traceparent not in its log line:\n%s", s.logs.String())
 	}
 }
 
