@@ -121,7 +121,7 @@ type auditRow struct {
 func auditRows(t *testing.T, h *fntest.Harness) []auditRow {
 	t.Helper()
 	rows, err := h.Pool.Query(context.Background(),
-		`select actor, action, resource_id, details from audit_log where resource_type = 'template' order by id`)
+		`select actor, action, resource_id, details from audit_log where resource_type = $1 order by id`, access.ResourceType)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/streamspace-dev/functions/shared/access"
 )
 
 // Notification is one notifications row created for a grantee.
@@ -39,9 +41,11 @@ type notificationData struct {
 	TeamID          string `json:"teamId,omitempty"`
 }
 
+// auditSQL writes a share change's audit row. $1 actor, $2 action,
+// $3 resource type (access.ResourceType), $4 template, $5 details.
 const auditSQL = `
 	insert into audit_log (actor, action, resource_type, resource_id, details)
-	values ($1, $2, 'template', $3, $4)`
+	values ($1, $2, $3, $4, $5)`
 
 // notifySQL notifies, in one statement, the grantee user, or every member of
 // the grantee team at this moment. The actor is left out: they made the
@@ -72,7 +76,7 @@ func record(ctx context.Context, tx pgx.Tx, c *Change, n names) error {
 	if err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, auditSQL, c.Actor, c.Action, c.Share.TemplateID, details); err != nil {
+	if _, err := tx.Exec(ctx, auditSQL, c.Actor, c.Action, access.ResourceType, c.Share.TemplateID, details); err != nil {
 		return fmt.Errorf("audit %s: %w", c.Action, err)
 	}
 

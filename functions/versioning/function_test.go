@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,8 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/streamspace-dev/functions/events"
 	function "github.com/streamspace-dev/functions/functions/versioning"
+	"github.com/streamspace-dev/functions/shared/access"
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/fntest"
 )
@@ -53,6 +57,34 @@ func seedTemplate(t *testing.T, h *fntest.Harness, id, owner, name, config strin
 	t.Helper()
 	exec(t, h, `insert into user_session_templates (id, user_id, name, category, config, tags)
 		values ($1, $2, $3, 'browsers', $4::jsonb, '["web"]')`, id, owner, name, config)
+}
+
+// dbNow is the database clock's now().
+func dbNow(t *testing.T, h *fntest.Harness) time.Time {
+	t.Helper()
+	var now time.Time
+	if err := h.Pool.QueryRow(context.Background(), `select now()`).Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	return now
+}
+
+// waitOutboxEmpty waits until the outbox has sent and deleted every queued
+// event. The sink records an event before the outbox deletes its row, so
+// the row can outlive the event's arrival for a moment.
+func waitOutboxEmpty(t *testing.T, h *fntest.Harness) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := h.Count(`select count(*) from event_outbox`)
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d events still in the outbox after 5s, want 0", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // templateNow is the template as a version would save it.
@@ -95,6 +127,7 @@ func TestCreateSnapshotsTheWholeTemplate(t *testing.T) {
 	h := start(t, nil)
 	alice := h.Token("alice", authn.User)
 	seedTemplate(t, h, "tpl", "alice", "Firefox", `{"image":"firefox:118","resources":{"cpu":"1"}}`)
+	before := dbNow(t, h)
 
 	status, v := create(t, h, alice, "tpl", map[string]any{"description": "first cut", "tags": []string{" v1.0 ", "stable", "v1.0"}})
 	if status != http.StatusCreated {
@@ -106,8 +139,15 @@ func TestCreateSnapshotsTheWholeTemplate(t *testing.T) {
 	if !slices.Equal(v.Tags, []string{"v1.0", "stable"}) {
 		t.Errorf("tags %q, want trimmed and folded [v1.0 stable]", v.Tags)
 	}
-	if time.Since(v.CreatedAt) > time.Minute {
-		t.Errorf("createdAt %s", v.CreatedAt)
+	var stored time.Time
+	var inRange bool
+	if err := h.Pool.QueryRow(context.Background(),
+		`select created_at, created_at between $2 and now() from template_versions where template_id = 'tpl' and version_number = $1`,
+		v.Number, before).Scan(&stored, &inRange); err != nil {
+		t.Fatal(err)
+	}
+	if !v.CreatedAt.Equal(stored) || !inRange {
+		t.Errorf("createdAt %s, want the stored %s, between the request's start %s and now by the database clock", v.CreatedAt, stored, before)
 	}
 	want := `{"id":"tpl","user_id":"alice","name":"Firefox","description":"","category":"browsers",
 		"config":{"image":"firefox:118","resources":{"cpu":"1"}},"tags":["web"]}`
@@ -121,7 +161,7 @@ func TestCreateSnapshotsTheWholeTemplate(t *testing.T) {
 		t.Errorf("second version: %d %+v", status, v)
 	}
 
-	got := h.Sink.WaitFor(context.Background(), events.TemplateVersionCreated, 5*time.Second)
+	got := h.Sink.WaitForN(context.Background(), events.TemplateVersionCreated, 2, 5*time.Second)
 	if len(got) < 1 {
 		t.Fatal("no template.version.created event")
 	}
@@ -129,10 +169,7 @@ func TestCreateSnapshotsTheWholeTemplate(t *testing.T) {
 		t.Errorf("source %q", got[0].Source())
 	}
 	var numbers []int
-	for _, e := range h.Sink.Events() {
-		if e.Type() != events.TemplateVersionCreated {
-			continue
-		}
+	for _, e := range got {
 		d, err := events.Decode[events.TemplateVersionCreatedData](e)
 		if err != nil {
 			t.Fatal(err)
@@ -415,7 +452,7 @@ func TestRestoreSavesABackupAndOverwritesTheTemplate(t *testing.T) {
 
 	var actor, action, details string
 	if err := h.Pool.QueryRow(context.Background(),
-		`select actor, action, details::text from audit_log where resource_type = 'session_template' and resource_id = 'tpl'`).Scan(&actor, &action, &details); err != nil {
+		`select actor, action, details::text from audit_log where resource_type = $1 and resource_id = 'tpl'`, access.ResourceType).Scan(&actor, &action, &details); err != nil {
 		t.Fatalf("audit row: %v", err)
 	}
 	if actor != "bob" || action != "template.version.restored" || !sameJSON(t, []byte(details), []byte(`{"version":1,"backupVersion":2}`)) {
@@ -435,9 +472,7 @@ func TestRestoreSavesABackupAndOverwritesTheTemplate(t *testing.T) {
 	if ud != (events.TemplateUpdatedData{TemplateID: "tpl", UserID: "bob", Change: "restored"}) {
 		t.Errorf("updated event %+v", ud)
 	}
-	if n := h.Count(`select count(*) from event_outbox`); n != 0 {
-		t.Errorf("%d events left in the outbox after a successful send", n)
-	}
+	waitOutboxEmpty(t, h)
 
 	// Restoring the backup undoes the restore.
 	if status, raw := h.Do(http.MethodPost, restorePath("tpl", 2), alice, nil); status != http.StatusOK {
@@ -459,8 +494,7 @@ func TestRestoreIsAllOrNothing(t *testing.T) {
 	}
 	exec(t, h, `update user_session_templates set name = 'Current' where id = 'tpl'`)
 	before := templateNow(t, h, "tpl")
-	h.Sink.WaitFor(context.Background(), events.TemplateVersionCreated, 5*time.Second)
-	sent := len(h.Sink.Events())
+	waitOutboxEmpty(t, h) // the create's event is sent
 	exec(t, h, `
 		create function refuse_update() returns trigger language plpgsql as $$
 		begin raise exception 'template updates are refused by the test'; end $$`)
@@ -482,12 +516,15 @@ func TestRestoreIsAllOrNothing(t *testing.T) {
 	if n := h.Count(`select count(*) from audit_log`); n != 0 {
 		t.Errorf("%d audit rows, want 0", n)
 	}
+	// Events are queued in the route's transaction: none queued means none
+	// can ever be sent.
 	if n := h.Count(`select count(*) from event_outbox`); n != 0 {
-		t.Errorf("%d queued events, want 0", n)
+		t.Errorf("%d events queued by the failed restore, want 0", n)
 	}
-	time.Sleep(300 * time.Millisecond) // three outbox intervals
-	if got := len(h.Sink.Events()); got != sent {
-		t.Errorf("%d events sent after the failed restore, want none", got-sent)
+	for _, e := range h.Sink.Events() {
+		if e.Type() != events.TemplateVersionCreated {
+			t.Errorf("%s event sent after the failed restore, want none", e.Type())
+		}
 	}
 }
 
@@ -516,6 +553,39 @@ func TestRestoreOfDataThatNoLongerFitsIsAConflict(t *testing.T) {
 	want := strings.Replace(string(before), `"name": "T"`, `"name": "Old"`, 1)
 	if now := templateNow(t, h, "tpl"); !sameJSON(t, now, []byte(want)) {
 		t.Errorf("template %s, want %s", now, want)
+	}
+}
+
+// TestDeletingATemplateDeletesItsVersions: versions belong to their
+// template, so a new template that reuses the id starts a history of its own.
+func TestDeletingATemplateDeletesItsVersions(t *testing.T) {
+	h := start(t, nil)
+	seedTemplate(t, h, "tpl", "alice", "Old", `{}`)
+	seedTemplate(t, h, "other", "alice", "O", `{}`)
+	seedVersions(t, h, "tpl", 3)
+	seedVersions(t, h, "other", 2)
+
+	exec(t, h, `delete from user_session_templates where id = 'tpl'`)
+	if n := h.Count(`select count(*) from template_versions where template_id = 'tpl'`); n != 0 {
+		t.Errorf("%d versions of the deleted template, want 0", n)
+	}
+	if n := h.Count(`select count(*) from template_versions where template_id = 'other'`); n != 2 {
+		t.Errorf("%d versions of another template, want its 2", n)
+	}
+
+	seedTemplate(t, h, "tpl", "bob", "New", `{}`)
+	bob := h.Token("bob", authn.User)
+	if got := list(t, h, bob, "tpl", ""); len(got.Versions) != 0 {
+		t.Errorf("new template with a reused id lists %d versions, want 0", len(got.Versions))
+	}
+	if status, v := create(t, h, bob, "tpl", map[string]any{}); status != http.StatusCreated || v.Number != 1 {
+		t.Errorf("first version of the new template: %d, number %d; want 201 and 1", status, v.Number)
+	}
+
+	_, err := h.Pool.Exec(context.Background(), `insert into template_versions (template_id, version_number, template_data, created_by)
+		values ('gone', 1, '{}', 'alice')`)
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "23503" {
+		t.Errorf("version of a template that does not exist: got %v, want a foreign key violation (23503)", err)
 	}
 }
 

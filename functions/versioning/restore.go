@@ -42,9 +42,11 @@ const restoreSQL = `
 	where t.id = $1
 	returning ` + snapshotSQL
 
+// auditSQL writes a restore's audit row. $1 actor, $2 resource type
+// (access.ResourceType), $3 template, $4 details.
 const auditSQL = `
 	insert into audit_log (actor, action, resource_type, resource_id, details)
-	values ($1, 'template.version.restored', 'session_template', $2, $3)`
+	values ($1, 'template.version.restored', $2, $3, $4)`
 
 // Restore overwrites template with version n, in one transaction: it saves
 // the current state as an auto-backup version, overwrites the template,
@@ -80,7 +82,7 @@ func (s *Store) Restore(ctx context.Context, who authn.Identity, template string
 		}
 		res.Template = now
 		details := map[string]any{"version": n, "backupVersion": res.Backup.Number}
-		if _, err := tx.Exec(ctx, auditSQL, who.Subject, template, details); err != nil {
+		if _, err := tx.Exec(ctx, auditSQL, who.Subject, access.ResourceType, template, details); err != nil {
 			return err
 		}
 		if err := s.prune(ctx, tx, template); err != nil {

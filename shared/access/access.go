@@ -19,6 +19,11 @@ import (
 	"github.com/streamspace-dev/functions/shared/errs"
 )
 
+// ResourceType is audit_log.resource_type of a template. Every function that
+// audits a template writes this one value, so a template's history is one
+// lookup on audit_log_resource_idx.
+const ResourceType = "session_template"
+
 // Level is a permission level on a template.
 type Level int
 

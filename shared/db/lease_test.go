@@ -3,6 +3,7 @@ package db_test
 import (
 	"context"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -155,22 +156,60 @@ func TestLeaseKeep(t *testing.T) {
 	}
 }
 
+// TestLeaseKeepStops runs Keep in a synctest bubble, whose clock moves only
+// once every goroutine in it is blocked: a heartbeat in flight holds the
+// clock until it is done, so sleeping there runs every tick due and nothing
+// can come late. heartbeat_at is set to -infinity before each check, so any
+// renewal shows.
 func TestLeaseKeepStops(t *testing.T) {
 	t.Parallel()
-	pool := dbtest.New(t)
-	ctx := context.Background()
-	a, _ := acquire(t, pool, "job", "pod-a", time.Minute)
-	stop := a.Keep(ctx, 10*time.Millisecond)
-	time.Sleep(50 * time.Millisecond)
-	stop()
-	stop() // a second stop is harmless
-	if err := a.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(50 * time.Millisecond)
-	if got := owner(t, pool, "job"); got != "" {
-		t.Errorf("got owner %q after stop and release, want no row", got)
-	}
+	cfg := dbtest.New(t).Config().Copy()
+	cfg.HealthCheckPeriod = 24 * time.Hour // no pool ticks in the bubble's hour
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		pool, err := pgxpool.NewWithConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pool.Close()
+		const every = time.Minute
+		renewed := func() bool {
+			t.Helper()
+			var b bool
+			if err := pool.QueryRow(ctx, `select heartbeat_at <> '-infinity' from job_leases where name = 'job'`).Scan(&b); err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+		unmark := func() {
+			t.Helper()
+			mustExec(t, pool, `update job_leases set heartbeat_at = '-infinity' where name = 'job'`)
+		}
+
+		a, _ := acquire(t, pool, "job", "pod-a", 3*every)
+		unmark()
+		stop := a.Keep(ctx, every)
+		time.Sleep(every)
+		synctest.Wait()
+		if !renewed() {
+			t.Fatal("Keep sent no heartbeat in its first interval")
+		}
+
+		unmark()
+		stop()
+		stop() // a second stop is harmless
+		time.Sleep(60 * every)
+		synctest.Wait()
+		if renewed() {
+			t.Error("Keep renewed the lease after stop returned")
+		}
+		if err := a.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := owner(t, pool, "job"); got != "" {
+			t.Errorf("got owner %q after stop and release, want no row", got)
+		}
+	})
 }
 
 func TestAcquireLeaseInvalid(t *testing.T) {
