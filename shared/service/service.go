@@ -112,10 +112,11 @@ func (b *Base) eventAuthenticator(ctx context.Context) (runtime.Authenticator, e
 		}
 		return nil, nil
 	}
-	for name, v := range map[string]string{"EVENT_AUTH_AUDIENCE": b.EventAuthAudience, "EVENT_AUTH_JWKS_URL": b.EventAuthJWKSURL} {
-		if v == "" {
-			return nil, fmt.Errorf("config: %s is required when EVENT_AUTH_ISSUER is set", name)
-		}
+	if b.EventAuthAudience == "" {
+		return nil, errors.New("config: EVENT_AUTH_AUDIENCE is required when EVENT_AUTH_ISSUER is set")
+	}
+	if b.EventAuthJWKSURL == "" {
+		return nil, errors.New("config: EVENT_AUTH_JWKS_URL is required when EVENT_AUTH_ISSUER is set")
 	}
 	v, err := authn.NewVerifier(ctx, authn.Config{
 		Issuer:   b.EventAuthIssuer,
