@@ -6,9 +6,11 @@
 package function
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"slices"
@@ -111,8 +113,7 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 		if !found {
 			// Final on the event path: a Trigger naming a function this
 			// Service lacks is a configuration error no retry can fix.
-			err := errs.E(errs.NotFound, "no function %q here", name)
-			runtime.WriteJSONStatus(w, errs.EventStatus(err), err)
+			runtime.WriteEventError(w, r, errs.E(errs.NotFound, "no function %q here", name))
 			return
 		}
 		m.Handle(w, r)
@@ -129,35 +130,83 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) {
 	f.rest.ServeHTTP(w, r)
 }
 
-// routeEvent delivers an event posted to / by the routing table. Binary-mode
-// attributes are in headers; a structured event is peeked without being
-// consumed, since the member reads the body again.
+// routeEvent delivers an event posted to / to the functions the routing
+// table names for its type and source, as the broker's Triggers would
+// (`func deploy` subscribes the all-in-one at /). Binary-mode attributes
+// are in headers; a structured event is peeked without being consumed,
+// since each member reads the body again.
 func (f *Function) routeEvent(w http.ResponseWriter, r *http.Request) {
+	body, err := runtime.PeekBody(r)
+	if err != nil {
+		runtime.WriteEventError(w, r, err)
+		return
+	}
 	typ, source := r.Header.Get("Ce-Type"), r.Header.Get("Ce-Source")
 	if typ == "" {
-		body, err := runtime.PeekBody(r)
-		if err != nil {
-			runtime.WriteJSONStatus(w, errs.EventStatus(err), err)
-			return
-		}
 		var e cloudevents.Event
 		if err := e.UnmarshalJSON(body); err == nil {
 			typ, source = e.Type(), e.Source()
 		}
 	}
-	var owner member
+	var owners []member
 	for _, route := range events.Routes {
 		if route.Type == typ && (route.Source == "" || route.Source == source) {
-			if m, ok := f.members[route.Function]; ok {
-				owner = m
-				break
+			if m, ok := f.members[route.Function]; ok && !slices.Contains(owners, m) {
+				owners = append(owners, m)
 			}
 		}
 	}
-	if owner == nil {
-		err := errs.E(errs.Invalid, "no function here handles event type %q from %q", typ, source)
-		runtime.WriteJSONStatus(w, errs.EventStatus(err), err)
-		return
+	switch len(owners) {
+	case 0:
+		runtime.WriteEventError(w, r, errs.E(errs.Invalid, "no function here handles event type %q from %q", typ, source))
+	case 1:
+		owners[0].Handle(w, r)
+	default:
+		w.WriteHeader(fanOut(r, body, owners))
 	}
-	owner.Handle(w, r)
+}
+
+// fanOut delivers one event to several members and returns the status the
+// broker should act on: a retry if any member asked for one (those that
+// already handled it see a duplicate next time), else the first refusal,
+// else 202. Replies are not forwarded; no event routed to several
+// functions has one.
+func fanOut(r *http.Request, body []byte, owners []member) int {
+	status := http.StatusAccepted
+	for _, m := range owners {
+		req := r.Clone(r.Context())
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		rec := &statusOnly{header: http.Header{}}
+		m.Handle(rec, req)
+		switch code := rec.status(); {
+		case code >= 500:
+			status = code
+		case code >= 300 && status < 300:
+			status = code
+		}
+	}
+	return status
+}
+
+// statusOnly is a ResponseWriter that keeps only the status.
+type statusOnly struct {
+	header http.Header
+	code   int
+}
+
+func (s *statusOnly) Header() http.Header { return s.header }
+func (s *statusOnly) WriteHeader(code int) {
+	if s.code == 0 {
+		s.code = code
+	}
+}
+func (s *statusOnly) Write(b []byte) (int, error) {
+	s.WriteHeader(http.StatusOK)
+	return len(b), nil
+}
+func (s *statusOnly) status() int {
+	if s.code == 0 {
+		return http.StatusOK
+	}
+	return s.code
 }

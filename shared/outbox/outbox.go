@@ -83,8 +83,8 @@ func (o *Outbox) Flush(ctx context.Context) (int, error) {
 	return sent, err
 }
 
-// flush is Flush that also reports whether it claimed a full batch, in which
-// case more may be due.
+// flush is Flush that also reports whether more may be due: a full batch
+// went out without a refusal.
 func (o *Outbox) flush(ctx context.Context) (int, bool, error) {
 	if o.sink == "" {
 		o.warnOnce.Do(func() {
@@ -96,15 +96,19 @@ func (o *Outbox) flush(ctx context.Context) (int, bool, error) {
 	if err != nil {
 		return 0, false, err
 	}
-	full := len(due) == batchSize
 	var sent, failed []string
 	var reasons []string
-	for _, p := range due {
+	for i, p := range due {
 		if err := o.send(ctx, p.event); err != nil {
 			o.log.Warn("emit failed; will retry", "eventId", p.id, "eventType", p.event.Type(), "attempt", p.attempts, "err", err)
-			failed = append(failed, p.id)
-			reasons = append(reasons, err.Error())
-			continue
+			// A sink that refuses one event will likely refuse the next, and
+			// each try can take the whole send timeout: put the rest of the
+			// batch back with the same backoff instead of trying them all.
+			for _, rest := range due[i:] {
+				failed = append(failed, rest.id)
+				reasons = append(reasons, err.Error())
+			}
+			break
 		}
 		sent = append(sent, p.id)
 	}
@@ -123,17 +127,20 @@ func (o *Outbox) flush(ctx context.Context) (int, bool, error) {
 			return len(sent), false, fmt.Errorf("reschedule %d events: %w", len(failed), db.Classify(err))
 		}
 	}
-	return len(sent), full, nil
+	// More may be due only if a whole batch went out.
+	more := len(due) == batchSize && len(failed) == 0
+	return len(sent), more, nil
 }
 
-// Drain flushes until no full batch is left, so a backlog (a team share
-// that notified thousands) goes out in one go rather than a batch per tick.
+// Drain flushes until nothing more is due or the sink refuses, so a backlog
+// (a team share that notified thousands) goes out in one go rather than a
+// batch per tick, and a failing sink stops it at once.
 func (o *Outbox) Drain(ctx context.Context) (int, error) {
 	total := 0
 	for {
-		sent, full, err := o.flush(ctx)
+		sent, more, err := o.flush(ctx)
 		total += sent
-		if err != nil || !full || ctx.Err() != nil {
+		if err != nil || !more || ctx.Err() != nil {
 			return total, err
 		}
 	}

@@ -139,3 +139,32 @@ func TestEventsOfOtherFunctionsAreLeftAlone(t *testing.T) {
 		t.Errorf("flushed %d events of another function", n)
 	}
 }
+
+func TestARefusingSinkStopsTheBatch(t *testing.T) {
+	pool := dbtest.New(t)
+	sink := fntest.NewSink(t)
+	o, _ := outbox.New(pool, "test", sink.URL, quiet())
+	for i := range 5 {
+		queue(t, pool, o, newEvent(i))
+	}
+	sink.FailNext(1 << 20)
+	if n, err := o.Drain(context.Background()); n != 0 || err != nil {
+		t.Fatalf("drain against a refusing sink: %d, %v", n, err)
+	}
+	// Only the first event was tried (the client retries it); the rest were
+	// put back untried, all with the error and a backoff.
+	tried := sink.Refused()
+	var rescheduled int
+	pool.QueryRow(context.Background(), `select count(*) from event_outbox where last_error is not null and next_attempt_at > now()`).Scan(&rescheduled)
+	if rescheduled != 5 {
+		t.Errorf("%d events rescheduled, want all 5", rescheduled)
+	}
+	sink.FailNext(0)
+	pool.Exec(context.Background(), `update event_outbox set next_attempt_at = now()`)
+	if n, err := o.Drain(context.Background()); n != 5 || err != nil {
+		t.Fatalf("drain after recovery: %d, %v", n, err)
+	}
+	if tried > 4 {
+		t.Errorf("the sink was tried %d times for one refused event (1 try + 3 retries at most)", tried)
+	}
+}

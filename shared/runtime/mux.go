@@ -130,7 +130,7 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 	if m.eventAuth != nil {
 		who, err := m.eventAuth.Authenticate(r)
 		if err != nil {
-			m.eventError(w, r, err)
+			WriteEventError(w, r, err)
 			return
 		}
 		AddLogAttrs(ctx, slog.String("sender", who.Subject))
@@ -138,12 +138,12 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 	msg := cehttp.NewMessageFromHttpRequest(r)
 	defer msg.Finish(nil)
 	if msg.ReadEncoding() == binding.EncodingBatch {
-		m.eventError(w, r, errs.E(errs.Invalid, "batched CloudEvents are not accepted"))
+		WriteEventError(w, r, errs.E(errs.Invalid, "batched CloudEvents are not accepted"))
 		return
 	}
 	e, err := binding.ToEvent(ctx, msg)
 	if err != nil {
-		m.eventError(w, r, classifyBody(errs.Wrap(errs.Invalid, err, "malformed CloudEvent: %v", err)))
+		WriteEventError(w, r, classifyBody(errs.Wrap(errs.Invalid, err, "malformed CloudEvent: %v", err)))
 		return
 	}
 	AddLogAttrs(ctx,
@@ -159,16 +159,16 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 	}
 	h, ok := m.events[e.Type()]
 	if !ok {
-		m.eventError(w, r, errs.E(errs.Invalid, "function %s does not handle event type %q", m.function, e.Type()))
+		WriteEventError(w, r, errs.E(errs.Invalid, "function %s does not handle event type %q", m.function, e.Type()))
 		return
 	}
 	if err := m.validate(*e); err != nil {
-		m.eventError(w, r, err)
+		WriteEventError(w, r, err)
 		return
 	}
 	reply, err := h(ctx, *e)
 	if err != nil {
-		m.eventError(w, r, err)
+		WriteEventError(w, r, err)
 		return
 	}
 	if reply == nil {
@@ -182,18 +182,19 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// eventError answers a delivery that failed. A status under 500 tells the
-// broker the event is final; 5xx asks for a retry.
+// eventError answers a delivery that failed.
 func (m *Mux) eventError(w http.ResponseWriter, r *http.Request, err error) {
+	WriteEventError(w, r, err)
+}
+
+// WriteEventError answers a CloudEvent delivery that failed, with the
+// event-path status of err's kind: under 500 tells the broker the event is
+// final, 5xx asks for a retry. The outcome goes to the request's log line.
+func WriteEventError(w http.ResponseWriter, r *http.Request, err error) {
 	outcome := "rejected"
 	if errs.Retryable(err) {
 		outcome = "retry"
 	}
 	AddLogAttrs(r.Context(), slog.String("outcome", outcome), slog.String("error", err.Error()))
-	WriteJSONStatus(w, errs.EventStatus(err), err)
-}
-
-// WriteJSONStatus writes err's JSON error body with an explicit status.
-func WriteJSONStatus(w http.ResponseWriter, status int, err error) {
-	WriteJSON(w, status, errorBody{Error: errorDetail{Code: errs.KindOf(err), Message: errs.Message(err)}})
+	writeErrorBody(w, errs.EventStatus(err), err)
 }

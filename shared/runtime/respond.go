@@ -37,7 +37,12 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	err = classifyBody(err)
 	AddLogAttrs(r.Context(), slog.String("error", err.Error()))
-	WriteJSON(w, errs.HTTPStatus(err), errorBody{Error: errorDetail{Code: errs.KindOf(err), Message: errs.Message(err)}})
+	writeErrorBody(w, errs.HTTPStatus(err), err)
+}
+
+// writeErrorBody writes err's {"error":{"code","message"}} with status.
+func writeErrorBody(w http.ResponseWriter, status int, err error) {
+	WriteJSON(w, status, errorBody{Error: errorDetail{Code: errs.KindOf(err), Message: errs.Message(err)}})
 }
 
 // classifyBody gives a body-size overrun its own kind wherever it surfaces.
