@@ -17,7 +17,7 @@ import (
 const Name = "sharing"
 
 // Config is the sharing function's environment: only what every function
-// shares, since sharing takes no events and has no tunables of its own.
+// shares, since sharing has no tunables of its own.
 type Config struct {
 	service.Base
 }

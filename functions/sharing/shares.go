@@ -80,7 +80,7 @@ func (f *Function) share(w http.ResponseWriter, r *http.Request, who authn.Ident
 		status = http.StatusCreated
 	}
 	if res.Changed {
-		f.Emit(r.Context())
+		f.Outbox.Kick() // the relay sends after commit; the response does not wait
 	}
 	runtime.WriteJSON(w, status, res)
 	return nil
@@ -99,7 +99,7 @@ func (f *Function) revoke(w http.ResponseWriter, r *http.Request, who authn.Iden
 	if err != nil {
 		return err
 	}
-	f.Emit(r.Context())
+	f.Outbox.Kick() // the relay sends after commit; the response does not wait
 	runtime.WriteJSON(w, http.StatusOK, RevokeResult{Share: c.Share})
 	return nil
 }

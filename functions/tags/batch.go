@@ -134,7 +134,7 @@ func (f *Function) updateTags(w http.ResponseWriter, r *http.Request, who authn.
 	if err != nil {
 		return err
 	}
-	f.Emit(r.Context())
+	f.Outbox.Kick() // the relay sends after commit; the response does not wait
 	runtime.WriteJSON(w, http.StatusOK, res)
 	return nil
 }

@@ -31,7 +31,7 @@ type Config struct {
 }
 
 // validate checks what the env tags cannot express.
-func (c Config) validate() error {
+func (c *Config) Validate() error {
 	if c.Retention < 1 {
 		// At least the newest version must survive: the next number is
 		// derived from it, so pruning it would let numbers be reused.
@@ -55,14 +55,6 @@ func New() *Function { return &Function{} }
 // Start reads the config and registers the routes.
 func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	var cfg Config
-	// Checked before service.Start (which parses the same env again) so a bad
-	// value stops start-up before anything connects.
-	if err := service.Load(env, &cfg); err != nil {
-		return err
-	}
-	if err := cfg.validate(); err != nil {
-		return err
-	}
 	svc, err := service.Start(ctx, Name, env, &cfg, events.Validate)
 	if err != nil {
 		return err

@@ -44,7 +44,7 @@ func (f *Function) createVersion(w http.ResponseWriter, r *http.Request, who aut
 	if err != nil {
 		return err
 	}
-	f.Emit(r.Context())
+	f.Outbox.Kick() // the relay sends after commit; the response does not wait
 	runtime.WriteJSON(w, http.StatusCreated, v)
 	return nil
 }
@@ -95,7 +95,7 @@ func (f *Function) restoreVersion(w http.ResponseWriter, r *http.Request, who au
 	if err != nil {
 		return err
 	}
-	f.Emit(r.Context())
+	f.Outbox.Kick() // the relay sends after commit; the response does not wait
 	runtime.WriteJSON(w, http.StatusOK, res)
 	return nil
 }

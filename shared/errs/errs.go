@@ -83,9 +83,10 @@ func Message(err error) string {
 
 type statuses struct{ rest, event int }
 
-// table is the one place kinds become statuses. On the event path every
-// final outcome is 400, because Knative retries 404, 408, 409 and 429; only
-// the retryable kinds are 5xx there.
+// table is the one place kinds become statuses. On the event path a final
+// outcome is a 4xx that Knative does not retry (so not found and conflict
+// become 400, since Knative retries 404, 408, 409 and 429); only the
+// retryable kinds are 5xx there.
 var table = map[Kind]statuses{
 	Invalid:         {http.StatusBadRequest, http.StatusBadRequest},
 	Unauthenticated: {http.StatusUnauthorized, http.StatusUnauthorized},

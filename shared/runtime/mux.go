@@ -83,15 +83,6 @@ func (m *Mux) On(eventType string, h EventHandler) { m.events[eventType] = h }
 // Patterns lists the REST patterns this Mux serves.
 func (m *Mux) Patterns() []string { return append([]string(nil), m.patterns...) }
 
-// EventTypes lists the event types this Mux handles.
-func (m *Mux) EventTypes() []string {
-	out := make([]string, 0, len(m.events))
-	for t := range m.events {
-		out = append(out, t)
-	}
-	return out
-}
-
 // ServeHTTP sends CloudEvents to their handler and everything else to the
 // REST routes.
 func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -151,7 +151,6 @@ func (s senders) Authenticate(r *http.Request) (authn.Identity, error) {
 type Service struct {
 	Name   string
 	Pool   *pgxpool.Pool
-	Auth   *authn.Verifier
 	Outbox *outbox.Outbox
 	Mux    *runtime.Mux
 	Log    *slog.Logger
@@ -160,13 +159,19 @@ type Service struct {
 	relayed chan struct{}
 }
 
-// Start loads cfg from environ, connects to the database, prepares the
+// Start loads cfg from environ (and runs its Validate method, when it has
+// one, before anything connects), connects to the database, prepares the
 // verifier and the outbox, and returns a Service whose Mux is ready for the
 // function's routes and event handlers. validate checks every incoming event
 // (events.Validate).
 func Start(ctx context.Context, name string, environ map[string]string, cfg hasBase, validate func(cloudevents.Event) error) (*Service, error) {
 	if err := Load(environ, cfg); err != nil {
 		return nil, err
+	}
+	if v, ok := cfg.(interface{ Validate() error }); ok {
+		if err := v.Validate(); err != nil {
+			return nil, err
+		}
 	}
 	b := cfg.base()
 	log := runtime.Logger(ctx).With("function", name)
@@ -206,7 +211,6 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 	return &Service{
 		Name:    name,
 		Pool:    pool,
-		Auth:    verifier,
 		Outbox:  ob,
 		Mux:     mux,
 		Log:     log,
@@ -249,11 +253,6 @@ func (s *Service) Handle(w http.ResponseWriter, r *http.Request) {
 
 // Routes lists the REST patterns the function serves, for the all-in-one.
 func (s *Service) Routes() []string { return s.Mux.Patterns() }
-
-// Emit tells the outbox relay that a committed change queued events. It
-// returns at once: the response never waits on the sink, and what the sink
-// refuses stays queued and is retried.
-func (s *Service) Emit(context.Context) { s.Outbox.Kick() }
 
 // DrainOutbox is the handler of the outbox-drain PingSource: waking the
 // function is most of its work (Start runs the relay), and it sends what is

@@ -4,6 +4,7 @@
 package validate
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"unicode"
@@ -43,8 +44,8 @@ func Tags(in []string, max, maxLen int) ([]string, error) {
 		if n := utf8.RuneCountInString(t); n == 0 || n > maxLen {
 			return nil, errs.E(errs.Invalid, "tags[%d] %q: want 1-%d characters after trimming", i, Quote(raw), maxLen)
 		}
-		if !utf8.ValidString(t) || HasControl(t) {
-			return nil, errs.E(errs.Invalid, "tags[%d] %q: control characters are not allowed", i, Quote(raw))
+		if err := Text(fmt.Sprintf("tags[%d]", i), t, 4*maxLen); err != nil {
+			return nil, err
 		}
 		if _, dup := seen[t]; dup {
 			continue
@@ -76,8 +77,13 @@ func disallowed(r rune) bool {
 // Text checks a short free-text value such as a category: 1 to max bytes
 // of UTF-8 without the characters HasControl refuses.
 func Text(field, s string, max int) error {
-	if s == "" || len(s) > max || !utf8.ValidString(s) || HasControl(s) {
-		return errs.E(errs.Invalid, "%s %q: want 1-%d printable characters", field, Quote(s), max)
+	switch {
+	case s == "" || len(s) > max:
+		return errs.E(errs.Invalid, "%s %q: want 1-%d bytes", field, Quote(s), max)
+	case !utf8.ValidString(s):
+		return errs.E(errs.Invalid, "%s %q: not valid UTF-8", field, Quote(s))
+	case HasControl(s):
+		return errs.E(errs.Invalid, "%s %q: control, bidirectional and zero-width characters are not allowed", field, Quote(s))
 	}
 	return nil
 }
