@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -31,53 +32,40 @@ func SourceOf(function string) string { return "/streamspace/functions/" + funct
 //go:embed schemas/*.json
 var schemaFS embed.FS
 
-var (
-	loadOnce sync.Once
-	schemas  map[string]*jsonschema.Schema
-	loadErr  error
-)
-
-func compiled() (map[string]*jsonschema.Schema, error) {
-	loadOnce.Do(func() {
-		c := jsonschema.NewCompiler()
-		c.AssertFormat()
-		names, err := fs.Glob(schemaFS, "schemas/*.json")
+// compiled holds every event type's compiled schema, built on first use.
+var compiled = sync.OnceValues(func() (map[string]*jsonschema.Schema, error) {
+	c := jsonschema.NewCompiler()
+	c.AssertFormat()
+	names, err := fs.Glob(schemaFS, "schemas/*.json")
+	if err != nil {
+		return nil, err
+	}
+	types := make([]string, 0, len(names))
+	for _, name := range names {
+		raw, err := schemaFS.ReadFile(name)
 		if err != nil {
-			loadErr = err
-			return
+			return nil, err
 		}
-		types := make([]string, 0, len(names))
-		for _, name := range names {
-			f, err := schemaFS.Open(name)
-			if err != nil {
-				loadErr = err
-				return
-			}
-			doc, err := jsonschema.UnmarshalJSON(f)
-			f.Close()
-			if err != nil {
-				loadErr = fmt.Errorf("schema %s: %w", name, err)
-				return
-			}
-			typ := strings.TrimSuffix(strings.TrimPrefix(name, "schemas/"), ".json")
-			if err := c.AddResource(SchemaURI(typ), doc); err != nil {
-				loadErr = fmt.Errorf("schema %s: %w", name, err)
-				return
-			}
-			types = append(types, typ)
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("schema %s: %w", name, err)
 		}
-		schemas = make(map[string]*jsonschema.Schema, len(types))
-		for _, typ := range types {
-			s, err := c.Compile(SchemaURI(typ))
-			if err != nil {
-				loadErr = fmt.Errorf("compile schema %s: %w", typ, err)
-				return
-			}
-			schemas[typ] = s
+		typ := strings.TrimSuffix(strings.TrimPrefix(name, "schemas/"), ".json")
+		if err := c.AddResource(SchemaURI(typ), doc); err != nil {
+			return nil, fmt.Errorf("schema %s: %w", name, err)
 		}
-	})
-	return schemas, loadErr
-}
+		types = append(types, typ)
+	}
+	schemas := make(map[string]*jsonschema.Schema, len(types))
+	for _, typ := range types {
+		s, err := c.Compile(SchemaURI(typ))
+		if err != nil {
+			return nil, fmt.Errorf("compile schema %s: %w", typ, err)
+		}
+		schemas[typ] = s
+	}
+	return schemas, nil
+})
 
 // Types lists every event type that has a schema.
 func Types() []string {
@@ -133,7 +121,7 @@ func Validate(e cloudevents.Event) error {
 	if len(raw) == 0 {
 		raw = []byte("null")
 	}
-	inst, err := jsonschema.UnmarshalJSON(strings.NewReader(string(raw)))
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
 	if err != nil {
 		return errs.E(errs.Invalid, "data of %s is not JSON: %v", e.Type(), err)
 	}
