@@ -13,7 +13,6 @@ import (
 
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/db"
-	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/runtime"
 	"github.com/streamspace-dev/functions/shared/validate"
 )
@@ -80,13 +79,8 @@ func (s *Store) PopularTags(ctx context.Context, category *string, limit int) ([
 
 func parsePopularQuery(r *http.Request) (category *string, limit int, err error) {
 	q := r.URL.Query()
-	limit = DefaultPopularLimit
-	if v := q.Get("limit"); v != "" || q.Has("limit") {
-		n, perr := strconv.Atoi(v)
-		if perr != nil || n < 1 || n > MaxPopularLimit {
-			return nil, 0, errs.E(errs.Invalid, "limit %q: want an integer from 1 to %d", validate.Quote(v), MaxPopularLimit)
-		}
-		limit = n
+	if limit, err = validate.Limit(q, DefaultPopularLimit, MaxPopularLimit); err != nil {
+		return nil, 0, err
 	}
 	if q.Has("category") {
 		c := q.Get("category")

@@ -94,14 +94,10 @@ type ListQuery struct {
 // an earlier page of the same template; empty means the first page).
 func parseListQuery(r *http.Request, template string) (ListQuery, error) {
 	q := r.URL.Query()
-	lq := ListQuery{Limit: DefaultLimit}
-	if q.Has("limit") {
-		v := q.Get("limit")
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > MaxLimit {
-			return lq, errs.E(errs.Invalid, "limit %q: want an integer from 1 to %d", validate.Quote(v), MaxLimit)
-		}
-		lq.Limit = n
+	var lq ListQuery
+	var err error
+	if lq.Limit, err = validate.Limit(q, DefaultLimit, MaxLimit); err != nil {
+		return lq, err
 	}
 	if c := q.Get("cursor"); c != "" {
 		n, err := decodeCursor(template, c)

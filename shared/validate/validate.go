@@ -6,6 +6,8 @@ package validate
 import (
 	"fmt"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -28,6 +30,20 @@ func PathID(r *http.Request, name, field string) (string, error) {
 		return "", err
 	}
 	return id, nil
+}
+
+// Limit reads the page-size parameter "limit" of q: def when absent, else
+// an integer from 1 to max.
+func Limit(q url.Values, def, max int) (int, error) {
+	if !q.Has("limit") {
+		return def, nil
+	}
+	v := q.Get("limit")
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > max {
+		return 0, errs.E(errs.Invalid, "limit %q: want an integer from 1 to %d", Quote(v), max)
+	}
+	return n, nil
 }
 
 // Tags trims each tag, drops repeats (keeping request order), and checks
