@@ -50,7 +50,8 @@ const auditSQL = `
 
 // Restore overwrites template with version n, in one transaction: it saves
 // the current state as an auto-backup version, overwrites the template,
-// writes the audit row, prunes, and runs then (to queue events). If any step
+// writes the audit row, and runs then (to queue events); saving the backup
+// also applies retention. If any step
 // fails nothing is kept. who needs write access.
 func (s *Store) Restore(ctx context.Context, who authn.Identity, template string, n int, then func(context.Context, pgx.Tx, RestoreResult) error) (RestoreResult, error) {
 	res := RestoreResult{TemplateID: template, Restored: n}
@@ -67,7 +68,7 @@ func (s *Store) Restore(ctx context.Context, who authn.Identity, template string
 			return err
 		}
 		restored := n
-		res.Backup, err = s.insert(ctx, tx, who, template, fmt.Sprintf("before restoring version %d", n), []string{AutoBackupTag}, &restored, false)
+		res.Backup, err = s.insert(ctx, tx, who, template, fmt.Sprintf("before restoring version %d", n), []string{AutoBackupTag}, &restored)
 		if err != nil {
 			return err
 		}
@@ -83,9 +84,6 @@ func (s *Store) Restore(ctx context.Context, who authn.Identity, template string
 		res.Template = now
 		details := map[string]any{"version": n, "backupVersion": res.Backup.Number}
 		if _, err := tx.Exec(ctx, auditSQL, who.Subject, access.ResourceType, template, details); err != nil {
-			return err
-		}
-		if err := s.prune(ctx, tx, template); err != nil {
 			return err
 		}
 		return then(ctx, tx, res)

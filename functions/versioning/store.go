@@ -77,7 +77,7 @@ func (s *Store) Create(ctx context.Context, who authn.Identity, template, descri
 			return err
 		}
 		var err error
-		if v, err = s.insert(ctx, tx, who, template, description, tags, nil, true); err != nil {
+		if v, err = s.insert(ctx, tx, who, template, description, tags, nil); err != nil {
 			return err
 		}
 		return then(ctx, tx, v)
@@ -89,11 +89,11 @@ func (s *Store) Create(ctx context.Context, who authn.Identity, template, descri
 }
 
 // insert locks the template and saves its current state as the next
-// version, then, with prune, applies retention. The statements go to the
+// version, then applies retention. The statements go to the
 // server in one round trip (a pipeline) and still run one after another,
 // each with its own snapshot, which is what insertSQL relies on. A template
 // that is gone is errs.NotFound.
-func (s *Store) insert(ctx context.Context, tx pgx.Tx, who authn.Identity, template, description string, tags []string, restoredFrom *int, prune bool) (Version, error) {
+func (s *Store) insert(ctx context.Context, tx pgx.Tx, who authn.Identity, template, description string, tags []string, restoredFrom *int) (Version, error) {
 	v := Version{TemplateID: template, Description: description, Tags: tags, CreatedBy: who.Subject, RestoredFrom: restoredFrom}
 	var data []byte
 	b := &pgx.Batch{}
@@ -101,9 +101,7 @@ func (s *Store) insert(ctx context.Context, tx pgx.Tx, who authn.Identity, templ
 	b.Queue(insertSQL, template, description, who.Subject, tags, restoredFrom).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&v.Number, &v.CreatedAt, &data)
 	})
-	if prune {
-		b.Queue(pruneSQL, template, s.Retention, s.BackupRetention)
-	}
+	b.Queue(pruneSQL, template, s.Retention, s.BackupRetention)
 	err := tx.SendBatch(ctx, b).Close()
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Deleted between the access check and the lock.
@@ -114,15 +112,6 @@ func (s *Store) insert(ctx context.Context, tx pgx.Tx, who authn.Identity, templ
 	}
 	v.Data = data
 	return v, nil
-}
-
-// prune applies retention to template in tx. The caller holds the
-// template's lock, so prunes of one template never interleave.
-func (s *Store) prune(ctx context.Context, tx pgx.Tx, template string) error {
-	if _, err := tx.Exec(ctx, pruneSQL, template, s.Retention, s.BackupRetention); err != nil {
-		return fmt.Errorf("prune versions of %q: %w", template, err)
-	}
-	return nil
 }
 
 // listSQL is one page of a template's versions, newest first, from below
