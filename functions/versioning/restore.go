@@ -51,8 +51,8 @@ const auditSQL = `
 // Restore overwrites template with version n, in one transaction: it saves
 // the current state as an auto-backup version, overwrites the template,
 // writes the audit row, and runs then (to queue events); saving the backup
-// also applies retention. If any step
-// fails nothing is kept. who needs write access.
+// also applies retention. If any step fails nothing is kept. who needs
+// write access.
 func (s *Store) Restore(ctx context.Context, who authn.Identity, template string, n int, then func(context.Context, pgx.Tx, RestoreResult) error) (RestoreResult, error) {
 	res := RestoreResult{TemplateID: template, Restored: n}
 	err := db.InTx(ctx, s.Pool, func(tx pgx.Tx) error {
