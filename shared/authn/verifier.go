@@ -63,6 +63,9 @@ type Config struct {
 	// and no HTTPS-to-HTTP redirects; a given client gets the same redirect
 	// rules and, if it has none, the timeout.
 	HTTPClient *http.Client
+	// EnvPrefix names the variables behind this config in error messages.
+	// Default "AUTH_"; the event path's verifier uses "EVENT_AUTH_".
+	EnvPrefix string
 }
 
 // keyRequirement is what a JWK must be for an algorithm to verify with it.
@@ -109,18 +112,22 @@ type Verifier struct {
 // NewVerifier checks cfg and returns a Verifier. It does no network I/O.
 // Errors name the AUTH_* variable that is missing or wrong.
 func NewVerifier(_ context.Context, cfg Config) (*Verifier, error) {
+	env := cfg.EnvPrefix
+	if env == "" {
+		env = "AUTH_"
+	}
 	if cfg.Issuer == "" {
-		return nil, errors.New("AUTH_ISSUER is required")
+		return nil, fmt.Errorf("%sISSUER is required", env)
 	}
 	if cfg.Audience == "" {
-		return nil, errors.New("AUTH_AUDIENCE is required")
+		return nil, fmt.Errorf("%sAUDIENCE is required", env)
 	}
 	if cfg.JWKSURL == "" {
-		return nil, errors.New("AUTH_JWKS_URL is required")
+		return nil, fmt.Errorf("%sJWKS_URL is required", env)
 	}
 	u, err := url.Parse(cfg.JWKSURL)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("AUTH_JWKS_URL %q is not an absolute http(s) URL", cfg.JWKSURL)
+		return nil, fmt.Errorf("%sJWKS_URL %q is not an absolute http(s) URL", env, cfg.JWKSURL)
 	}
 
 	roleClaim := cfg.RoleClaim
@@ -130,7 +137,7 @@ func NewVerifier(_ context.Context, cfg Config) (*Verifier, error) {
 	path := strings.Split(roleClaim, ".")
 	for _, seg := range path {
 		if seg == "" {
-			return nil, fmt.Errorf("AUTH_ROLE_CLAIM %q is not a dotted claim path", roleClaim)
+			return nil, fmt.Errorf("%sROLE_CLAIM %q is not a dotted claim path", env, roleClaim)
 		}
 	}
 

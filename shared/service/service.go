@@ -112,19 +112,14 @@ func (b *Base) eventAuthenticator(ctx context.Context) (runtime.Authenticator, e
 		}
 		return nil, nil
 	}
-	if b.EventAuthAudience == "" {
-		return nil, errors.New("config: EVENT_AUTH_AUDIENCE is required when EVENT_AUTH_ISSUER is set")
-	}
-	if b.EventAuthJWKSURL == "" {
-		return nil, errors.New("config: EVENT_AUTH_JWKS_URL is required when EVENT_AUTH_ISSUER is set")
-	}
 	v, err := authn.NewVerifier(ctx, authn.Config{
-		Issuer:   b.EventAuthIssuer,
-		Audience: b.EventAuthAudience,
-		JWKSURL:  b.EventAuthJWKSURL,
+		Issuer:    b.EventAuthIssuer,
+		Audience:  b.EventAuthAudience,
+		JWKSURL:   b.EventAuthJWKSURL,
+		EnvPrefix: "EVENT_AUTH_",
 	})
 	if err != nil {
-		return nil, fmt.Errorf("config: event auth: %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	return senders{v, b.EventAuthSubjects}, nil
 }

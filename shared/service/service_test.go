@@ -218,6 +218,7 @@ func TestEventAuthConfigIsAllOrNothing(t *testing.T) {
 		{map[string]string{"EVENT_AUTH_AUDIENCE": "a"}, "EVENT_AUTH_ISSUER"},
 		{map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_JWKS_URL": "https://k8s/jwks"}, "EVENT_AUTH_AUDIENCE"},
 		{map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_AUDIENCE": "a"}, "EVENT_AUTH_JWKS_URL"},
+		{map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_AUDIENCE": "a", "EVENT_AUTH_JWKS_URL": "k8s/jwks"}, "EVENT_AUTH_JWKS_URL"},
 	} {
 		env := map[string]string{
 			"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "AUTH_ISSUER": "https://i", "AUTH_AUDIENCE": "a", "AUTH_JWKS_URL": "https://i/jwks",
