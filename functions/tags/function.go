@@ -53,7 +53,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 
 // onTemplateUpdated drops cached popular tags: a template's tags or category
 // may have changed. Clearing twice is harmless, so redeliveries need no record.
-func (f *Function) onTemplateUpdated(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
+func (f *Function) onTemplateUpdated(ctx context.Context, e cloudevents.Event) error {
 	f.cache.clear()
-	return nil, nil
+	return nil
 }

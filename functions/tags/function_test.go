@@ -182,14 +182,9 @@ func TestBatchRejectsBadInputAndChangesNothing(t *testing.T) {
 			if status != tc.wantStatus {
 				t.Fatalf("status %d, want %d (%s)", status, tc.wantStatus, body)
 			}
-			var e struct {
-				Error struct{ Code, Message string }
-			}
-			if err := json.Unmarshal(body, &e); err != nil || e.Error.Code == "" {
-				t.Fatalf("error body %s is not {error:{code,message}}", body)
-			}
-			if !strings.Contains(e.Error.Message, tc.wantMsg) {
-				t.Errorf("message %q does not name %q", e.Error.Message, tc.wantMsg)
+			_, msg := fntest.ErrorBody(t, body)
+			if !strings.Contains(msg, tc.wantMsg) {
+				t.Errorf("message %q does not name %q", msg, tc.wantMsg)
 			}
 		})
 	}

@@ -224,17 +224,15 @@ func (h *Harness) Count(sql string, args ...any) int {
 	return n
 }
 
-// ErrorBody decodes a {"error":{"code","message"}} response body, failing
-// the test when raw is not one.
+// ErrorBody decodes an {"error","message","code"} response body (StreamSpace's
+// shape), failing the test when raw is not one.
 func ErrorBody(tb testing.TB, raw []byte) (code, message string) {
 	tb.Helper()
-	var e struct {
-		Error struct{ Code, Message string }
+	var e runtime.ErrorBody
+	if err := json.Unmarshal(raw, &e); err != nil || e.Code == "" || e.Error == "" || e.Message == "" {
+		tb.Fatalf("error body %s is not {error,message,code}", raw)
 	}
-	if err := json.Unmarshal(raw, &e); err != nil || e.Error.Code == "" {
-		tb.Fatalf("error body %s is not {error:{code,message}}", raw)
-	}
-	return e.Error.Code, e.Error.Message
+	return string(e.Code), e.Message
 }
 
 // Buffer is a concurrency-safe log sink.

@@ -40,7 +40,7 @@ func (f noopFn) Handle(w http.ResponseWriter, r *http.Request) { f.mux.ServeHTTP
 func BenchmarkNoopEvent(b *testing.B) {
 	b.Run("runtime", func(b *testing.B) {
 		mux := runtime.NewMux("bench", allowAll{}, func(cloudevents.Event) error { return nil })
-		mux.On("io.test.noop.v1", func(context.Context, cloudevents.Event) (*cloudevents.Event, error) { return nil, nil })
+		mux.On("io.test.noop.v1", func(context.Context, cloudevents.Event) error { return nil })
 		var started atomic.Bool
 		started.Store(true)
 		h := runtime.Handler(noopFn{mux}, &started, logging.New(io.Discard, slog.LevelInfo), runtime.DefaultMaxBodyBytes)

@@ -24,19 +24,21 @@ type Authenticator interface {
 type RouteHandler func(w http.ResponseWriter, r *http.Request, who authn.Identity) error
 
 // EventHandler handles one CloudEvent whose data already passed its schema.
-// A non-nil reply is returned to the broker, which routes it on. An error's
-// kind decides whether the broker retries (see errs.EventStatus).
-type EventHandler func(ctx context.Context, e cloudevents.Event) (reply *cloudevents.Event, err error)
+// It never replies on the HTTP response: an event that results from another
+// goes through the outbox in the effect's transaction (docs/runtime.md), since
+// a reply lost after commit would never be sent again. An error's kind
+// decides whether the broker retries (see errs.EventStatus).
+type EventHandler func(ctx context.Context, e cloudevents.Event) error
 
 // Mux is one function's handler: CloudEvents by type and REST routes by
-// pattern on a single http.Handler, as DESIGN §3 requires.
+// pattern on a single http.Handler (docs/runtime.md).
 type Mux struct {
 	function  string
 	auth      Authenticator
 	validate  func(cloudevents.Event) error
 	routes    *http.ServeMux
 	patterns  []string
-	events    map[string]EventHandler
+	events    map[eventKey]EventHandler
 	eventAuth Authenticator
 }
 
@@ -48,7 +50,7 @@ func NewMux(function string, auth Authenticator, validate func(cloudevents.Event
 		auth:     auth,
 		validate: validate,
 		routes:   http.NewServeMux(),
-		events:   make(map[string]EventHandler),
+		events:   make(map[eventKey]EventHandler),
 	}
 }
 
@@ -77,8 +79,27 @@ func (m *Mux) Route(pattern string, h RouteHandler) {
 // Eventing's authentication-oidc feature sends such a token.
 func (m *Mux) RequireEventAuth(a Authenticator) { m.eventAuth = a }
 
-// On handles events of eventType with h.
-func (m *Mux) On(eventType string, h EventHandler) { m.events[eventType] = h }
+// eventKey selects an event handler: a type, and a source when the handler
+// is for one source of that type only (each PingSource's events share one
+// type and differ by source).
+type eventKey struct{ typ, source string }
+
+// On handles events of eventType from any source with h.
+func (m *Mux) On(eventType string, h EventHandler) { m.events[eventKey{typ: eventType}] = h }
+
+// OnSource handles events of eventType from source with h; it takes
+// precedence over a handler registered with On for the same type.
+func (m *Mux) OnSource(eventType, source string, h EventHandler) {
+	m.events[eventKey{eventType, source}] = h
+}
+
+func (m *Mux) handler(e *cloudevents.Event) (EventHandler, bool) {
+	if h, ok := m.events[eventKey{e.Type(), e.Source()}]; ok {
+		return h, true
+	}
+	h, ok := m.events[eventKey{typ: e.Type()}]
+	return h, ok
+}
 
 // Patterns lists the REST patterns this Mux serves.
 func (m *Mux) Patterns() []string { return append([]string(nil), m.patterns...) }
@@ -148,34 +169,21 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 			AddLogAttrs(ctx, slog.String("traceparent", tp))
 		}
 	}
-	h, ok := m.events[e.Type()]
+	h, ok := m.handler(e)
 	if !ok {
-		WriteEventError(w, r, errs.E(errs.Invalid, "function %s does not handle event type %q", m.function, e.Type()))
+		WriteEventError(w, r, errs.E(errs.Invalid, "function %s does not handle event type %q from %q", m.function, e.Type(), e.Source()))
 		return
 	}
 	if err := m.validate(*e); err != nil {
 		WriteEventError(w, r, err)
 		return
 	}
-	reply, err := h(ctx, *e)
-	if err != nil {
+	if err := h(ctx, *e); err != nil {
 		WriteEventError(w, r, err)
 		return
 	}
-	if reply == nil {
-		AddLogAttrs(ctx, slog.String("outcome", "handled"))
-		w.WriteHeader(http.StatusAccepted)
-		return
-	}
-	AddLogAttrs(ctx, slog.String("outcome", "replied"), slog.String("replyType", reply.Type()), slog.String("replyId", reply.ID()))
-	if err := cehttp.WriteResponseWriter(ctx, binding.ToMessage(reply), http.StatusOK, w); err != nil {
-		AddLogAttrs(ctx, slog.String("error", err.Error()))
-	}
-}
-
-// eventError answers a delivery that failed.
-func (m *Mux) eventError(w http.ResponseWriter, r *http.Request, err error) {
-	WriteEventError(w, r, err)
+	AddLogAttrs(ctx, slog.String("outcome", "handled"))
+	w.WriteHeader(http.StatusAccepted)
 }
 
 // WriteEventError answers a CloudEvent delivery that failed, with the

@@ -15,13 +15,13 @@ import (
 
 var errPanic = errors.New("handler panicked")
 
-type errorBody struct {
-	Error errorDetail `json:"error"`
-}
-
-type errorDetail struct {
-	Code    errs.Kind `json:"code"`
+// ErrorBody is the JSON body of every error answer, in StreamSpace's shape,
+// which its UI reads: Error is a short text (the status's name), Message what
+// the UI shows, Code the kind (docs/runtime.md).
+type ErrorBody struct {
+	Error   string    `json:"error"`
 	Message string    `json:"message"`
+	Code    errs.Kind `json:"code"`
 }
 
 // WriteJSON writes v as JSON with status.
@@ -31,7 +31,7 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// WriteError writes err as {"error":{"code","message"}} with the status of
+// WriteError writes err as an ErrorBody with the status of
 // its kind. Only the client-safe message leaves the process; the full error
 // goes to the request's log line.
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
@@ -40,9 +40,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	writeErrorBody(w, errs.HTTPStatus(err), err)
 }
 
-// writeErrorBody writes err's {"error":{"code","message"}} with status.
+// writeErrorBody writes err's ErrorBody with status.
 func writeErrorBody(w http.ResponseWriter, status int, err error) {
-	WriteJSON(w, status, errorBody{Error: errorDetail{Code: errs.KindOf(err), Message: errs.Message(err)}})
+	WriteJSON(w, status, ErrorBody{Error: http.StatusText(status), Message: errs.Message(err), Code: errs.KindOf(err)})
 }
 
 // classifyBody gives a body-size overrun its own kind wherever it surfaces.

@@ -27,7 +27,7 @@ import (
 	"github.com/streamspace-dev/functions/shared/runtime"
 )
 
-// Base is the configuration every function shares (DESIGN §3). A function's
+// Base is the configuration every function shares (docs/runtime.md). A function's
 // own config struct embeds it.
 type Base struct {
 	// DatabaseURL is the PostgreSQL connection string.
@@ -237,7 +237,7 @@ func (s *Service) Stop(ctx context.Context) error {
 }
 
 // Handle serves the function's events and REST routes; it answers 503 until
-// Start has run. A function embeds *Service to get Handle, Stop and Routes.
+// Start has run, so a function's Handle can call it on a nil *Service.
 func (s *Service) Handle(w http.ResponseWriter, r *http.Request) {
 	if s == nil {
 		runtime.WriteError(w, r, errs.E(errs.Unavailable, "function is starting"))
@@ -246,29 +246,59 @@ func (s *Service) Handle(w http.ResponseWriter, r *http.Request) {
 	s.Mux.ServeHTTP(w, r)
 }
 
-// Routes lists the REST patterns the function serves, for the all-in-one.
-func (s *Service) Routes() []string { return s.Mux.Patterns() }
+// Routes lists the REST patterns the function serves, for the all-in-one;
+// none before Start.
+func (s *Service) Routes() []string {
+	if s == nil {
+		return nil
+	}
+	return s.Mux.Patterns()
+}
 
 // DrainOutbox is the handler of the outbox-drain PingSource: waking the
 // function is most of its work (Start runs the relay), and it sends what is
 // due before answering, so a backlog left while every instance was scaled to
 // zero goes out within one schedule period.
-func (s *Service) DrainOutbox(ctx context.Context, _ cloudevents.Event) (*cloudevents.Event, error) {
+func (s *Service) DrainOutbox(ctx context.Context, _ cloudevents.Event) error {
 	sent, err := s.Outbox.Drain(ctx)
 	runtime.AddLogAttrs(ctx, slog.Int("sent", sent))
-	return nil, err
+	return err
 }
 
-// Once applies effect for event e at most once: the effect and the record
-// that (source, id) was processed by this function commit in one
-// transaction. A redelivery of a processed event returns done=false and
-// changes nothing; a concurrent one waits on the first and then does the
-// same.
-func (s *Service) Once(ctx context.Context, e cloudevents.Event, effect func(pgx.Tx) error) (done bool, err error) {
-	err = db.InTx(ctx, s.Pool, func(tx pgx.Tx) error {
+// Work is one unit of work: the changes it makes in tx and the events that
+// report them. Commit and Once run it.
+type Work func(tx pgx.Tx) ([]cloudevents.Event, error)
+
+// Commit runs work in one transaction and queues the events it returns in the
+// outbox in that same transaction, so the change and its events commit
+// together or not at all. After commit the outbox relay is kicked: the events
+// leave without the caller waiting on the sink (docs/runtime.md).
+func (s *Service) Commit(ctx context.Context, work Work) error {
+	var queued int
+	err := db.InTx(ctx, s.Pool, func(tx pgx.Tx) error {
+		evs, err := work(tx)
+		if err != nil {
+			return err
+		}
+		queued = len(evs)
+		return s.Outbox.Add(ctx, tx, evs...)
+	})
+	if err == nil && queued > 0 {
+		s.Outbox.Kick()
+	}
+	return err
+}
+
+// Once is Commit for the effect of event e, applied at most once: the effect,
+// its events and the record that (source, id) was processed by this function
+// commit in one transaction. A redelivery of a processed event returns
+// done=false and changes nothing; a concurrent one waits on the first and
+// then does the same.
+func (s *Service) Once(ctx context.Context, e cloudevents.Event, effect Work) (done bool, err error) {
+	err = s.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
 		first, err := db.MarkProcessed(ctx, tx, s.Name, e.Source(), e.ID())
 		if err != nil || !first {
-			return err
+			return nil, err
 		}
 		done = true
 		return effect(tx)

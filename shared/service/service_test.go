@@ -40,12 +40,12 @@ func (c *counter) Start(ctx context.Context, env map[string]string) error {
 		return err
 	}
 	c.svc = svc
-	svc.Mux.On(counted, func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
-		_, err := svc.Once(ctx, e, func(tx pgx.Tx) error {
+	svc.Mux.On(counted, func(ctx context.Context, e cloudevents.Event) error {
+		_, err := svc.Once(ctx, e, func(tx pgx.Tx) ([]cloudevents.Event, error) {
 			_, err := tx.Exec(ctx, `update job_leases set heartbeat_at = heartbeat_at + interval '1 second' where name = 'counter'`)
-			return err
+			return nil, err
 		})
-		return nil, err
+		return err
 	})
 	svc.Mux.On("dev.knative.sources.ping", svc.DrainOutbox)
 	svc.Mux.Route("GET /api/v1/whoami", func(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
