@@ -21,6 +21,10 @@ var Routes = []Route{
 	{Type: Ping, Source: OutboxDrainSource, Function: "sharing"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "tags"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "versioning"},
+	{Type: Ping, Source: TagsRefreshSource, Function: "tags"},
+	{Type: Ping, Source: PruneSource, Function: "sharing"},
+	{Type: Ping, Source: PruneSource, Function: "tags"},
+	{Type: Ping, Source: PruneSource, Function: "versioning"},
 }
 
 // RoutesFor returns the rows that deliver to function.

@@ -55,4 +55,10 @@ const (
 	// OutboxDrainSource wakes every function that emits events, so events
 	// queued while the sink was down leave even when no request comes.
 	OutboxDrainSource = "/apis/v1/namespaces/streamspace/pingsources/outbox-drain"
+	// TagsRefreshSource makes the tags function refresh the popular-tag
+	// counts, bounding how stale they can be.
+	TagsRefreshSource = "/apis/v1/namespaces/streamspace/pingsources/tags-refresh"
+	// PruneSource makes every function that records processed events delete
+	// the records older than PROCESSED_EVENTS_RETENTION.
+	PruneSource = "/apis/v1/namespaces/streamspace/pingsources/processed-events-prune"
 )

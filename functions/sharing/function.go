@@ -43,6 +43,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	svc.Mux.Route("GET /api/v1/session-templates/{id}/shares", f.listShares)
 	svc.Mux.Route("POST /api/v1/session-templates/{id}/share", f.share)
 	svc.Mux.Route("DELETE /api/v1/session-templates/{id}/shares/{shareId}", f.revoke)
-	svc.Mux.On(events.Ping, svc.DrainOutbox)
+	svc.Mux.OnSource(events.Ping, events.OutboxDrainSource, svc.DrainOutbox)
+	svc.Mux.OnSource(events.Ping, events.PruneSource, svc.PruneProcessed)
 	return nil
 }

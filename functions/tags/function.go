@@ -47,7 +47,8 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	svc.Mux.Route("POST /api/v1/batch/sessions/update-tags", f.updateTags)
 	svc.Mux.Route("GET /api/v1/search/filters/tags", f.popularTags)
 	svc.Mux.On(events.TemplateUpdated, f.onTemplateUpdated)
-	svc.Mux.On(events.Ping, svc.DrainOutbox)
+	svc.Mux.OnSource(events.Ping, events.OutboxDrainSource, svc.DrainOutbox)
+	svc.Mux.OnSource(events.Ping, events.PruneSource, svc.PruneProcessed)
 	return nil
 }
 

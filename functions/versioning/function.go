@@ -65,6 +65,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	svc.Mux.Route("POST /api/v1/session-templates/{id}/versions", f.createVersion)
 	svc.Mux.Route("POST /api/v1/session-templates/{id}/versions/{version}/restore", f.restoreVersion)
 	svc.Mux.Route("GET /api/v1/session-templates/{id}/versions/{version}/diff", f.diffVersion)
-	svc.Mux.On(events.Ping, svc.DrainOutbox)
+	svc.Mux.OnSource(events.Ping, events.OutboxDrainSource, svc.DrainOutbox)
+	svc.Mux.OnSource(events.Ping, events.PruneSource, svc.PruneProcessed)
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -41,11 +42,43 @@ func LatestVersion() int {
 	return len(names)
 }
 
+// StreamSpaceTables are StreamSpace's own tables that the functions use. Its
+// API creates them (Migrate in api/internal/db/database.go); the migrations
+// here never do, so StreamSpace's own `create table if not exists` can never
+// adopt a shape of ours (docs/data.md).
+var StreamSpaceTables = []string{
+	"users", "groups", "group_memberships", "sessions", "catalog_templates",
+	"user_session_templates", "user_session_template_versions", "template_shares",
+	"notifications", "audit_log", "batch_operations", "session_snapshots",
+	"snapshot_restore_jobs", "integrations", "autoscaling_policies", "scaling_events",
+}
+
+// MissingTablesError is Migrate's refusal of a database without StreamSpace's
+// schema.
+type MissingTablesError struct{ Tables []string }
+
+func (e *MissingTablesError) Error() string {
+	return fmt.Sprintf("StreamSpace's tables %s are missing: point DATABASE_URL at the database "+
+		"StreamSpace's API uses, after its API has started once and created its schema",
+		strings.Join(e.Tables, ", "))
+}
+
 // Migrate applies the embedded migrations that conn's database does not have
-// yet, each in its own transaction. tern holds an advisory lock while it
-// works, so concurrent runs apply each migration once; a database that is
-// already current is left untouched.
+// yet, each in its own transaction. It first checks that StreamSpace's own
+// tables are there and touches nothing when any is missing. tern holds an
+// advisory lock while it works, so concurrent runs apply each migration once;
+// a database that is already current is left untouched.
 func Migrate(ctx context.Context, conn *pgx.Conn) error {
+	var missing []string
+	err := conn.QueryRow(ctx,
+		`select coalesce(array_agg(t order by t), '{}') from unnest($1::text[]) as t where to_regclass(t) is null`,
+		StreamSpaceTables).Scan(&missing)
+	if err != nil {
+		return fmt.Errorf("migrate: look for StreamSpace's tables: %w", err)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("migrate: %w", &MissingTablesError{Tables: missing})
+	}
 	m, err := migrate.NewMigrator(ctx, conn, VersionTable)
 	if err != nil {
 		return fmt.Errorf("migrate: prepare %s: %w", VersionTable, err)

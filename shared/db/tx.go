@@ -3,8 +3,10 @@ package db
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/streamspace-dev/functions/shared/errs"
 )
@@ -61,4 +63,25 @@ func MarkProcessed(ctx context.Context, tx pgx.Tx, function, source, id string) 
 		return false, Classify(fmt.Errorf("mark event %s/%s processed by %s: %w", source, id, function, err))
 	}
 	return tag.RowsAffected() == 1, nil
+}
+
+// PruneProcessed deletes function's records of events processed more than
+// olderThan ago and reports how many it deleted. The processed_at index finds
+// them without a scan.
+func PruneProcessed(ctx context.Context, db Execer, function string, olderThan time.Duration) (int64, error) {
+	if olderThan <= 0 {
+		return 0, errs.E(errs.Invalid, "prune processed events: retention must be positive")
+	}
+	tag, err := db.Exec(ctx,
+		`delete from processed_events where function = $1 and processed_at < now() - make_interval(secs => $2)`,
+		function, olderThan.Seconds())
+	if err != nil {
+		return 0, Classify(fmt.Errorf("prune processed events of %s: %w", function, err))
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Execer runs a statement; pools, connections and transactions all do.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }

@@ -59,6 +59,10 @@ type Base struct {
 	EventAuthSubjects []string `env:"EVENT_AUTH_SUBJECTS" envSeparator:","`
 	// OutboxInterval is how often undelivered events are retried.
 	OutboxInterval time.Duration `env:"OUTBOX_INTERVAL" envDefault:"15s"`
+	// ProcessedRetention is how long the record of a processed event is
+	// kept: far longer than any redelivery, including the long delivery
+	// timeouts of snapshot and restore.
+	ProcessedRetention time.Duration `env:"PROCESSED_EVENTS_RETENTION" envDefault:"168h"`
 }
 
 // base lets Start reach the Base inside any config that embeds it.
@@ -150,8 +154,9 @@ type Service struct {
 	Mux    *runtime.Mux
 	Log    *slog.Logger
 
-	stop    context.CancelFunc
-	relayed chan struct{}
+	retention time.Duration
+	stop      context.CancelFunc
+	relayed   chan struct{}
 }
 
 // Start loads cfg from environ (and runs its Validate method, when it has
@@ -204,13 +209,14 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		ob.Run(runCtx, b.OutboxInterval)
 	}()
 	return &Service{
-		Name:    name,
-		Pool:    pool,
-		Outbox:  ob,
-		Mux:     mux,
-		Log:     log,
-		stop:    stop,
-		relayed: relayed,
+		Name:      name,
+		Pool:      pool,
+		Outbox:    ob,
+		Mux:       mux,
+		Log:       log,
+		retention: b.ProcessedRetention,
+		stop:      stop,
+		relayed:   relayed,
 	}, nil
 }
 
@@ -262,6 +268,15 @@ func (s *Service) Routes() []string {
 func (s *Service) DrainOutbox(ctx context.Context, _ cloudevents.Event) error {
 	sent, err := s.Outbox.Drain(ctx)
 	runtime.AddLogAttrs(ctx, slog.Int("sent", sent))
+	return err
+}
+
+// PruneProcessed is the handler of the processed-events-prune PingSource: it
+// deletes this function's records of events processed longer ago than
+// PROCESSED_EVENTS_RETENTION, so the table stays bounded.
+func (s *Service) PruneProcessed(ctx context.Context, _ cloudevents.Event) error {
+	n, err := db.PruneProcessed(ctx, s.Pool, s.Name, s.retention)
+	runtime.AddLogAttrs(ctx, slog.Int64("pruned", n))
 	return err
 }
 

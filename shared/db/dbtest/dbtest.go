@@ -2,8 +2,10 @@
 //
 // The server is the one DATABASE_URL names or, when it is unset, the one the
 // PG* environment names, which is what `pg_virtualenv -t go test ./...` sets.
-// The schema is migrated once into a template database named after a hash of
-// the embedded migrations; each test then gets a copy made with
+// A database starts as an install of StreamSpace has it: StreamSpace's own
+// schema (testdata/streamspace/schema.sql) with the rows its API seeds, then
+// the embedded migrations. That is built once into a template database named
+// after a hash of both; each test then gets a copy made with
 // `create database ... template ...`, which takes milliseconds.
 package dbtest
 
@@ -16,6 +18,7 @@ import (
 	"io/fs"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -54,7 +57,7 @@ func New(tb testing.TB) *pgxpool.Pool {
 	return create(ctx, tb, tmpl)
 }
 
-// NewEmpty is New without the schema: a new, empty database, for tests of
+// NewEmpty is New without any schema: a new, empty database, for tests of
 // the migrations themselves.
 func NewEmpty(tb testing.TB) *pgxpool.Pool {
 	tb.Helper()
@@ -62,6 +65,51 @@ func NewEmpty(tb testing.TB) *pgxpool.Pool {
 	defer cancel()
 	// template0 is the pristine database every server has.
 	return create(ctx, tb, "template0")
+}
+
+// NewStreamSpace is a new database holding StreamSpace's schema and seeded
+// rows but none of our migrations: a StreamSpace install before the
+// functions arrive.
+func NewStreamSpace(tb testing.TB) *pgxpool.Pool {
+	tb.Helper()
+	pool := NewEmpty(tb)
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	schema, err := StreamSpaceSchema()
+	if err != nil {
+		tb.Fatalf("dbtest: %v", err)
+	}
+	if _, err := pool.Exec(ctx, schema); err != nil {
+		tb.Fatalf("dbtest: load StreamSpace's schema: %v", err)
+	}
+	return pool
+}
+
+// SchemaFile is StreamSpace's schema, relative to the repository root.
+const SchemaFile = "testdata/streamspace/schema.sql"
+
+// StreamSpaceSchema returns the SQL of SchemaFile, found by walking up from
+// the working directory (a test's package directory) to the repository root,
+// the directory holding go.work.
+func StreamSpaceSchema() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			b, err := os.ReadFile(filepath.Join(dir, SchemaFile))
+			if err != nil {
+				return "", fmt.Errorf("read StreamSpace's schema: %w", err)
+			}
+			return string(b), nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.work above the working directory, so no %s", SchemaFile)
+		}
+		dir = parent
+	}
 }
 
 // URL returns a connection string for pool's test database, for a test that
@@ -128,7 +176,11 @@ func ensureTemplate(ctx context.Context) (string, error) {
 	if templateName != "" {
 		return templateName, nil
 	}
-	name, err := templateNameFor(db.Migrations())
+	schema, err := StreamSpaceSchema()
+	if err != nil {
+		return "", err
+	}
+	name, err := templateNameFor(schema, db.Migrations())
 	if err != nil {
 		return "", err
 	}
@@ -148,7 +200,7 @@ func ensureTemplate(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("look for template %s: %w", name, err)
 	}
 	if !exists {
-		if err := buildTemplate(ctx, admin, name); err != nil {
+		if err := buildTemplate(ctx, admin, name, schema); err != nil {
 			return "", err
 		}
 	}
@@ -156,10 +208,11 @@ func ensureTemplate(ctx context.Context) (string, error) {
 	return name, nil
 }
 
-// buildTemplate migrates a scratch database and only then renames it to
-// name, so a template that exists is always complete even if a test binary
-// was killed while building one. The caller holds templateLock.
-func buildTemplate(ctx context.Context, admin *pgx.Conn, name string) error {
+// buildTemplate loads StreamSpace's schema into a scratch database, migrates
+// it and only then renames it to name, so a template that exists is always
+// complete even if a test binary was killed while building one. The caller
+// holds templateLock.
+func buildTemplate(ctx context.Context, admin *pgx.Conn, name, schema string) error {
 	scratch := name + "_build"
 	if _, err := admin.Exec(ctx, "drop database if exists "+ident(scratch)+" with (force)"); err != nil {
 		return fmt.Errorf("drop leftover %s: %w", scratch, err)
@@ -170,6 +223,10 @@ func buildTemplate(ctx context.Context, admin *pgx.Conn, name string) error {
 	conn, err := connect(ctx, scratch)
 	if err != nil {
 		return err
+	}
+	if _, err := conn.Exec(ctx, schema); err != nil {
+		conn.Close(ctx)
+		return fmt.Errorf("load StreamSpace's schema into %s: %w", scratch, err)
 	}
 	err = db.Migrate(ctx, conn)
 	conn.Close(ctx)
@@ -212,10 +269,12 @@ func connect(ctx context.Context, database string) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// templateNameFor derives the template's name from the migrations' names and
-// contents, so a changed migration gets a new template.
-func templateNameFor(fsys fs.FS) (string, error) {
+// templateNameFor derives the template's name from StreamSpace's schema and
+// the migrations' names and contents, so a change to either gets a new
+// template.
+func templateNameFor(schema string, fsys fs.FS) (string, error) {
 	h := sha256.New()
+	fmt.Fprintf(h, "%d\x00%s", len(schema), schema)
 	err := fs.WalkDir(fsys, ".", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err

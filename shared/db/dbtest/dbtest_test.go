@@ -82,20 +82,24 @@ func TestWithDatabase(t *testing.T) {
 	}
 }
 
-func TestTemplateNameFollowsTheMigrations(t *testing.T) {
+func TestTemplateNameFollowsSchemaAndMigrations(t *testing.T) {
 	a := fstest.MapFS{"001_a.sql": {Data: []byte("create table a (id int);")}}
 	b := fstest.MapFS{"001_a.sql": {Data: []byte("create table a (id bigint);")}}
-	na, err := templateNameFor(a)
+	na, err := templateNameFor("create table s (id int);", a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nb, _ := templateNameFor(b)
-	again, _ := templateNameFor(a)
+	nb, _ := templateNameFor("create table s (id int);", b)
+	ns, _ := templateNameFor("create table s (id bigint);", a)
+	again, _ := templateNameFor("create table s (id int);", a)
 	if na == nb {
 		t.Errorf("changed migrations kept the template name %q", na)
 	}
+	if na == ns {
+		t.Errorf("a changed StreamSpace schema kept the template name %q", na)
+	}
 	if na != again {
-		t.Errorf("got %q then %q for the same migrations", na, again)
+		t.Errorf("got %q then %q for the same schema and migrations", na, again)
 	}
 }
 
