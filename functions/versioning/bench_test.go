@@ -74,7 +74,7 @@ func BenchmarkCreateVersion(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			s := benchStore(b, tc.retention, tc.tagged)
-			ob, err := outbox.New(s.Pool, Name, "", slog.New(slog.DiscardHandler))
+			ob, err := outbox.New(s.Pool, Name, "", outbox.DefaultMaxAttempts, slog.New(slog.DiscardHandler))
 			if err != nil {
 				b.Fatal(err)
 			}

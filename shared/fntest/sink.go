@@ -18,12 +18,20 @@ import (
 type Sink struct {
 	URL string
 
-	mu       sync.Mutex
-	events   []cloudevents.Event
-	failures int
-	refused  int
-	held     chan struct{} // while non-nil, deliveries wait for it to close
+	mu         sync.Mutex
+	events     []cloudevents.Event
+	failures   int
+	failStatus int
+	refused    int
+	held       chan struct{} // while non-nil, deliveries wait for it to close
 }
+
+// minWait is the least time the Wait methods give a condition: a generous
+// floor, so a test's short timeout does not fail on a busy machine. They
+// return as soon as the condition holds, so it costs nothing when it does.
+const minWait = 30 * time.Second
+
+func waitFor(timeout time.Duration) time.Duration { return max(timeout, minWait) }
 
 // NewSink starts a sink for the test.
 func NewSink(tb testing.TB) *Sink {
@@ -45,8 +53,9 @@ func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
 	if s.failures > 0 {
 		s.failures--
 		s.refused++
+		status := s.failStatus
 		s.mu.Unlock()
-		w.WriteHeader(http.StatusServiceUnavailable)
+		w.WriteHeader(status)
 		return
 	}
 	s.mu.Unlock()
@@ -62,9 +71,14 @@ func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 // FailNext makes the next n deliveries fail with 503.
-func (s *Sink) FailNext(n int) {
+func (s *Sink) FailNext(n int) { s.AnswerNext(n, http.StatusServiceUnavailable) }
+
+// AnswerNext makes the next n deliveries fail with status, such as a
+// permanent 400 or a retryable 429.
+func (s *Sink) AnswerNext(n, status int) {
 	s.mu.Lock()
 	s.failures = n
+	s.failStatus = status
 	s.mu.Unlock()
 }
 
@@ -86,10 +100,10 @@ func (s *Sink) Hold() (release func()) {
 	}
 }
 
-// WaitRefused waits up to timeout until the sink refused at least one
-// delivery, and reports whether it did.
+// WaitRefused waits up to timeout (at least minWait) until the sink refused
+// at least one delivery, and reports whether it did.
 func (s *Sink) WaitRefused(timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(waitFor(timeout))
 	for s.Refused() == 0 {
 		if time.Now().After(deadline) {
 			return false
@@ -113,17 +127,18 @@ func (s *Sink) Events() []cloudevents.Event {
 	return append([]cloudevents.Event(nil), s.events...)
 }
 
-// WaitFor waits up to timeout until an event of eventType arrived and
-// returns every such event.
+// WaitFor waits up to timeout (at least minWait) until an event of
+// eventType arrived and returns every such event.
 func (s *Sink) WaitFor(ctx context.Context, eventType string, timeout time.Duration) []cloudevents.Event {
 	return s.WaitForN(ctx, eventType, 1, timeout)
 }
 
-// WaitForN waits up to timeout until n events of eventType arrived and
-// returns every such event (fewer if the time ran out). Events leave the
-// outbox after the response, so tests wait for them rather than expect them.
+// WaitForN waits up to timeout (at least minWait) until n events of
+// eventType arrived and returns every such event (fewer if the time ran
+// out). Events leave the outbox after the response, so tests wait for them
+// rather than expect them.
 func (s *Sink) WaitForN(ctx context.Context, eventType string, n int, timeout time.Duration) []cloudevents.Event {
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(waitFor(timeout))
 	for {
 		var out []cloudevents.Event
 		for _, e := range s.Events() {

@@ -3,19 +3,23 @@
 // written to the event_outbox table in the same transaction as the change it
 // reports, sent after commit, and deleted only once the sink acknowledged it.
 // What cannot be sent stays, is logged with its id, and is retried with
-// backoff.
+// backoff; what the sink refuses for good, or too often, moves to
+// event_dead_letters and is logged as an error (docs/runtime.md).
 package outbox
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"slices"
 	"sync"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -25,25 +29,43 @@ import (
 // batchSize bounds the events one Flush sends.
 const batchSize = 100
 
+// DefaultMaxAttempts is how many refused sends an event gets before it is
+// dead-lettered, unless New is told otherwise.
+const DefaultMaxAttempts = 20
+
 // Outbox is one function's outgoing event queue.
 type Outbox struct {
-	pool     *pgxpool.Pool
-	function string
-	sink     string
-	client   cloudevents.Client
-	log      *slog.Logger
-	warnOnce sync.Once
-	kick     chan struct{}
+	pool        *pgxpool.Pool
+	function    string
+	sink        string
+	maxAttempts int
+	client      cloudevents.Client
+	log         *slog.Logger
+	warnOnce    sync.Once
+	kick        chan struct{}
 }
 
 // New returns the outbox of function, sending to sink (K_SINK). An empty
-// sink keeps events queued until a sink is configured.
-func New(pool *pgxpool.Pool, function, sink string, log *slog.Logger) (*Outbox, error) {
-	c, err := cloudevents.NewClientHTTP()
+// sink keeps events queued until a sink is configured. An event the sink
+// refused maxAttempts times (OUTBOX_MAX_ATTEMPTS; DefaultMaxAttempts when 0)
+// moves to event_dead_letters.
+func New(pool *pgxpool.Pool, function, sink string, maxAttempts int, log *slog.Logger) (*Outbox, error) {
+	if maxAttempts < 0 {
+		return nil, fmt.Errorf("outbox: max attempts %d: want a positive number", maxAttempts)
+	}
+	if maxAttempts == 0 {
+		maxAttempts = DefaultMaxAttempts
+	}
+	// The client retries a send a few times at once with the same rule as
+	// the dead-lettering, so it never repeats a permanent refusal.
+	c, err := cloudevents.NewClientHTTP(cehttp.WithIsRetriableFunc(retryable))
 	if err != nil {
 		return nil, fmt.Errorf("cloudevents client: %w", err)
 	}
-	return &Outbox{pool: pool, function: function, sink: sink, client: c, log: log, kick: make(chan struct{}, 1)}, nil
+	return &Outbox{
+		pool: pool, function: function, sink: sink, maxAttempts: maxAttempts,
+		client: c, log: log, kick: make(chan struct{}, 1),
+	}, nil
 }
 
 // Add queues events in tx, in one statement; they are sent only if tx commits.
@@ -73,11 +95,27 @@ func (o *Outbox) Add(ctx context.Context, tx pgx.Tx, events ...cloudevents.Event
 // dies mid-send leaves them due again after this, and they are resent.
 const claimFor = time.Minute
 
+// maxBackoff caps the wait before an event the sink refused is tried again.
+// The exponent is capped too, so no attempt count overflows the arithmetic.
+const maxBackoff = time.Hour
+
+// backoff is how long an event waits after its attempts-th refusal (1, 2,
+// ...): 2^attempts seconds, at most maxBackoff.
+func backoff(attempts int) time.Duration {
+	const maxShift = 12 // 2^12 s is past maxBackoff already
+	if attempts < 0 {
+		attempts = 0
+	}
+	return min(time.Second<<min(attempts, maxShift), maxBackoff)
+}
+
 // Flush sends the queued events that are due and reports how many the sink
 // acknowledged. Events are claimed in a short transaction (skip locked, so
 // concurrent flushes never claim the same event), sent with no transaction
-// open, then deleted if acknowledged or given a backoff if not. Delivery is
-// at least once: consumers deduplicate by event id.
+// open, then deleted if acknowledged. A refused event counts an attempt and
+// backs off, or moves to event_dead_letters when the refusal is permanent or
+// its attempts reach the limit. Delivery is at least once: consumers
+// deduplicate by event id.
 func (o *Outbox) Flush(ctx context.Context) (int, error) {
 	sent, _, err := o.flush(ctx)
 	return sent, err
@@ -96,40 +134,118 @@ func (o *Outbox) flush(ctx context.Context) (int, bool, error) {
 	if err != nil {
 		return 0, false, err
 	}
-	var sent, failed []string
-	var reasons []string
+	var sent, untried []string
+	var refused *pending
+	var refusal error
 	for i, p := range due {
 		if err := o.send(ctx, p.event); err != nil {
-			o.log.Warn("emit failed; will retry", "eventId", p.id, "eventType", p.event.Type(), "attempt", p.attempts, "err", err)
 			// A sink that refuses one event will likely refuse the next, and
-			// each try can take the whole send timeout: put the rest of the
-			// batch back with the same backoff instead of trying them all.
-			for _, rest := range due[i:] {
-				failed = append(failed, rest.id)
-				reasons = append(reasons, err.Error())
+			// each try can take the whole send timeout: release the rest of
+			// the batch untried, as due as before, with no attempt counted.
+			refused, refusal = &due[i], err
+			for _, rest := range due[i+1:] {
+				untried = append(untried, rest.id)
 			}
 			break
 		}
 		sent = append(sent, p.id)
 	}
 	if len(sent) > 0 {
-		if _, err := o.pool.Exec(ctx, `delete from event_outbox where id = any($1)`, sent); err != nil {
+		if _, err := o.pool.Exec(ctx, deleteSent, sent); err != nil {
 			return len(sent), false, fmt.Errorf("mark %d events sent: %w", len(sent), db.Classify(err))
 		}
 	}
-	if len(failed) > 0 {
-		if _, err := o.pool.Exec(ctx, `
-			update event_outbox o
-			set last_error = f.reason,
-			    next_attempt_at = now() + make_interval(secs => least(300, power(2, o.attempts)))
-			from unnest($1::uuid[], $2::text[]) as f(id, reason)
-			where o.id = f.id`, failed, reasons); err != nil {
-			return len(sent), false, fmt.Errorf("reschedule %d events: %w", len(failed), db.Classify(err))
+	if len(untried) > 0 {
+		if _, err := o.pool.Exec(ctx, releaseUntried, untried); err != nil {
+			return len(sent), false, fmt.Errorf("release %d untried events: %w", len(untried), db.Classify(err))
+		}
+	}
+	if refused != nil {
+		if err := o.refused(ctx, *refused, refusal); err != nil {
+			return len(sent), false, err
 		}
 	}
 	// More may be due only if a whole batch went out.
-	more := len(due) == batchSize && len(failed) == 0
+	more := len(due) == batchSize && refused == nil
 	return len(sent), more, nil
+}
+
+const (
+	// deleteSent removes the events the sink acknowledged.
+	deleteSent = `delete from event_outbox where id = any($1)`
+
+	// releaseUntried gives back claimed events that were never sent: due
+	// now, attempts unchanged.
+	releaseUntried = `update event_outbox set next_attempt_at = now() where id = any($1)`
+
+	// retryLater counts a refused attempt and sets the event's backoff.
+	retryLater = `
+		update event_outbox
+		set attempts = attempts + 1, last_error = $2, next_attempt_at = now() + $3::interval
+		where id = $1`
+
+	// moveToDeadLetters moves a refused event out of the outbox in one
+	// statement, counting the attempt that killed it. An id dead-lettered
+	// before (an operator re-queued it) is overwritten with its latest end.
+	moveToDeadLetters = `
+		with dead as (
+			delete from event_outbox where id = $1
+			returning id, function, event, attempts, created_at)
+		insert into event_dead_letters (id, function, event, attempts, last_error, queued_at)
+		select id, function, event, attempts + 1, $2, created_at from dead
+		on conflict (id) do update
+		set function = excluded.function, event = excluded.event, attempts = excluded.attempts,
+		    last_error = excluded.last_error, queued_at = excluded.queued_at, dead_at = now()`
+)
+
+// refused records the sink's refusal of p: a retry after its backoff, or,
+// when the refusal is permanent or p has had its attempts, the dead letters.
+func (o *Outbox) refused(ctx context.Context, p pending, refusal error) error {
+	attempt := p.attempts + 1
+	status := statusOf(refusal)
+	if permanent(status) || attempt >= o.maxAttempts {
+		if _, err := o.pool.Exec(ctx, moveToDeadLetters, p.id, refusal.Error()); err != nil {
+			return fmt.Errorf("dead-letter event %s: %w", p.id, db.Classify(err))
+		}
+		o.log.Error("event dead-lettered: the sink refused it for good or too often",
+			"eventId", p.id, "eventType", p.event.Type(), "attempts", attempt, "status", status, "err", refusal)
+		return nil
+	}
+	wait := backoff(attempt)
+	if _, err := o.pool.Exec(ctx, retryLater, p.id, refusal.Error(), wait); err != nil {
+		return fmt.Errorf("reschedule event %s: %w", p.id, db.Classify(err))
+	}
+	o.log.Warn("emit failed; will retry", "eventId", p.id, "eventType", p.event.Type(),
+		"attempt", attempt, "retryIn", wait.String(), "status", status, "err", refusal)
+	return nil
+}
+
+// retryable reports whether a sink's HTTP status asks for another try. Like
+// Knative Eventing's dispatcher: 5xx and 404, 408, 409 and 429 are worth
+// retrying; every other 4xx will be refused again (docs/runtime.md).
+func retryable(status int) bool {
+	switch status {
+	case http.StatusNotFound, http.StatusRequestTimeout, http.StatusConflict, http.StatusTooManyRequests:
+		return true
+	}
+	return status >= 500
+}
+
+// permanent reports whether status refuses an event for good.
+func permanent(status int) bool { return status >= 400 && status < 500 && !retryable(status) }
+
+// statusOf is the sink's HTTP status in a send result, 0 when the send
+// failed without an answer (a refused connection, a timeout).
+func statusOf(res error) int {
+	var retries *cehttp.RetriesResult
+	if errors.As(res, &retries) {
+		res = retries.Result
+	}
+	var r *cehttp.Result
+	if errors.As(res, &r) {
+		return r.StatusCode
+	}
+	return 0
 }
 
 // Drain flushes until nothing more is due or the sink refuses, so a backlog
@@ -162,17 +278,22 @@ type pending struct {
 	created  time.Time
 }
 
+// claimDue takes the due events of a function for claimFor, oldest first,
+// skipping those another flush holds. Attempts are counted only when a send
+// is refused, so a claim alone never counts one.
+const claimDue = `
+	update event_outbox
+	set next_attempt_at = now() + $3::interval
+	where id in (
+		select id from event_outbox
+		where function = $1 and next_attempt_at <= now()
+		order by created_at
+		limit $2
+		for update skip locked)
+	returning id::text, event, attempts, created_at`
+
 func (o *Outbox) claim(ctx context.Context) ([]pending, error) {
-	rows, err := o.pool.Query(ctx, `
-		update event_outbox
-		set attempts = attempts + 1, next_attempt_at = now() + $3::interval
-		where id in (
-			select id from event_outbox
-			where function = $1 and next_attempt_at <= now()
-			order by created_at
-			limit $2
-			for update skip locked)
-		returning id::text, event, attempts, created_at`, o.function, batchSize, claimFor)
+	rows, err := o.pool.Query(ctx, claimDue, o.function, batchSize, claimFor)
 	if err != nil {
 		return nil, fmt.Errorf("claim queued events: %w", db.Classify(err))
 	}

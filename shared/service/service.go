@@ -59,6 +59,9 @@ type Base struct {
 	EventAuthSubjects []string `env:"EVENT_AUTH_SUBJECTS" envSeparator:","`
 	// OutboxInterval is how often undelivered events are retried.
 	OutboxInterval time.Duration `env:"OUTBOX_INTERVAL" envDefault:"15s"`
+	// OutboxMaxAttempts is how many refused sends an emitted event gets
+	// before it moves to event_dead_letters.
+	OutboxMaxAttempts int `env:"OUTBOX_MAX_ATTEMPTS" envDefault:"20"`
 	// ProcessedRetention is how long the record of a processed event is
 	// kept: far longer than any redelivery, including the long delivery
 	// timeouts of snapshot and restore.
@@ -176,6 +179,9 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 	b := cfg.base()
 	log := runtime.Logger(ctx).With("function", name)
 	// Configuration is checked in full before anything connects.
+	if b.OutboxMaxAttempts < 1 {
+		return nil, fmt.Errorf("%s: config: OUTBOX_MAX_ATTEMPTS is %d: want at least 1", name, b.OutboxMaxAttempts)
+	}
 	eventAuth, err := b.eventAuthenticator(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -193,7 +199,7 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	ob, err := outbox.New(pool, name, b.Sink, log)
+	ob, err := outbox.New(pool, name, b.Sink, b.OutboxMaxAttempts, log)
 	if err != nil {
 		pool.Close()
 		return nil, err

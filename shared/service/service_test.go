@@ -126,7 +126,7 @@ func TestEventDeliveredTenTimesHasOneEffect(t *testing.T) {
 func TestOutboxDrainPingSendsWhatIsQueued(t *testing.T) {
 	// No periodic relay during the test: only the ping can send.
 	h := fntest.Start(t, &counter{}, map[string]string{"OUTBOX_INTERVAL": "1h"})
-	ob, err := outbox.New(h.Pool, "counter", h.Sink.URL, slog.New(slog.DiscardHandler))
+	ob, err := outbox.New(h.Pool, "counter", h.Sink.URL, 0, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
