@@ -13,6 +13,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/protocol"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/shared/logging"
 	"github.com/streamspace-dev/functions/shared/runtime"
@@ -48,27 +49,19 @@ func BenchmarkNoopEvent(b *testing.B) {
 		for b.Loop() {
 			w := httptest.NewRecorder()
 			h.ServeHTTP(w, noopRequest())
-			if w.Code != http.StatusAccepted {
-				b.Fatalf("status %d", w.Code)
-			}
+			require.Equal(b, http.StatusAccepted, w.Code)
 		}
 	})
 	b.Run("sdk-go", func(b *testing.B) {
 		p, err := cehttp.New()
-		if err != nil {
-			b.Fatal(err)
-		}
+		require.NoError(b, err)
 		h, err := cloudevents.NewHTTPReceiveHandler(context.Background(), p, func(context.Context, cloudevents.Event) protocol.Result { return nil })
-		if err != nil {
-			b.Fatal(err)
-		}
+		require.NoError(b, err)
 		b.ReportAllocs()
 		for b.Loop() {
 			w := httptest.NewRecorder()
 			h.ServeHTTP(w, noopRequest())
-			if w.Code/100 != 2 {
-				b.Fatalf("status %d", w.Code)
-			}
+			require.Equal(b, 2, w.Code/100, "status %d", w.Code)
 		}
 	})
 }

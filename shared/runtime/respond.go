@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/streamspace-dev/functions/shared/errs"
 )
@@ -59,7 +61,7 @@ func classifyBody(err error) error {
 // message names the problem.
 func DecodeJSON(r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return errs.E(errs.Invalid, "content type %q: want application/json", ct)
+		return errs.E(errs.Invalid, "content type %q: want application/json", truncate(ct, maxQuoted))
 	}
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
@@ -86,12 +88,34 @@ func decodeError(err error) error {
 	case errors.As(err, &se):
 		return errs.E(errs.Invalid, "malformed JSON at byte %d", se.Offset)
 	case errors.As(err, &ute):
-		return errs.E(errs.Invalid, "field %q: got %s, want %s", ute.Field, ute.Value, ute.Type)
+		return errs.E(errs.Invalid, "field %q: got %s, want %s", truncate(ute.Field, maxQuoted), ute.Value, ute.Type)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return errs.E(errs.Invalid, "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		name, uerr := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
+		if uerr != nil {
+			return errs.E(errs.Invalid, "unknown field")
+		}
+		return errs.E(errs.Invalid, "unknown field %q", truncate(name, maxQuoted))
 	default:
 		return errs.Wrap(errs.Invalid, err, "malformed JSON: %s", fmt.Sprint(err))
 	}
+}
+
+// maxQuoted bounds how much of a client's own text an error message quotes
+// back, so a megabyte-long field name is not echoed into the answer and the
+// log.
+const maxQuoted = 64
+
+// truncate returns s cut to at most n bytes on a rune boundary, with "…"
+// added when anything was cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // PeekBody reads r's body and puts it back, so a router can look at it

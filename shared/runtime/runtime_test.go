@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/errs"
@@ -23,10 +24,16 @@ import (
 	"github.com/streamspace-dev/functions/shared/runtime"
 )
 
-// fn is a function whose Start waits for a signal, for readiness tests.
+// patience bounds every wait on a condition: generous, so a busy machine
+// never fails a test, and only spent when something is wrong.
+const patience = time.Minute
+
+// fn is a function whose Start waits for a signal, for readiness tests, and
+// whose slow route waits for another, for drain tests.
 type fn struct {
-	release chan struct{}
-	entered chan struct{}
+	release chan struct{} // closing it lets Start return
+	entered chan struct{} // the slow route sends on it when it starts
+	finish  chan struct{} // closing it lets the slow route answer
 	mux     *runtime.Mux
 	stopped bool
 	mu      sync.Mutex
@@ -44,9 +51,24 @@ func (allowAll) Authenticate(r *http.Request) (authn.Identity, error) {
 func validateNothing(cloudevents.Event) error { return nil }
 
 func newFn() *fn {
-	f := &fn{release: make(chan struct{}), entered: make(chan struct{}, 1), mux: runtime.NewMux("test", allowAll{}, validateNothing)}
+	f := &fn{
+		release: make(chan struct{}),
+		entered: make(chan struct{}, 1),
+		finish:  make(chan struct{}),
+		mux:     runtime.NewMux("test", allowAll{}, validateNothing),
+	}
 	f.mux.Route("POST /api/v1/echo", func(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
 		var v map[string]any
+		if err := runtime.DecodeJSON(r, &v); err != nil {
+			return err
+		}
+		runtime.WriteJSON(w, http.StatusOK, v)
+		return nil
+	})
+	f.mux.Route("POST /api/v1/typed", func(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
+		var v struct {
+			Count int `json:"count"`
+		}
 		if err := runtime.DecodeJSON(r, &v); err != nil {
 			return err
 		}
@@ -56,7 +78,7 @@ func newFn() *fn {
 	f.mux.Route("GET /api/v1/panic", func(http.ResponseWriter, *http.Request, authn.Identity) error { panic("boom") })
 	f.mux.Route("GET /api/v1/slow", func(w http.ResponseWriter, r *http.Request, _ authn.Identity) error {
 		f.entered <- struct{}{}
-		time.Sleep(300 * time.Millisecond) // still in flight when the drain starts
+		<-f.finish
 		io.WriteString(w, "finished")
 		return nil
 	})
@@ -87,6 +109,12 @@ func (f *fn) Stop(context.Context) error {
 }
 func (f *fn) Handle(w http.ResponseWriter, r *http.Request) { f.mux.ServeHTTP(w, r) }
 
+func (f *fn) wasStopped() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stopped
+}
+
 type server struct {
 	url  string
 	logs *fntest.Buffer
@@ -97,9 +125,7 @@ type server struct {
 func serve(t *testing.T, f *fn, opts runtime.Options) *server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	s := &server{url: "http://" + ln.Addr().String(), logs: &fntest.Buffer{}, done: make(chan error, 1)}
 	opts.Listener = ln
 	opts.Env = map[string]string{}
@@ -111,131 +137,173 @@ func serve(t *testing.T, f *fn, opts runtime.Options) *server {
 	return s
 }
 
-func get(t *testing.T, url string) (int, string) {
+// started serves a function whose Start returns at once, and waits until it
+// is ready.
+func started(t *testing.T, opts runtime.Options) (*fn, *server) {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
+	f := newFn()
+	close(f.release)
+	s := serve(t, f, opts)
+	waitStatus(t, s.url+runtime.ReadinessPath, http.StatusOK)
+	return f, s
+}
+
+// do sends a request, with a bearer token when authed, and returns the
+// status and body.
+func do(t *testing.T, method, url, contentType, body string, authed bool) (int, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
 	}
+	req, err := http.NewRequest(method, url, rd)
+	require.NoError(t, err)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if authed {
+		req.Header.Set("Authorization", "Bearer x")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
 	return resp.StatusCode, string(b)
 }
 
-func waitReady(t *testing.T, url string) {
+// waitStatus waits until url answers a GET with status.
+func waitStatus(t *testing.T, url string, status int) {
 	t.Helper()
-	for i := 0; i < 200; i++ {
-		if resp, err := http.Get(url + runtime.ReadinessPath); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("never ready")
+		resp.Body.Close()
+		return resp.StatusCode == status
+	}, patience, 10*time.Millisecond, "%s never answered %d", url, status)
 }
 
 func TestReadinessWaitsForStart(t *testing.T) {
 	f := newFn()
 	s := serve(t, f, runtime.Options{})
-	waitListening(t, s.url)
-	if code, _ := get(t, s.url+runtime.ReadinessPath); code != http.StatusServiceUnavailable {
-		t.Errorf("readiness before Start finished: %d, want 503", code)
+	// Liveness answers while Start runs, so this waits for the listener.
+	waitStatus(t, s.url+runtime.LivenessPath, http.StatusOK)
+	tests := []struct {
+		name string
+		path string
+		want int
+	}{
+		{"readiness before Start finished", runtime.ReadinessPath, http.StatusServiceUnavailable},
+		{"liveness during Start", runtime.LivenessPath, http.StatusOK},
+		{"a request before Start finished", "/api/v1/echo", http.StatusServiceUnavailable},
 	}
-	if code, _ := get(t, s.url+runtime.LivenessPath); code != http.StatusOK {
-		t.Errorf("liveness during Start: %d, want 200", code)
-	}
-	if code, _ := get(t, s.url+"/api/v1/echo"); code != http.StatusServiceUnavailable {
-		t.Errorf("request before Start finished: %d, want 503", code)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _ := do(t, http.MethodGet, s.url+tc.path, "", "", false)
+			assert.Equal(t, tc.want, code)
+		})
 	}
 	close(f.release)
-	waitReady(t, s.url)
-}
-
-func waitListening(t *testing.T, url string) {
-	t.Helper()
-	for i := 0; i < 200; i++ {
-		if resp, err := http.Get(url + runtime.LivenessPath); err == nil {
-			resp.Body.Close()
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("not listening")
+	waitStatus(t, s.url+runtime.ReadinessPath, http.StatusOK)
 }
 
 func TestServeHonoursPORT(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct{ name string }{{"free port"}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			_, port, err := net.SplitHostPort(ln.Addr().String())
+			require.NoError(t, err)
+			require.NoError(t, ln.Close())
+			f := newFn()
+			close(f.release)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- runtime.Serve(ctx, f, runtime.Options{Env: map[string]string{"PORT": port}, Logger: logging.New(io.Discard, slog.LevelInfo)})
+			}()
+			defer func() { cancel(); assert.NoError(t, <-done) }()
+			waitStatus(t, "http://127.0.0.1:"+port+runtime.ReadinessPath, http.StatusOK)
+		})
 	}
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	ln.Close()
-	f := newFn()
-	close(f.release)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- runtime.Serve(ctx, f, runtime.Options{Env: map[string]string{"PORT": port}, Logger: logging.New(io.Discard, slog.LevelInfo)})
-	}()
-	defer func() { cancel(); <-done }()
-	waitReady(t, "http://127.0.0.1:"+port)
 }
 
 func TestRequestHandling(t *testing.T) {
-	f := newFn()
-	close(f.release)
-	s := serve(t, f, runtime.Options{MaxBodyBytes: 1024})
-	waitReady(t, s.url)
+	_, s := started(t, runtime.Options{MaxBodyBytes: 1024})
+	tests := []struct {
+		name       string
+		method     string
+		path       string
+		body       string
+		authed     bool
+		wantStatus int
+		wantBody   string // a substring of the answer
+		notInBody  string // what must not leak into the answer
+		wantLog    []string
+	}{
+		{name: "echo", method: http.MethodPost, path: "/api/v1/echo", body: `{"a":1}`, authed: true,
+			wantStatus: http.StatusOK, wantBody: `"a":1`},
+		{name: "oversized body", method: http.MethodPost, path: "/api/v1/echo", body: `{"a":"` + strings.Repeat("x", 2048) + `"}`, authed: true,
+			wantStatus: http.StatusRequestEntityTooLarge, wantBody: `"too_large"`},
+		{name: "panic", method: http.MethodGet, path: "/api/v1/panic", authed: true,
+			wantStatus: http.StatusInternalServerError, wantBody: `"internal"`, notInBody: "boom",
+			wantLog: []string{"runtime_test.go", `"panic":"boom"`}},
+		{name: "internal error", method: http.MethodGet, path: "/api/v1/internal", authed: true,
+			wantStatus: http.StatusInternalServerError, notInBody: "unexpected EOF", wantLog: []string{"unexpected EOF"}},
+		{name: "no token", method: http.MethodGet, path: "/api/v1/slow",
+			wantStatus: http.StatusUnauthorized, wantBody: `"unauthenticated"`},
+		{name: "unknown route", method: http.MethodGet, path: "/api/v1/nowhere", authed: true,
+			wantStatus: http.StatusNotFound, wantBody: `"not_found"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := do(t, tc.method, s.url+tc.path, "application/json", tc.body, tc.authed)
+			assert.Equal(t, tc.wantStatus, code, body)
+			assert.Contains(t, body, tc.wantBody)
+			if tc.notInBody != "" {
+				assert.NotContains(t, body, tc.notInBody)
+			}
+			for _, want := range tc.wantLog {
+				assert.Contains(t, s.logs.String(), want)
+			}
+		})
+	}
+}
 
-	post := func(body string) (int, string) {
-		req, _ := http.NewRequest(http.MethodPost, s.url+"/api/v1/echo", strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer x")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+func TestDecodeJSONErrorsNameTheProblem(t *testing.T) {
+	_, s := started(t, runtime.Options{})
+	long := strings.Repeat("é", 10_000) // 20,000 bytes
+	tests := []struct {
+		name        string
+		path        string
+		contentType string
+		body        string
+		wantMessage string
+		maxLen      int // of the message; 0: no bound checked
+	}{
+		{"unknown field", "/api/v1/typed", "application/json", `{"cuont":1}`, `unknown field "cuont"`, 0},
+		{"a long unknown field is quoted in part", "/api/v1/typed", "application/json", `{"` + long + `":1}`,
+			`unknown field "` + strings.Repeat("é", 32) + `…"`, 100},
+		{"wrong type", "/api/v1/typed", "application/json", `{"count":"x"}`, `field "count": got string, want int`, 0},
+		{"empty body", "/api/v1/typed", "application/json", ``, "request body is empty", 0},
+		{"malformed", "/api/v1/typed", "application/json", `{"count":`, "malformed JSON", 0},
+		{"trailing data", "/api/v1/typed", "application/json", `{"count":1} {}`, "one JSON object", 0},
+		{"a long content type is quoted in part", "/api/v1/typed", "text/" + strings.Repeat("x", 5000), `{}`, `content type "text/xxx`, 150},
 	}
-	authed := func(path string) (int, string) {
-		req, _ := http.NewRequest(http.MethodGet, s.url+path, nil)
-		req.Header.Set("Authorization", "Bearer x")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-
-	if code, body := post(`{"a":1}`); code != 200 || !strings.Contains(body, `"a":1`) {
-		t.Errorf("echo: %d %s", code, body)
-	}
-	if code, body := post(`{"a":"` + strings.Repeat("x", 2048) + `"}`); code != http.StatusRequestEntityTooLarge || !strings.Contains(body, `"too_large"`) {
-		t.Errorf("oversized body: %d %s, want 413", code, body)
-	}
-	if code, body := authed("/api/v1/panic"); code != 500 || !strings.Contains(body, `"internal"`) || strings.Contains(body, "boom") {
-		t.Errorf("panic: %d %s, want 500 without internals", code, body)
-	}
-	if !strings.Contains(s.logs.String(), "runtime_test.go") || !strings.Contains(s.logs.String(), `"panic":"boom"`) {
-		t.Errorf("panic log lacks the stack: %s", s.logs.String())
-	}
-	if code, body := authed("/api/v1/internal"); code != 500 || strings.Contains(body, "unexpected EOF") {
-		t.Errorf("internal error leaked: %d %s", code, body)
-	}
-	if !strings.Contains(s.logs.String(), "unexpected EOF") {
-		t.Error("internal error not logged")
-	}
-	if code, body := get(t, s.url+"/api/v1/slow"); code != 401 {
-		t.Errorf("no token: %d %s", code, body)
-	}
-	if code, body := authed("/api/v1/nowhere"); code != 404 || !strings.Contains(body, `"not_found"`) {
-		t.Errorf("unknown route: %d %s", code, body)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := do(t, http.MethodPost, s.url+tc.path, tc.contentType, tc.body, true)
+			require.Equal(t, http.StatusBadRequest, code, body)
+			kind, message := fntest.ErrorBody(t, []byte(body))
+			assert.Equal(t, string(errs.Invalid), kind)
+			assert.Contains(t, message, tc.wantMessage)
+			if tc.maxLen > 0 {
+				assert.LessOrEqual(t, len(message), tc.maxLen, "message %q", message)
+			}
+		})
 	}
 }
 
@@ -249,82 +317,80 @@ func event(typ string) cloudevents.Event {
 }
 
 func TestEvents(t *testing.T) {
-	f := newFn()
-	close(f.release)
-	s := serve(t, f, runtime.Options{})
-	waitReady(t, s.url)
-
-	for _, structured := range []bool{false, true} {
-		code, reply := fntest.Deliver(t, s.url, event("io.test.ping.v1"), structured)
-		if code != http.StatusAccepted || reply != nil {
-			t.Errorf("structured=%v: %d %v, want 202 and no reply (events leave through the outbox)", structured, code, reply)
-		}
-	}
+	_, s := started(t, runtime.Options{})
 	tests := []struct {
-		typ  string
-		want int
+		name       string
+		typ        string
+		structured bool
+		want       int
 	}{
-		{"io.test.down.v1", http.StatusServiceUnavailable}, // transient: the broker retries
-		{"io.test.gone.v1", http.StatusBadRequest},         // final, never 404 (Knative retries 404)
-		{"io.test.unknown.v1", http.StatusBadRequest},
+		{"binary, handled: no reply (events leave through the outbox)", "io.test.ping.v1", false, http.StatusAccepted},
+		{"structured, handled", "io.test.ping.v1", true, http.StatusAccepted},
+		{"transient: the broker retries", "io.test.down.v1", false, http.StatusServiceUnavailable},
+		{"final, never 404 (Knative retries 404)", "io.test.gone.v1", false, http.StatusBadRequest},
+		{"unknown type", "io.test.unknown.v1", false, http.StatusBadRequest},
 	}
 	for _, tc := range tests {
-		if code, _ := fntest.Deliver(t, s.url, event(tc.typ), false); code != tc.want {
-			t.Errorf("%s: %d, want %d", tc.typ, code, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			code, reply := fntest.Deliver(t, s.url, event(tc.typ), tc.structured)
+			assert.Equal(t, tc.want, code)
+			assert.Nil(t, reply)
+		})
 	}
 
-	req, _ := http.NewRequest(http.MethodPost, s.url, strings.NewReader(`[{"specversion":"1.0"}]`))
-	req.Header.Set("Content-Type", "application/cloudevents-batch+json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	raw := []struct {
+		name        string
+		contentType string
+		body        string
+	}{
+		{"batch mode", "application/cloudevents-batch+json", `[{"specversion":"1.0"}]`},
+		{"malformed structured event", "application/cloudevents+json", `{"specversion":"1.0","id":`},
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("batch mode: %d, want 400", resp.StatusCode)
-	}
-
-	req, _ = http.NewRequest(http.MethodPost, s.url, strings.NewReader(`{"specversion":"1.0","id":`))
-	req.Header.Set("Content-Type", "application/cloudevents+json")
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("malformed structured event: %d, want 400", resp.StatusCode)
+	for _, tc := range raw {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _ := do(t, http.MethodPost, s.url, tc.contentType, tc.body, false)
+			assert.Equal(t, http.StatusBadRequest, code)
+		})
 	}
 
+	const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	traced := event("io.test.ping.v1")
 	traced.SetID("traced-1")
-	traced.SetExtension("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-	fntest.Deliver(t, s.url, traced, true)
+	traced.SetExtension("traceparent", traceparent)
+	code, _ := fntest.Deliver(t, s.url, traced, true)
+	require.Equal(t, http.StatusAccepted, code)
 
-	var found, tracedLogged bool
-	for _, line := range s.logs.Lines() {
-		if line["eventId"] == "traced-1" && line["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" {
-			tracedLogged = true
-		}
-		if line["eventId"] == "evt-1" && line["eventType"] == "io.test.ping.v1" && line["outcome"] == "handled" &&
-			line["eventSource"] == "/test" && line["durationMs"] != nil && line["status"] == float64(202) {
-			found = true
-		}
+	logged := []struct {
+		name  string
+		match func(line map[string]any) bool
+	}{
+		{"a complete line for the ping event", func(line map[string]any) bool {
+			return line["eventId"] == "evt-1" && line["eventType"] == "io.test.ping.v1" && line["outcome"] == "handled" &&
+				line["eventSource"] == "/test" && line["durationMs"] != nil && line["status"] == float64(202)
+		}},
+		{"a structured event's traceparent", func(line map[string]any) bool {
+			return line["eventId"] == "traced-1" && line["traceparent"] == traceparent
+		}},
 	}
-	if !found {
-		t.Errorf("no complete log line for the ping event:\n%s", s.logs.String())
-	}
-	if !tracedLogged {
-		t.Errorf("structured event's traceparent not in its log line:\n%s", s.logs.String())
+	for _, tc := range logged {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.True(t, hasLine(s.logs, tc.match), "not in the log:\n%s", s.logs.String())
+		})
 	}
 }
 
-func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
-	f := newFn()
-	close(f.release)
-	s := serve(t, f, runtime.Options{DrainTimeout: 5 * time.Second})
-	waitReady(t, s.url)
+func hasLine(logs *fntest.Buffer, match func(map[string]any) bool) bool {
+	for _, line := range logs.Lines() {
+		if match(line) {
+			return true
+		}
+	}
+	return false
+}
 
+// slowRequest starts a request to the slow route and returns what it got:
+// the body, or the error.
+func slowRequest(s *server) <-chan string {
 	result := make(chan string, 1)
 	go func() {
 		req, _ := http.NewRequest(http.MethodGet, s.url+"/api/v1/slow", nil)
@@ -335,36 +401,124 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 			return
 		}
 		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			result <- err.Error()
+			return
+		}
 		result <- string(b)
 	}()
-	<-f.entered
-	s.stop()
-	if got := <-result; got != "finished" {
-		t.Errorf("in-flight request got %q, want it to finish during the drain", got)
+	return result
+}
+
+// waitDraining waits until s stopped accepting connections: its drain has
+// begun.
+func waitDraining(t *testing.T, s *server) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(s.url + runtime.LivenessPath)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err != nil
+	}, patience, 10*time.Millisecond, "the server never stopped listening")
+}
+
+func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
+	tests := []struct {
+		name         string
+		drainTimeout time.Duration
+	}{
+		{"the default drain", 0},
+		{"a configured drain", time.Hour},
 	}
-	if err := <-s.done; err != nil {
-		t.Errorf("Serve: %v", err)
-	}
-	s.done <- nil // for Cleanup
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if !f.stopped {
-		t.Error("Stop was not called after the drain")
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, s := started(t, runtime.Options{DrainTimeout: tc.drainTimeout})
+			result := slowRequest(s)
+			<-f.entered
+			s.stop()
+			waitDraining(t, s)
+			// The request is still in flight while the server drains.
+			assert.False(t, f.wasStopped(), "Stop ran before the drain ended")
+			close(f.finish)
+			assert.Equal(t, "finished", <-result, "the in-flight request did not finish during the drain")
+			assert.NoError(t, <-s.done)
+			s.done <- nil // for Cleanup
+			assert.True(t, f.wasStopped(), "Stop was not called after the drain")
+		})
 	}
 }
 
-func TestErrorBodyShape(t *testing.T) {
-	rec := &recorder{header: http.Header{}}
-	req, _ := http.NewRequest(http.MethodGet, "/", nil)
-	runtime.WriteError(rec, req, errs.E(errs.Conflict, "already shared"))
-	var body map[string]string
-	if err := json.Unmarshal(rec.body.Bytes(), &body); err != nil {
-		t.Fatal(err)
+func TestADrainThatCannotFinishIsAnError(t *testing.T) {
+	tests := []struct {
+		name         string
+		drainTimeout time.Duration
+	}{
+		{"short drain", 50 * time.Millisecond},
 	}
-	want := map[string]string{"error": "Conflict", "message": "already shared", "code": "conflict"}
-	if rec.status != 409 || !maps.Equal(body, want) {
-		t.Errorf("got %d %v, want 409 %v", rec.status, body, want)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, s := started(t, runtime.Options{DrainTimeout: tc.drainTimeout})
+			defer close(f.finish)
+			result := slowRequest(s)
+			<-f.entered
+			s.stop()
+			err := <-s.done
+			s.done <- nil // for Cleanup
+			require.Error(t, err, "Serve ended cleanly with a request cut off")
+			assert.Contains(t, err.Error(), "drain")
+			assert.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.True(t, f.wasStopped(), "Stop was not called after the drain gave up")
+			assert.NotEqual(t, "finished", <-result, "the request was not cut off")
+		})
+	}
+}
+
+func TestServerTimeoutsAreSet(t *testing.T) {
+	srv := runtime.NewServer(context.Background(), http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	tests := []struct {
+		name string
+		got  time.Duration
+		min  time.Duration
+	}{
+		{"ReadHeaderTimeout", srv.ReadHeaderTimeout, time.Second},
+		{"ReadTimeout", srv.ReadTimeout, srv.ReadHeaderTimeout},
+		// Past the 90 s a Go proxy keeps an idle connection.
+		{"IdleTimeout", srv.IdleTimeout, 90 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Greater(t, tc.got, tc.min)
+			assert.LessOrEqual(t, tc.got, 10*time.Minute)
+		})
+	}
+	assert.Zero(t, srv.WriteTimeout, "a long job's handler answers when its work is done")
+}
+
+func TestErrorBodyShape(t *testing.T) {
+	tests := []struct {
+		name       string
+		err        error
+		wantStatus int
+		want       map[string]string
+	}{
+		{"conflict", errs.E(errs.Conflict, "already shared"), http.StatusConflict,
+			map[string]string{"error": "Conflict", "message": "already shared", "code": "conflict"}},
+		{"not found", errs.E(errs.NotFound, "no such template"), http.StatusNotFound,
+			map[string]string{"error": "Not Found", "message": "no such template", "code": "not_found"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{header: http.Header{}}
+			req, err := http.NewRequest(http.MethodGet, "/", nil)
+			require.NoError(t, err)
+			runtime.WriteError(rec, req, tc.err)
+			var body map[string]string
+			require.NoError(t, json.Unmarshal(rec.body.Bytes(), &body))
+			assert.Equal(t, tc.wantStatus, rec.status)
+			assert.Equal(t, tc.want, body)
+		})
 	}
 }
 
@@ -379,16 +533,20 @@ func (r *recorder) WriteHeader(code int)        { r.status = code }
 func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
 
 func TestCloudEventsOnRESTPathsAreREST(t *testing.T) {
-	f := newFn()
-	close(f.release)
-	s := serve(t, f, runtime.Options{})
-	waitReady(t, s.url)
-	for _, structured := range []bool{false, true} {
-		// No token: a CloudEvent posted through the public ingress to a
-		// REST path must meet the bearer check, not an event handler.
-		code, _ := fntest.Deliver(t, s.url+"/api/v1/echo", event("io.test.ping.v1"), structured)
-		if code != http.StatusUnauthorized {
-			t.Errorf("structured=%v: CloudEvent on a REST path got %d, want 401", structured, code)
-		}
+	_, s := started(t, runtime.Options{})
+	tests := []struct {
+		name       string
+		structured bool
+	}{
+		{"binary", false},
+		{"structured", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// No token: a CloudEvent posted through the public ingress to a
+			// REST path must meet the bearer check, not an event handler.
+			code, _ := fntest.Deliver(t, s.url+"/api/v1/echo", event("io.test.ping.v1"), tc.structured)
+			assert.Equal(t, http.StatusUnauthorized, code)
+		})
 	}
 }

@@ -112,12 +112,7 @@ func Serve(ctx context.Context, f Function, o Options) error {
 	}
 
 	var started atomic.Bool
-	srv := &http.Server{
-		Handler:           Handler(f, &started, o.Logger, o.MaxBodyBytes),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-	}
+	srv := newServer(ctx, Handler(f, &started, o.Logger, o.MaxBodyBytes), o.Logger)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
@@ -141,7 +136,11 @@ func Serve(ctx context.Context, f Function, o Options) error {
 	case <-ctx.Done():
 		o.Logger.Info("draining", "timeout", o.DrainTimeout.String())
 		dctx, cancel := context.WithTimeout(context.Background(), o.DrainTimeout)
-		err = srv.Shutdown(dctx)
+		if err = srv.Shutdown(dctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			// What is still in flight is cut off, so Stop runs on time.
+			srv.Close()
+			err = fmt.Errorf("drain: requests still in flight after %s: %w", o.DrainTimeout, err)
+		}
 		cancel()
 	}
 	if errors.Is(err, http.ErrServerClosed) {
@@ -153,6 +152,37 @@ func Serve(ctx context.Context, f Function, o Options) error {
 		err = errors.Join(err, s.Stop(sctx))
 	}
 	return err
+}
+
+// The server's timeouts. Every request reaches a function through Knative's
+// queue-proxy, which is not a slow client, so these bound only what a
+// misbehaving peer can hold: a connection that sends no headers, a body that
+// trickles in, an idle keep-alive connection. There is no write timeout: a
+// long job's handler answers when its work is done.
+const (
+	// readHeaderTimeout bounds reading a request's headers.
+	readHeaderTimeout = 10 * time.Second
+	// readTimeout bounds reading a whole request, headers and a body of up
+	// to DefaultMaxBodyBytes.
+	readTimeout = time.Minute
+	// idleTimeout is how long a keep-alive connection may wait for its next
+	// request. It is longer than the 90 s a Go proxy keeps an idle
+	// connection, so the proxy closes first and never sends a request on a
+	// connection this end is closing.
+	idleTimeout = 2 * time.Minute
+)
+
+// newServer is the HTTP server Serve runs h with; its requests' contexts
+// outlive ctx so that a drain lets them finish.
+func newServer(ctx context.Context, h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
 }
 
 // Handler wraps f with the health endpoints and the per-request middleware.

@@ -1,0 +1,4 @@
+package runtime
+
+// NewServer is newServer, for the test of the server's timeouts.
+var NewServer = newServer
