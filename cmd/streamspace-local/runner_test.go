@@ -44,7 +44,8 @@ func startLocalRun(t *testing.T) *localRun {
 	// popular-tag cache during a test.
 	environ["TAGS_CACHE_TTL"] = "1h"
 	lr := &localRun{Pool: pool, Deliveries: make(chan Delivery, 100), Logs: &fntest.Buffer{}}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// Generous: start only takes long on a busy machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	r, err := start(ctx, cfg, environ, logging.New(lr.Logs, slog.LevelDebug), func(d Delivery) { lr.Deliveries <- d })
 	if err != nil {
@@ -52,6 +53,10 @@ func startLocalRun(t *testing.T) *localRun {
 	}
 	lr.runner = r
 	t.Cleanup(func() {
+		// The test's idle keep-alive connections would hold up the broker
+		// port's bounded shutdown (a connection that never sent a request
+		// counts as busy for its first seconds), so they go first.
+		http.DefaultClient.CloseIdleConnections()
 		if err := r.shutdown(context.Background()); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}

@@ -2,13 +2,13 @@ package db_test
 
 import (
 	"context"
-	"errors"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/db/dbtest"
@@ -21,8 +21,7 @@ func TestClassifyServerErrors(t *testing.T) {
 	t.Parallel()
 	pool := dbtest.New(t)
 	ctx := context.Background()
-	mustExec(t, pool, `insert into users (id, username) values ('u1', 'alice')`)
-	mustExec(t, pool, `insert into user_session_templates (id, user_id, name) values ('tpl1', 'u1', 'Desk')`)
+	mustExec(t, pool, `insert into users (id, username, email) values ('u1', 'alice', 'alice@example.com'), ('u2', 'bob', 'bob@example.com')`)
 
 	tests := []struct {
 		name     string
@@ -32,57 +31,58 @@ func TestClassifyServerErrors(t *testing.T) {
 	}{
 		{
 			name:     "duplicate key",
-			run:      exec(ctx, pool, `insert into users (id, username) values ('u1', 'bob')`),
+			run:      exec(ctx, pool, `insert into users (id, username, email) values ('u1', 'carol', 'carol@example.com')`),
 			wantKind: errs.Conflict,
 			wantCode: "23505",
 		},
 		{
-			name: "second active share for the same grantee",
+			name: "second share with the same grantee",
 			run: func() error {
-				const share = `insert into template_shares (template_id, shared_by, shared_with_user_id)
-				               values ('tpl1', 'u1', 'u2')`
-				if err := exec(ctx, pool, share)(); err != nil {
+				const share = `insert into template_shares (id, template_id, shared_by, shared_with_user_id)
+				               values ($1, 'tpl1', 'u1', 'u2')`
+				if _, err := pool.Exec(ctx, share, "share-1"); err != nil {
 					return err
 				}
-				return exec(ctx, pool, share)()
+				_, err := pool.Exec(ctx, share, "share-2")
+				return err
 			},
 			wantKind: errs.Conflict,
 			wantCode: "23505",
 		},
 		{
 			name:     "missing referenced row",
-			run:      exec(ctx, pool, `insert into template_shares (template_id, shared_by, shared_with_user_id) values ('nope', 'u1', 'u2')`),
+			run:      exec(ctx, pool, `insert into template_shares (id, template_id, shared_by, shared_with_user_id) values ('share-3', 'tpl2', 'u1', 'ghost')`),
 			wantKind: errs.NotFound,
 			wantCode: "23503",
 		},
 		{
-			name:     "check violation",
-			run:      exec(ctx, pool, `insert into users (id, username, role) values ('u3', 'carol', 'root')`),
-			wantKind: errs.Invalid,
-			wantCode: "23514",
-		},
-		{
 			name:     "share with neither a user nor a team",
-			run:      exec(ctx, pool, `insert into template_shares (template_id, shared_by) values ('tpl1', 'u1')`),
+			run:      exec(ctx, pool, `insert into template_shares (id, template_id, shared_by) values ('share-4', 'tpl1', 'u1')`),
 			wantKind: errs.Invalid,
 			wantCode: "23514",
 		},
 		{
-			name:     "tags that are not an array",
-			run:      exec(ctx, pool, `insert into sessions (id, user_id, tags) values ('s1', 'u1', '{"a": 1}')`),
+			name:     "an outbox event that is not a CloudEvent",
+			run:      exec(ctx, pool, `insert into event_outbox (id, function, event) values (gen_random_uuid(), 'tags', '[]')`),
 			wantKind: errs.Invalid,
 			wantCode: "23514",
 		},
 		{
 			name:     "not null violation",
-			run:      exec(ctx, pool, `insert into users (id, username) values ('u5', null)`),
+			run:      exec(ctx, pool, `insert into users (id, username) values ('u5', 'eve')`),
 			wantKind: errs.Invalid,
 			wantCode: "23502",
 		},
 		{
+			name:     "value too long",
+			run:      exec(ctx, pool, `insert into users (id, username, email) values ('u6', repeat('x', 300), 'x@example.com')`),
+			wantKind: errs.Invalid,
+			wantCode: "22001",
+		},
+		{
 			name: "invalid text representation",
 			run: func() error {
-				_, err := pool.Exec(ctx, `select * from batch_operations where id = $1::text::uuid`, "not-a-uuid")
+				_, err := pool.Exec(ctx, `select * from catalog_templates where id = $1::text::integer`, "not-a-number")
 				return err
 			},
 			wantKind: errs.Invalid,
@@ -117,26 +117,16 @@ func TestClassifyServerErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			raw := tc.run()
-			if raw == nil {
-				t.Fatal("got no error, want one")
-			}
+			require.Error(t, raw)
 			err := db.Classify(raw)
-			if got := errs.KindOf(err); got != tc.wantKind {
-				t.Errorf("got kind %q, want %q (error %v)", got, tc.wantKind, err)
-			}
-			if !errors.Is(err, raw) {
-				t.Errorf("the original error %v is not in the chain of %v", raw, err)
-			}
+			assert.Equal(t, tc.wantKind, errs.KindOf(err), "error %v", err)
+			assert.ErrorIs(t, err, raw, "the original error is not in the chain")
 			if tc.wantCode == "" {
 				return
 			}
 			var pgErr *pgconn.PgError
-			if !errors.As(err, &pgErr) {
-				t.Fatalf("no *pgconn.PgError in %v", err)
-			}
-			if pgErr.Code != tc.wantCode {
-				t.Errorf("got SQLSTATE %s, want %s", pgErr.Code, tc.wantCode)
-			}
+			require.ErrorAs(t, err, &pgErr)
+			assert.Equal(t, tc.wantCode, pgErr.Code)
 		})
 	}
 }
@@ -167,23 +157,27 @@ func TestClassifyCodes(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.code, func(t *testing.T) {
 			err := db.Classify(&pgconn.PgError{Code: tc.code, Message: "synthetic"})
-			if got := errs.KindOf(err); got != tc.want {
-				t.Errorf("got %q, want %q", got, tc.want)
-			}
+			assert.Equal(t, tc.want, errs.KindOf(err))
 		})
 	}
 }
 
 func TestClassifyConnectionRefused(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, err := pgx.Connect(ctx, "postgres://someone@127.0.0.1:"+closedPort(t)+"/db?sslmode=disable")
-	if err == nil {
-		t.Fatal("got no error, want one")
+	tests := []struct {
+		name string
+		conn func(t *testing.T) string
+	}{
+		{"closed port", func(t *testing.T) string {
+			return "postgres://someone@127.0.0.1:" + closedPort(t) + "/db?sslmode=disable"
+		}},
 	}
-	if got := errs.KindOf(db.Classify(err)); got != errs.Unavailable {
-		t.Errorf("got kind %q, want %q (error %v)", got, errs.Unavailable, err)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := pgx.Connect(context.Background(), tc.conn(t))
+			require.Error(t, err)
+			assert.Equal(t, errs.Unavailable, errs.KindOf(db.Classify(err)), "error %v", err)
+		})
 	}
 }
 
@@ -196,9 +190,8 @@ func exec(ctx context.Context, pool *pgxpool.Pool, sql string) func() error {
 
 func mustExec(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) {
 	t.Helper()
-	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
+	_, err := pool.Exec(context.Background(), sql, args...)
+	require.NoError(t, err, sql)
 }
 
 // serializationFailure updates a row that a concurrent repeatable-read
@@ -206,14 +199,10 @@ func mustExec(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) {
 func serializationFailure(ctx context.Context, t *testing.T, pool *pgxpool.Pool) error {
 	mustExec(t, pool, `insert into job_leases (name, owner, lease_until, heartbeat_at) values ('ser', 'a', now(), now())`)
 	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer tx.Rollback(ctx)
 	var owner string
-	if err := tx.QueryRow(ctx, `select owner from job_leases where name = 'ser'`).Scan(&owner); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, tx.QueryRow(ctx, `select owner from job_leases where name = 'ser'`).Scan(&owner))
 	mustExec(t, pool, `update job_leases set owner = 'b' where name = 'ser'`)
 	_, err = tx.Exec(ctx, `update job_leases set owner = 'c' where name = 'ser'`)
 	return err
@@ -223,15 +212,14 @@ func serializationFailure(ctx context.Context, t *testing.T, pool *pgxpool.Pool)
 // administrator has terminated.
 func terminatedBackend(ctx context.Context, t *testing.T, pool *pgxpool.Pool) error {
 	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer conn.Release()
 	pid := conn.Conn().PgConn().PID()
+	// pg_terminate_backend waits up to its timeout for the backend to exit;
+	// a generous one, since on a busy machine that can take a while.
 	var ok bool
-	if err := pool.QueryRow(ctx, `select pg_terminate_backend($1, 5000)`, pid).Scan(&ok); err != nil || !ok {
-		t.Fatalf("terminate backend %d: %v %v", pid, ok, err)
-	}
+	require.NoError(t, pool.QueryRow(ctx, `select pg_terminate_backend($1, 60000)`, pid).Scan(&ok))
+	require.True(t, ok, "backend %d not terminated", pid)
 	_, err = conn.Exec(ctx, `select 1`)
 	return err
 }

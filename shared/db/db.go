@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,13 +21,13 @@ import (
 // instead of after the pool's two-minute default.
 const connectTimeout = 10 * time.Second
 
-// Open returns a pool for the database at url, a PostgreSQL URL or
-// keyword/value string. An empty url takes everything from the libpq
+// Open returns a pool for the database at connString, a PostgreSQL URL or
+// keyword/value string. An empty connString takes everything from the libpq
 // environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, ...).
 // It pings once, so bad settings fail at start-up rather than on the first
 // request. No error it returns contains the connection string or password.
-func Open(ctx context.Context, url string) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(url)
+func Open(ctx context.Context, connString string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
 		// pgx redacts passwords in parse errors only on a best-effort basis
 		// for malformed input, so nothing of the error is kept.
@@ -34,34 +36,85 @@ func Open(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = connectTimeout
 	}
-	password := cfg.ConnConfig.Password
+	forms := secretForms(connString, cfg.ConnConfig.Password)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open database: %w", redact(err, password))
+		return nil, fmt.Errorf("open database: %w", redact(err, forms))
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("open database: %w", Classify(redact(err, password)))
+		return nil, fmt.Errorf("open database: %w", Classify(redact(err, forms)))
 	}
 	return pool, nil
 }
 
-// redact hides password in err's message. pgx does not put passwords in
-// connection errors; this keeps it that way should a server or proxy echo one.
-func redact(err error, password string) error {
-	if password == "" || !strings.Contains(err.Error(), password) {
-		return err
+// secretForms are the ways password can show in a message: as it is, as
+// written in the connection string conn (where an @, : or / in it is
+// percent-encoded, in any letter case), and escaped the ways a URL's
+// userinfo, path or query carries it. Longest first, so that no form is
+// replaced in part by a shorter one it contains.
+func secretForms(conn, password string) []string {
+	if password == "" {
+		return nil
 	}
-	return &redactedError{err: err, password: password}
+	forms := []string{
+		password,
+		url.PathEscape(password),
+		url.QueryEscape(password),
+		strings.TrimPrefix(url.UserPassword("", password).String(), ":"),
+	}
+	// Only a written form that decodes to the password is one: a URL that
+	// does not parse may yield any fragment here.
+	if written := writtenPassword(conn); written != "" {
+		if decoded, err := url.PathUnescape(written); err == nil && decoded == password {
+			forms = append(forms, written)
+		}
+	}
+	slices.SortFunc(forms, func(a, b string) int { return len(b) - len(a) })
+	return slices.Compact(forms)
+}
+
+// writtenPassword is the password of a postgres:// URL as its text has it,
+// found the way net/url finds it: the userinfo ends at the last @ before the
+// path, and the password starts after the first colon in it.
+func writtenPassword(conn string) string {
+	_, rest, ok := strings.Cut(conn, "://")
+	if !ok {
+		return ""
+	}
+	authority, _, _ := strings.Cut(rest, "/")
+	at := strings.LastIndex(authority, "@")
+	if at < 0 {
+		return ""
+	}
+	_, password, _ := strings.Cut(authority[:at], ":")
+	return password
+}
+
+// redact hides every form of a password in err's message. pgx does not put
+// passwords in connection errors; this keeps it that way should a server or
+// proxy echo one.
+func redact(err error, forms []string) error {
+	msg := err.Error()
+	for _, f := range forms {
+		if strings.Contains(msg, f) {
+			return &redactedError{err: err, forms: forms}
+		}
+	}
+	return err
 }
 
 type redactedError struct {
-	err      error
-	password string
+	err   error
+	forms []string
 }
 
 func (e *redactedError) Error() string {
-	return strings.ReplaceAll(e.err.Error(), e.password, "xxxxx")
+	msg := e.err.Error()
+	for _, f := range e.forms {
+		msg = strings.ReplaceAll(msg, f, "xxxxx")
+	}
+	return msg
 }
 
 // Unwrap keeps the cause reachable for errors.As, so Classify still sees it.

@@ -7,21 +7,23 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/db/dbtest"
 	"github.com/streamspace-dev/functions/shared/errs"
 )
 
+// patience bounds every wait on a condition: generous, so a busy machine
+// never fails a test, and only spent when something is wrong.
+const patience = time.Minute
+
 func acquire(t *testing.T, pool *pgxpool.Pool, name, owner string, ttl time.Duration) (*db.Lease, bool) {
 	t.Helper()
 	l, ok, err := db.AcquireLease(context.Background(), pool, name, owner, ttl)
-	if err != nil {
-		t.Fatalf("acquire %s as %s: %v", name, owner, err)
-	}
-	if ok != (l != nil) {
-		t.Fatalf("acquire %s as %s: got acquired=%v with lease %v", name, owner, ok, l)
-	}
+	require.NoError(t, err, "acquire %s as %s", name, owner)
+	require.Equal(t, ok, l != nil, "acquire %s as %s: acquired=%v with lease %v", name, owner, ok, l)
 	return l, ok
 }
 
@@ -35,124 +37,149 @@ func owner(t *testing.T, pool *pgxpool.Pool, name string) string {
 	t.Helper()
 	var o string
 	err := pool.QueryRow(context.Background(), `select coalesce((select owner from job_leases where name = $1), '')`, name).Scan(&o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return o
 }
 
+func dbNow(t *testing.T, pool *pgxpool.Pool) time.Time {
+	t.Helper()
+	var now time.Time
+	require.NoError(t, pool.QueryRow(context.Background(), `select now()`).Scan(&now))
+	return now
+}
+
+func lost(l *db.Lease) bool {
+	select {
+	case <-l.Lost():
+		return true
+	default:
+		return false
+	}
+}
+
+// TestLease runs its steps in order against one lease; holders keeps the
+// leases acquired so far by owner.
 func TestLease(t *testing.T) {
 	t.Parallel()
 	pool := dbtest.New(t)
 	ctx := context.Background()
 	const name = "snapshot/s1"
+	holders := map[string]*db.Lease{}
 
-	a, ok := acquire(t, pool, name, "pod-a", time.Minute)
-	if !ok {
-		t.Fatal("first owner: not acquired")
+	tests := []struct {
+		name  string
+		step  func(t *testing.T)
+		owner string // who holds the lease afterwards; "" for no row
+	}{
+		{"the first owner acquires for the TTL by the database clock", func(t *testing.T) {
+			before := dbNow(t, pool)
+			a, ok := acquire(t, pool, name, "pod-a", time.Minute)
+			require.True(t, ok, "not acquired")
+			after := dbNow(t, pool)
+			assert.False(t, a.Until().Before(before.Add(time.Minute)), "until %v, before %v", a.Until(), before)
+			assert.False(t, a.Until().After(after.Add(time.Minute)), "until %v, after %v", a.Until(), after)
+			holders["pod-a"] = a
+		}, "pod-a"},
+		{"a second owner cannot acquire a held lease", func(t *testing.T) {
+			_, ok := acquire(t, pool, name, "pod-b", time.Minute)
+			assert.False(t, ok)
+		}, "pod-a"},
+		{"the holder acquires again", func(t *testing.T) {
+			_, ok := acquire(t, pool, name, "pod-a", time.Minute)
+			assert.True(t, ok)
+		}, "pod-a"},
+		{"the holder heartbeats", func(t *testing.T) {
+			assert.NoError(t, holders["pod-a"].Heartbeat(ctx))
+		}, "pod-a"},
+		{"a second owner takes over an expired lease", func(t *testing.T) {
+			expire(t, pool, name)
+			b, ok := acquire(t, pool, name, "pod-b", time.Minute)
+			require.True(t, ok)
+			holders["pod-b"] = b
+		}, "pod-b"},
+		{"the old owner's heartbeat finds it lost", func(t *testing.T) {
+			err := holders["pod-a"].Heartbeat(ctx)
+			assert.Equal(t, errs.Conflict, errs.KindOf(err), "error %v", err)
+			assert.True(t, lost(holders["pod-a"]), "Lost is not closed")
+		}, "pod-b"},
+		{"a release by the old owner changes nothing", func(t *testing.T) {
+			require.NoError(t, holders["pod-a"].Release(ctx))
+		}, "pod-b"},
+		{"a release by the holder removes the row", func(t *testing.T) {
+			require.NoError(t, holders["pod-b"].Release(ctx))
+		}, ""},
+		{"a released lease can be acquired", func(t *testing.T) {
+			_, ok := acquire(t, pool, name, "pod-c", time.Minute)
+			assert.True(t, ok)
+		}, "pod-c"},
 	}
-	if until := a.Until(); time.Until(until) < 50*time.Second {
-		t.Errorf("got lease until %v, want about a minute from now", until)
-	}
-
-	if _, ok := acquire(t, pool, name, "pod-b", time.Minute); ok {
-		t.Error("second owner acquired a held lease")
-	}
-	if _, ok := acquire(t, pool, name, "pod-a", time.Minute); !ok {
-		t.Error("the holder could not acquire again")
-	}
-	if err := a.Heartbeat(ctx); err != nil {
-		t.Errorf("heartbeat while held: %v", err)
-	}
-
-	expire(t, pool, name)
-	b, ok := acquire(t, pool, name, "pod-b", time.Minute)
-	if !ok {
-		t.Fatal("second owner could not take over an expired lease")
-	}
-
-	err := a.Heartbeat(ctx)
-	if got := errs.KindOf(err); got != errs.Conflict {
-		t.Errorf("heartbeat after takeover: got kind %q, want %q (error %v)", got, errs.Conflict, err)
-	}
-	select {
-	case <-a.Lost():
-	default:
-		t.Error("Lost is not closed after a heartbeat found the lease taken")
-	}
-
-	if err := a.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if got := owner(t, pool, name); got != "pod-b" {
-		t.Errorf("release by the old owner: got owner %q, want pod-b", got)
-	}
-	if err := b.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if got := owner(t, pool, name); got != "" {
-		t.Errorf("release by the holder: got owner %q, want no row", got)
-	}
-	if _, ok := acquire(t, pool, name, "pod-c", time.Minute); !ok {
-		t.Error("could not acquire a released lease")
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.step(t)
+			assert.Equal(t, tc.owner, owner(t, pool, name))
+		})
 	}
 }
 
 func TestLeaseConcurrentAcquire(t *testing.T) {
 	t.Parallel()
-	pool := dbtest.New(t)
-	results := make(chan bool)
-	for _, o := range []string{"a", "b", "c", "d", "e", "f"} {
-		go func() {
-			_, ok, err := db.AcquireLease(context.Background(), pool, "race", o, time.Minute)
-			if err != nil {
-				t.Error(err)
+	tests := []struct {
+		name   string
+		owners []string
+	}{
+		{"six owners at once", []string{"a", "b", "c", "d", "e", "f"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := dbtest.New(t)
+			results := make(chan bool)
+			for _, o := range tc.owners {
+				go func() {
+					_, ok, err := db.AcquireLease(context.Background(), pool, "race", o, time.Minute)
+					assert.NoError(t, err)
+					results <- ok
+				}()
 			}
-			results <- ok
-		}()
-	}
-	acquired := 0
-	for range 6 {
-		if <-results {
-			acquired++
-		}
-	}
-	if acquired != 1 {
-		t.Errorf("got %d owners, want 1", acquired)
+			acquired := 0
+			for range tc.owners {
+				if <-results {
+					acquired++
+				}
+			}
+			assert.Equal(t, 1, acquired, "owners")
+		})
 	}
 }
 
 func TestLeaseKeep(t *testing.T) {
 	t.Parallel()
-	pool := dbtest.New(t)
-	ctx := context.Background()
-	const name = "restore/r1"
-
-	a, _ := acquire(t, pool, name, "pod-a", 2*time.Second)
-	first := a.Until()
-	stop := a.Keep(ctx, 50*time.Millisecond)
-	defer stop()
-
-	deadline := time.Now().Add(5 * time.Second)
-	for !a.Until().After(first) {
-		if time.Now().After(deadline) {
-			t.Fatal("Keep did not extend the lease")
-		}
-		time.Sleep(20 * time.Millisecond)
+	tests := []struct {
+		name  string
+		every time.Duration
+	}{
+		{"frequent heartbeats", 50 * time.Millisecond},
 	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := dbtest.New(t)
+			ctx := context.Background()
+			const name = "restore/r1"
 
-	expire(t, pool, name)
-	if _, ok := acquire(t, pool, name, "pod-b", time.Minute); !ok {
-		t.Fatal("could not take over the expired lease")
-	}
-	select {
-	case <-a.Lost():
-	case <-time.After(5 * time.Second):
-		t.Fatal("Keep did not notice the takeover")
-	}
-	stop()
-	if got := owner(t, pool, name); got != "pod-b" {
-		t.Errorf("got owner %q, want pod-b", got)
+			a, _ := acquire(t, pool, name, "pod-a", time.Minute)
+			first := a.Until()
+			stop := a.Keep(ctx, tc.every)
+			defer stop()
+			require.Eventually(t, func() bool { return a.Until().After(first) }, patience, 10*time.Millisecond,
+				"Keep did not extend the lease")
+
+			expire(t, pool, name)
+			_, ok := acquire(t, pool, name, "pod-b", time.Minute)
+			require.True(t, ok, "could not take over the expired lease")
+			require.Eventually(t, func() bool { return lost(a) }, patience, 10*time.Millisecond,
+				"Keep did not notice the takeover")
+			stop()
+			assert.Equal(t, "pod-b", owner(t, pool, name))
+		})
 	}
 }
 
@@ -165,51 +192,49 @@ func TestLeaseKeepStops(t *testing.T) {
 	t.Parallel()
 	cfg := dbtest.New(t).Config().Copy()
 	cfg.HealthCheckPeriod = 24 * time.Hour // no pool ticks in the bubble's hour
-	synctest.Test(t, func(t *testing.T) {
-		ctx := context.Background()
-		pool, err := pgxpool.NewWithConfig(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pool.Close()
-		const every = time.Minute
-		renewed := func() bool {
-			t.Helper()
-			var b bool
-			if err := pool.QueryRow(ctx, `select heartbeat_at <> '-infinity' from job_leases where name = 'job'`).Scan(&b); err != nil {
-				t.Fatal(err)
-			}
-			return b
-		}
-		unmark := func() {
-			t.Helper()
-			mustExec(t, pool, `update job_leases set heartbeat_at = '-infinity' where name = 'job'`)
-		}
+	tests := []struct {
+		name  string
+		every time.Duration
+	}{
+		{"a minute", time.Minute},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ctx := context.Background()
+				pool, err := pgxpool.NewWithConfig(ctx, cfg)
+				require.NoError(t, err)
+				defer pool.Close()
+				every := tc.every
+				renewed := func() bool {
+					t.Helper()
+					var b bool
+					require.NoError(t, pool.QueryRow(ctx, `select heartbeat_at <> '-infinity' from job_leases where name = 'job'`).Scan(&b))
+					return b
+				}
+				unmark := func() {
+					t.Helper()
+					mustExec(t, pool, `update job_leases set heartbeat_at = '-infinity' where name = 'job'`)
+				}
 
-		a, _ := acquire(t, pool, "job", "pod-a", 3*every)
-		unmark()
-		stop := a.Keep(ctx, every)
-		time.Sleep(every)
-		synctest.Wait()
-		if !renewed() {
-			t.Fatal("Keep sent no heartbeat in its first interval")
-		}
+				a, _ := acquire(t, pool, "job", "pod-a", 3*every)
+				unmark()
+				stop := a.Keep(ctx, every)
+				time.Sleep(every)
+				synctest.Wait()
+				require.True(t, renewed(), "Keep sent no heartbeat in its first interval")
 
-		unmark()
-		stop()
-		stop() // a second stop is harmless
-		time.Sleep(60 * every)
-		synctest.Wait()
-		if renewed() {
-			t.Error("Keep renewed the lease after stop returned")
-		}
-		if err := a.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if got := owner(t, pool, "job"); got != "" {
-			t.Errorf("got owner %q after stop and release, want no row", got)
-		}
-	})
+				unmark()
+				stop()
+				stop() // a second stop is harmless
+				time.Sleep(60 * every)
+				synctest.Wait()
+				assert.False(t, renewed(), "Keep renewed the lease after stop returned")
+				require.NoError(t, a.Release(ctx))
+				assert.Equal(t, "", owner(t, pool, "job"), "owner after stop and release")
+			})
+		})
+	}
 }
 
 func TestAcquireLeaseInvalid(t *testing.T) {
@@ -224,9 +249,7 @@ func TestAcquireLeaseInvalid(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := db.AcquireLease(context.Background(), nil, tc.lname, tc.owner, tc.ttl)
-			if got := errs.KindOf(err); got != errs.Invalid {
-				t.Errorf("got kind %q, want %q", got, errs.Invalid)
-			}
+			assert.Equal(t, errs.Invalid, errs.KindOf(err))
 		})
 	}
 }

@@ -65,6 +65,13 @@ func MarkProcessed(ctx context.Context, tx pgx.Tx, function, source, id string) 
 	return tag.RowsAffected() == 1, nil
 }
 
+// pruneProcessed deletes function $1's records of events processed more than
+// $2 seconds ago. The processed_at index finds the old rows: a range at the
+// index's low end, so the cost follows the rows deleted, not the table.
+const pruneProcessed = `
+	delete from processed_events
+	where function = $1 and processed_at < now() - make_interval(secs => $2)`
+
 // PruneProcessed deletes function's records of events processed more than
 // olderThan ago and reports how many it deleted. The processed_at index finds
 // them without a scan.
@@ -72,9 +79,7 @@ func PruneProcessed(ctx context.Context, db Execer, function string, olderThan t
 	if olderThan <= 0 {
 		return 0, errs.E(errs.Invalid, "prune processed events: retention must be positive")
 	}
-	tag, err := db.Exec(ctx,
-		`delete from processed_events where function = $1 and processed_at < now() - make_interval(secs => $2)`,
-		function, olderThan.Seconds())
+	tag, err := db.Exec(ctx, pruneProcessed, function, olderThan.Seconds())
 	if err != nil {
 		return 0, Classify(fmt.Errorf("prune processed events of %s: %w", function, err))
 	}

@@ -6,115 +6,146 @@ import (
 	"testing/fstest"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestNewGivesEachTestItsOwnDatabase(t *testing.T) {
 	ctx := context.Background()
 	var first string
-	t.Run("a", func(t *testing.T) {
-		pool := New(t)
-		first = pool.Config().ConnConfig.Database
-		if _, err := pool.Exec(ctx, `insert into teams (id, name) values ('t1', 'one')`); err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Run("b", func(t *testing.T) {
-		pool := New(t)
-		if name := pool.Config().ConnConfig.Database; name == first {
-			t.Fatalf("got the same database %q twice", name)
-		}
-		var n int
-		if err := pool.QueryRow(ctx, `select count(*) from teams`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n != 0 {
-			t.Errorf("got %d teams in a new database, want 0", n)
-		}
-	})
+	tests := []struct {
+		name string
+		run  func(t *testing.T, pool *pgxpool.Pool)
+	}{
+		{"a adds a group", func(t *testing.T, pool *pgxpool.Pool) {
+			first = pool.Config().ConnConfig.Database
+			_, err := pool.Exec(ctx, `insert into groups (id, name) values ('t1', 'one')`)
+			require.NoError(t, err)
+		}},
+		{"b does not see it", func(t *testing.T, pool *pgxpool.Pool) {
+			assert.NotEqual(t, first, pool.Config().ConnConfig.Database, "the same database twice")
+			var n int
+			require.NoError(t, pool.QueryRow(ctx, `select count(*) from groups where id = 't1'`).Scan(&n))
+			assert.Zero(t, n, "a group of another test's database")
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.run(t, New(t)) })
+	}
 
 	admin, err := connect(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer admin.Close(ctx)
 	var exists bool
-	err = admin.QueryRow(ctx, `select exists (select 1 from pg_database where datname = $1)`, first).Scan(&exists)
-	if err != nil {
-		t.Fatal(err)
+	require.NoError(t, admin.QueryRow(ctx, `select exists (select 1 from pg_database where datname = $1)`, first).Scan(&exists))
+	assert.False(t, exists, "database %s still exists after its test ended", first)
+}
+
+func TestConstructorsGiveTheirSchema(t *testing.T) {
+	tests := []struct {
+		name        string
+		new         func(testing.TB) *pgxpool.Pool
+		streamspace bool // StreamSpace's tables and seeded rows
+		migrated    bool // the project's tables
+	}{
+		{"New", New, true, true},
+		{"NewStreamSpace", NewStreamSpace, true, false},
+		{"NewEmpty", NewEmpty, false, false},
 	}
-	if exists {
-		t.Errorf("database %s still exists after its test ended", first)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := tc.new(t)
+			ctx := context.Background()
+			var users, outbox, admins bool
+			require.NoError(t, pool.QueryRow(ctx,
+				`select to_regclass('users') is not null, to_regclass('event_outbox') is not null`).Scan(&users, &outbox))
+			assert.Equal(t, tc.streamspace, users, "StreamSpace's users table")
+			assert.Equal(t, tc.migrated, outbox, "the project's event_outbox table")
+			if tc.streamspace {
+				require.NoError(t, pool.QueryRow(ctx, `select exists (select 1 from users where id = 'admin')`).Scan(&admins))
+				assert.True(t, admins, "StreamSpace's seeded admin")
+			}
+		})
 	}
 }
 
 func TestURL(t *testing.T) {
-	pool := New(t)
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, URL(t, pool))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var got string
-	if err := conn.QueryRow(ctx, `select current_database()`).Scan(&got); err != nil {
-		t.Fatal(err)
-	}
-	if want := pool.Config().ConnConfig.Database; got != want {
-		t.Errorf("got database %q, want %q", got, want)
+	tests := []struct{ name string }{{"the test database"}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := New(t)
+			ctx := context.Background()
+			conn, err := pgx.Connect(ctx, URL(t, pool))
+			require.NoError(t, err)
+			defer conn.Close(ctx)
+			var got string
+			require.NoError(t, conn.QueryRow(ctx, `select current_database()`).Scan(&got))
+			assert.Equal(t, pool.Config().ConnConfig.Database, got)
+		})
 	}
 }
 
 func TestWithDatabase(t *testing.T) {
-	tests := []struct{ base, want string }{
-		{"", "dbname=test_x"},
-		{"host=h user=u dbname=app", "host=h user=u dbname=app dbname=test_x"},
-		{"postgres://u:p@h:5432/app?sslmode=disable", "postgres://u:p@h:5432/test_x?sslmode=disable"},
-		{"postgresql://u@h/app?dbname=other", "postgresql://u@h/test_x"},
+	tests := []struct{ name, base, want string }{
+		{"empty", "", "dbname=test_x"},
+		{"keyword/value", "host=h user=u dbname=app", "host=h user=u dbname=app dbname=test_x"},
+		{"URL", "postgres://u:p@h:5432/app?sslmode=disable", "postgres://u:p@h:5432/test_x?sslmode=disable"},
+		{"URL with a dbname parameter", "postgresql://u@h/app?dbname=other", "postgresql://u@h/test_x"},
 	}
 	for _, tc := range tests {
-		got, err := withDatabase(tc.base, "test_x")
-		if err != nil {
-			t.Errorf("withDatabase(%q): %v", tc.base, err)
-		}
-		if got != tc.want {
-			t.Errorf("withDatabase(%q): got %q, want %q", tc.base, got, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := withDatabase(tc.base, "test_x")
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
 	}
 }
 
 func TestTemplateNameFollowsSchemaAndMigrations(t *testing.T) {
-	a := fstest.MapFS{"001_a.sql": {Data: []byte("create table a (id int);")}}
-	b := fstest.MapFS{"001_a.sql": {Data: []byte("create table a (id bigint);")}}
-	na, err := templateNameFor("create table s (id int);", a)
-	if err != nil {
-		t.Fatal(err)
+	const schema = "create table s (id int);"
+	migrations := fstest.MapFS{"001_a.sql": {Data: []byte("create table a (id int);")}}
+	base, err := templateNameFor(schema, migrations)
+	require.NoError(t, err)
+	tests := []struct {
+		name       string
+		schema     string
+		migrations fstest.MapFS
+		wantSame   bool
+	}{
+		{"the same schema and migrations", schema, migrations, true},
+		{"changed migrations", schema, fstest.MapFS{"001_a.sql": {Data: []byte("create table a (id bigint);")}}, false},
+		{"a renamed migration", schema, fstest.MapFS{"001_b.sql": {Data: []byte("create table a (id int);")}}, false},
+		{"a changed StreamSpace schema", "create table s (id bigint);", migrations, false},
 	}
-	nb, _ := templateNameFor("create table s (id int);", b)
-	ns, _ := templateNameFor("create table s (id bigint);", a)
-	again, _ := templateNameFor("create table s (id int);", a)
-	if na == nb {
-		t.Errorf("changed migrations kept the template name %q", na)
-	}
-	if na == ns {
-		t.Errorf("a changed StreamSpace schema kept the template name %q", na)
-	}
-	if na != again {
-		t.Errorf("got %q then %q for the same schema and migrations", na, again)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := templateNameFor(tc.schema, tc.migrations)
+			require.NoError(t, err)
+			if tc.wantSame {
+				assert.Equal(t, base, got)
+			} else {
+				assert.NotEqual(t, base, got)
+			}
+		})
 	}
 }
 
 func TestDatabaseName(t *testing.T) {
-	a, b := databaseName("TestX/sub case"), databaseName("TestX/sub case")
-	if a == b {
-		t.Errorf("got %q twice, want unique names", a)
+	tests := []struct {
+		name     string
+		testName string
+	}{
+		{"subtest with a space", "TestX/sub case"},
+		{"long", "TestAVeryLongNameThatGoesOnAndOnAndOnForeverAndEver/with/subtests"},
+		{"non-ASCII", "TestÜber/ß"},
 	}
-	long := databaseName("TestAVeryLongNameThatGoesOnAndOnAndOnForeverAndEver/with/subtests")
-	if len(long) > 63 {
-		t.Errorf("got %d bytes, want at most 63: %q", len(long), long)
-	}
-	for _, r := range a {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
-			t.Errorf("name %q has %q, want only [a-z0-9_]", a, r)
-		}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := databaseName(tc.testName), databaseName(tc.testName)
+			assert.NotEqual(t, a, b, "names must be unique")
+			assert.LessOrEqual(t, len(a), 63, "PostgreSQL truncates names past 63 bytes: %q", a)
+			assert.Regexp(t, `^test_[a-z0-9_]+$`, a)
+		})
 	}
 }
