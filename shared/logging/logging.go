@@ -17,8 +17,11 @@ const Redacted = "[REDACTED]"
 var secretKeys = []string{"password", "passwd", "secret", "token", "authorization", "cookie", "credential", "apikey", "api_key", "private"}
 
 var (
-	// userinfo in URLs and DSNs: scheme://user:password@host
-	urlPassword = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@`)
+	// userinfo in URLs and DSNs: scheme://user:password@host. The password
+	// runs to the last @ of the word, so an @ (or :, /) written unescaped
+	// in it never leaves a tail behind; a query holding an @ then loses
+	// more than the password, which is the safe side.
+	urlPassword = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)\S*@`)
 	// key=value DSN form: password=secret
 	kvPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('[^']*'|\S+)`)
 	// bearer tokens and bare JWTs
