@@ -7,15 +7,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"strings"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/jackc/pgx/v5"
-
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/authn/localissuer"
@@ -62,95 +63,125 @@ func effects(t *testing.T, h *fntest.Harness) int {
 	var n int
 	err := h.Pool.QueryRow(context.Background(),
 		`select extract(epoch from heartbeat_at - created_at)::int from job_leases where name = 'counter'`).Scan(&n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return n
 }
 
-func TestEventDeliveredTenTimesHasOneEffect(t *testing.T) {
-	h := fntest.Start(t, &counter{}, nil)
-	if _, err := h.Pool.Exec(context.Background(),
-		`insert into job_leases (name, owner, lease_until, heartbeat_at, created_at) values ('counter', 'test', now(), now(), now())`); err != nil {
-		t.Fatal(err)
-	}
+// startCounter serves the counter function with env and its effect row.
+func startCounter(t *testing.T, env map[string]string) *fntest.Harness {
+	t.Helper()
+	h := fntest.Start(t, &counter{}, env)
+	_, err := h.Pool.Exec(context.Background(),
+		`insert into job_leases (name, owner, lease_until, heartbeat_at, created_at) values ('counter', 'test', now(), now(), now())`)
+	require.NoError(t, err)
+	return h
+}
+
+func countedEvent(id, source string) cloudevents.Event {
 	e := cloudevents.NewEvent()
-	e.SetID("once-1")
-	e.SetSource("/test")
+	e.SetID(id)
+	e.SetSource(source)
 	e.SetType(counted)
 	e.SetData(cloudevents.ApplicationJSON, map[string]string{})
+	return e
+}
 
-	var wg sync.WaitGroup
-	statuses := make(chan int, 5)
-	for i := range 5 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			status, _ := h.Deliver(e, i%2 == 0)
-			statuses <- status
-		}()
+func TestEventDeliveredTenTimesHasOneEffect(t *testing.T) {
+	h := startCounter(t, nil)
+	e := countedEvent("once-1", "/test")
+	// The steps run in order; effects counts all effects so far.
+	tests := []struct {
+		name    string
+		deliver func(t *testing.T)
+		effects int
+	}{
+		{"five deliveries at once", func(t *testing.T) {
+			var wg sync.WaitGroup
+			statuses := make(chan int, 5)
+			for i := range 5 {
+				wg.Go(func() {
+					status, _ := h.Deliver(e, i%2 == 0)
+					statuses <- status
+				})
+			}
+			wg.Wait()
+			close(statuses)
+			for s := range statuses {
+				assert.Equal(t, http.StatusAccepted, s, "concurrent delivery")
+			}
+		}, 1},
+		{"five more in a row", func(t *testing.T) {
+			for i := range 5 {
+				status, _ := h.Deliver(e, false)
+				assert.Equal(t, http.StatusAccepted, status, "sequential delivery %d", i)
+			}
+		}, 1},
+		{"nine logged as duplicates", func(t *testing.T) {
+			var dups int
+			for _, line := range h.Logs.Lines() {
+				if line["eventId"] == "once-1" && line["duplicate"] == true {
+					dups++
+				}
+			}
+			assert.Equal(t, 9, dups)
+		}, 1},
+		{"the same id from another source is its own event", func(t *testing.T) {
+			status, _ := h.Deliver(countedEvent("once-1", "/other"), false)
+			assert.Equal(t, http.StatusAccepted, status)
+		}, 2},
 	}
-	wg.Wait()
-	close(statuses)
-	for i := range 5 {
-		if status, _ := h.Deliver(e, false); status != http.StatusAccepted {
-			t.Errorf("sequential delivery %d: %d, want 202", i, status)
-		}
-	}
-	for s := range statuses {
-		if s != http.StatusAccepted {
-			t.Errorf("concurrent delivery: %d, want 202", s)
-		}
-	}
-	if got := effects(t, h); got != 1 {
-		t.Errorf("%d effects after 10 deliveries, want 1", got)
-	}
-	var dups int
-	for _, line := range h.Logs.Lines() {
-		if line["eventId"] == "once-1" && line["duplicate"] == true {
-			dups++
-		}
-	}
-	if dups != 9 {
-		t.Errorf("%d deliveries logged as duplicates, want 9", dups)
-	}
-
-	// Another event with the same id from another source is its own event.
-	e.SetSource("/other")
-	h.Deliver(e, false)
-	if got := effects(t, h); got != 2 {
-		t.Errorf("%d effects after a second source, want 2", got)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.deliver(t)
+			assert.Equal(t, tc.effects, effects(t, h))
+		})
 	}
 }
 
 func TestOutboxDrainPingSendsWhatIsQueued(t *testing.T) {
-	// No periodic relay during the test: only the ping can send.
-	h := fntest.Start(t, &counter{}, map[string]string{"OUTBOX_INTERVAL": "1h"})
-	ob, err := outbox.New(h.Pool, "counter", h.Sink.URL, 0, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name   string
+		queued int
+	}{
+		{"one event", 1},
+		{"more than a batch", 150},
 	}
-	queued := cloudevents.NewEvent()
-	queued.SetID(uuid.NewString())
-	queued.SetSource("/streamspace/functions/counter")
-	queued.SetType("io.test.queued.v1")
-	queued.SetData(cloudevents.ApplicationJSON, map[string]string{})
-	if err := db.InTx(context.Background(), h.Pool, func(tx pgx.Tx) error { return ob.Add(context.Background(), tx, queued) }); err != nil {
-		t.Fatal(err)
-	}
-	if n := len(h.Sink.Events()); n != 0 {
-		t.Fatalf("%d events sent before the ping", n)
-	}
-	ping := cloudevents.NewEvent()
-	ping.SetID("ping-1")
-	ping.SetSource("/apis/v1/namespaces/streamspace/pingsources/outbox-drain")
-	ping.SetType("dev.knative.sources.ping")
-	ping.SetData(cloudevents.ApplicationJSON, map[string]string{"job": "outbox.drain"})
-	if status, _ := h.Deliver(ping, false); status != http.StatusAccepted {
-		t.Fatalf("ping: %d", status)
-	}
-	if got := h.Sink.Events(); len(got) != 1 || got[0].ID() != queued.ID() {
-		t.Errorf("after the ping the sink has %v, want the queued %s", got, queued.ID())
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// No periodic relay during the test: only the ping can send.
+			h := fntest.Start(t, &counter{}, map[string]string{"OUTBOX_INTERVAL": "1h"})
+			ob, err := outbox.New(h.Pool, "counter", h.Sink.URL, 0, slog.New(slog.DiscardHandler))
+			require.NoError(t, err)
+			var want []string
+			var queued []cloudevents.Event
+			for range tc.queued {
+				e := cloudevents.NewEvent()
+				e.SetID(uuid.NewString())
+				e.SetSource("/streamspace/functions/counter")
+				e.SetType("io.test.queued.v1")
+				e.SetData(cloudevents.ApplicationJSON, map[string]string{})
+				queued = append(queued, e)
+				want = append(want, e.ID())
+			}
+			require.NoError(t, db.InTx(context.Background(), h.Pool, func(tx pgx.Tx) error {
+				return ob.Add(context.Background(), tx, queued...)
+			}))
+			require.Empty(t, h.Sink.Events(), "events sent before the ping")
+
+			ping := cloudevents.NewEvent()
+			ping.SetID("ping-1")
+			ping.SetSource("/apis/v1/namespaces/streamspace/pingsources/outbox-drain")
+			ping.SetType("dev.knative.sources.ping")
+			ping.SetData(cloudevents.ApplicationJSON, map[string]string{"job": "outbox.drain"})
+			status, _ := h.Deliver(ping, false)
+			require.Equal(t, http.StatusAccepted, status)
+			// The ping answers once what was due went out.
+			var got []string
+			for _, e := range h.Sink.Events() {
+				got = append(got, e.ID())
+			}
+			assert.ElementsMatch(t, want, got)
+		})
 	}
 }
 
@@ -159,29 +190,21 @@ func TestEventPathVerifiesTheBrokersToken(t *testing.T) {
 	cluster := httptest.NewServer(nil)
 	t.Cleanup(cluster.Close)
 	iss, err := localissuer.New(cluster.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cluster.Config.Handler = iss.JWKSHandler()
 	const (
 		audience = "serving.knative.dev/service/streamspace/counter"
 		broker   = "system:serviceaccount:knative-eventing:broker-oidc"
 	)
-	h := fntest.Start(t, &counter{}, map[string]string{
+	h := startCounter(t, map[string]string{
 		"EVENT_AUTH_ISSUER":   cluster.URL,
 		"EVENT_AUTH_AUDIENCE": audience,
 		"EVENT_AUTH_JWKS_URL": cluster.URL,
 		"EVENT_AUTH_SUBJECTS": broker,
 	})
-	if _, err := h.Pool.Exec(context.Background(),
-		`insert into job_leases (name, owner, lease_until, heartbeat_at, created_at) values ('counter', 'test', now(), now(), now())`); err != nil {
-		t.Fatal(err)
-	}
 	token := func(sub, aud string) string {
 		tok, err := iss.Token(sub, authn.User, aud, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		return tok
 	}
 	tests := []struct {
@@ -196,44 +219,53 @@ func TestEventPathVerifiesTheBrokersToken(t *testing.T) {
 		{"the broker", token(broker, audience), http.StatusAccepted},
 	}
 	for i, tc := range tests {
-		e := cloudevents.NewEvent()
-		e.SetID(fmt.Sprintf("oidc-%d", i))
-		e.SetSource("/test")
-		e.SetType(counted)
-		e.SetData(cloudevents.ApplicationJSON, map[string]string{})
-		if status, _ := fntest.DeliverWithToken(t, h.URL, e, false, tc.token); status != tc.want {
-			t.Errorf("%s: %d, want %d", tc.name, status, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			status, _ := fntest.DeliverWithToken(t, h.URL, countedEvent(fmt.Sprintf("oidc-%d", i), "/test"), false, tc.token)
+			assert.Equal(t, tc.want, status)
+		})
 	}
-	if got := effects(t, h); got != 1 {
-		t.Errorf("%d effects, want only the broker's delivery to count", got)
+	assert.Equal(t, 1, effects(t, h), "only the broker's delivery counts")
+}
+
+// validEnv is an environment service.Start accepts, up to the database.
+func validEnv(overrides map[string]string) map[string]string {
+	env := map[string]string{
+		"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "AUTH_ISSUER": "https://i", "AUTH_AUDIENCE": "a", "AUTH_JWKS_URL": "https://i/jwks",
 	}
+	for k, v := range overrides {
+		env[k] = v
+	}
+	return env
 }
 
 func TestEventAuthConfigIsAllOrNothing(t *testing.T) {
-	for _, tc := range []struct {
+	tests := []struct {
+		name string
 		env  map[string]string
 		want string
 	}{
-		{map[string]string{"EVENT_AUTH_AUDIENCE": "a"}, "EVENT_AUTH_ISSUER"},
-		{map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_JWKS_URL": "https://k8s/jwks"}, "EVENT_AUTH_AUDIENCE"},
-		{map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_AUDIENCE": "a"}, "EVENT_AUTH_JWKS_URL"},
-		{map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_AUDIENCE": "a", "EVENT_AUTH_JWKS_URL": "k8s/jwks"}, "EVENT_AUTH_JWKS_URL"},
-	} {
-		env := map[string]string{
-			"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "AUTH_ISSUER": "https://i", "AUTH_AUDIENCE": "a", "AUTH_JWKS_URL": "https://i/jwks",
-		}
-		for k, v := range tc.env {
-			env[k] = v
-		}
-		_, err := service.Start(context.Background(), "counter", env, &service.Base{}, func(cloudevents.Event) error { return nil })
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%v: got %v, want an error naming %s", tc.env, err, tc.want)
-		}
+		{"an audience without an issuer", map[string]string{"EVENT_AUTH_AUDIENCE": "a"}, "EVENT_AUTH_ISSUER"},
+		{"no audience", map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_JWKS_URL": "https://k8s/jwks"}, "EVENT_AUTH_AUDIENCE"},
+		{"no JWKS URL", map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_AUDIENCE": "a"}, "EVENT_AUTH_JWKS_URL"},
+		{"a JWKS URL that is not a URL", map[string]string{"EVENT_AUTH_ISSUER": "https://k8s", "EVENT_AUTH_AUDIENCE": "a", "EVENT_AUTH_JWKS_URL": "k8s/jwks"}, "EVENT_AUTH_JWKS_URL"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := service.Start(context.Background(), "counter", validEnv(tc.env), &service.Base{}, func(cloudevents.Event) error { return nil })
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
 	}
 }
 
 func TestEventPathAnswers503WhenTheDatabaseIsDown(t *testing.T) {
+	tests := []struct {
+		name       string
+		structured bool
+	}{
+		{"binary", false},
+		{"structured", true},
+	}
 	h := fntest.Start(t, &counter{}, nil)
 	// Cut the function off from its database: terminate its connections and
 	// forbid new ones.
@@ -243,86 +275,143 @@ func TestEventPathAnswers503WhenTheDatabaseIsDown(t *testing.T) {
 	dbname := pgx.Identifier{name}.Sanitize()
 	cfg.Database = "postgres"
 	admin, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, `alter database `+dbname+` allow_connections false`); err != nil {
-		t.Fatal(err)
-	}
+	_, err = admin.Exec(ctx, `alter database `+dbname+` allow_connections false`)
+	require.NoError(t, err)
 	t.Cleanup(func() { admin.Exec(ctx, `alter database `+dbname+` allow_connections true`) })
-	if _, err := admin.Exec(ctx, `select pg_terminate_backend(pid) from pg_stat_activity where datname = $1`, name); err != nil {
-		t.Fatal(err)
-	}
+	_, err = admin.Exec(ctx, `select pg_terminate_backend(pid, 60000) from pg_stat_activity where datname = $1`, name)
+	require.NoError(t, err)
 
-	e := cloudevents.NewEvent()
-	e.SetID("down-1")
-	e.SetSource("/test")
-	e.SetType(counted)
-	e.SetData(cloudevents.ApplicationJSON, map[string]string{})
-	if status, _ := h.Deliver(e, false); status != http.StatusServiceUnavailable {
-		t.Errorf("database down: %d, want 503 so the broker retries", status)
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, _ := h.Deliver(countedEvent(fmt.Sprintf("down-%d", i), "/test"), tc.structured)
+			assert.Equal(t, http.StatusServiceUnavailable, status, "database down: want 503 so the broker retries")
+		})
 	}
 }
 
 func TestConfigErrorsNameTheVariable(t *testing.T) {
-	for _, missing := range []string{"DATABASE_URL", "AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_JWKS_URL"} {
-		env := map[string]string{
-			"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "AUTH_ISSUER": "https://i", "AUTH_AUDIENCE": "a", "AUTH_JWKS_URL": "https://i/jwks",
-		}
-		delete(env, missing)
-		var cfg service.Base
-		err := service.Load(env, &cfg)
-		if err == nil || !strings.Contains(err.Error(), missing) {
-			t.Errorf("without %s: %v", missing, err)
-		}
+	tests := []struct {
+		name    string
+		missing string
+	}{
+		{"no database", "DATABASE_URL"},
+		{"no issuer", "AUTH_ISSUER"},
+		{"no audience", "AUTH_AUDIENCE"},
+		{"no JWKS URL", "AUTH_JWKS_URL"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			env := validEnv(nil)
+			delete(env, tc.missing)
+			var cfg service.Base
+			err := service.Load(env, &cfg)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.missing)
+		})
 	}
 }
 
 func TestUnparsableValuesNameTheVariable(t *testing.T) {
-	var cfg service.Base
-	err := service.Load(map[string]string{
-		"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "AUTH_ISSUER": "https://i", "AUTH_AUDIENCE": "a", "AUTH_JWKS_URL": "https://i/jwks",
-		"OUTBOX_INTERVAL": "often",
-	}, &cfg)
-	if err == nil || !strings.Contains(err.Error(), "OUTBOX_INTERVAL") {
-		t.Errorf("got %v, want an error naming OUTBOX_INTERVAL", err)
+	tests := []struct {
+		name, key, value string
+	}{
+		{"interval", "OUTBOX_INTERVAL", "often"},
+		{"attempts", "OUTBOX_MAX_ATTEMPTS", "many"},
+		{"retention", "PROCESSED_EVENTS_RETENTION", "a week"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var cfg service.Base
+			err := service.Load(validEnv(map[string]string{tc.key: tc.value}), &cfg)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.key)
+		})
+	}
+}
+
+func TestOutboxMaxAttempts(t *testing.T) {
+	tests := []struct {
+		name    string
+		value   string // "" leaves the variable unset
+		want    int
+		wantErr bool // Start refuses it before connecting
+	}{
+		{"default", "", 20, false},
+		{"set", "5", 5, false},
+		{"zero", "0", 0, true},
+		{"negative", "-3", -3, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			env := validEnv(nil)
+			if tc.value != "" {
+				env["OUTBOX_MAX_ATTEMPTS"] = tc.value
+			}
+			var cfg service.Base
+			require.NoError(t, service.Load(env, &cfg))
+			assert.Equal(t, tc.want, cfg.OutboxMaxAttempts)
+			if !tc.wantErr {
+				return
+			}
+			_, err := service.Start(context.Background(), "counter", env, &service.Base{}, func(cloudevents.Event) error { return nil })
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "OUTBOX_MAX_ATTEMPTS")
+		})
 	}
 }
 
 func TestSecretsStayOutOfTheLog(t *testing.T) {
-	// A start-up failure with a password in DATABASE_URL.
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	closed := ln.Addr().String()
-	ln.Close()
-	const password = "Sup3r-S3cret-pw"
-	logs := &fntest.Buffer{}
-	log := logging.New(logs, slog.LevelDebug)
-	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
-	err := runtime.Serve(context.Background(), &counter{}, runtime.Options{
-		Listener: ln2,
-		Logger:   log,
-		Env: map[string]string{
-			"DATABASE_URL": "postgres://app:" + password + "@" + closed + "/streamspace",
-			"AUTH_ISSUER":  "https://i", "AUTH_AUDIENCE": "a", "AUTH_JWKS_URL": "https://i/jwks",
-		},
+	t.Run("a start-up failure with a password in DATABASE_URL", func(t *testing.T) {
+		passwords := []struct{ name, password string }{
+			{"plain", "Sup3r-S3cret-pw"},
+			{"with @ and :", "Sup3r@S3cret:pw"},
+		}
+		for _, tc := range passwords {
+			t.Run(tc.name, func(t *testing.T) {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				require.NoError(t, err)
+				closed := ln.Addr().String()
+				require.NoError(t, ln.Close())
+				logs := &fntest.Buffer{}
+				log := logging.New(logs, slog.LevelDebug)
+				ln2, err := net.Listen("tcp", "127.0.0.1:0")
+				require.NoError(t, err)
+				err = runtime.Serve(context.Background(), &counter{}, runtime.Options{
+					Listener: ln2,
+					Logger:   log,
+					Env: validEnv(map[string]string{
+						"DATABASE_URL": "postgres://" + url.UserPassword("app", tc.password).String() + "@" + closed + "/streamspace",
+					}),
+				})
+				require.Error(t, err, "Serve started without a database")
+				log.Error("function stopped", "err", err)
+				for _, form := range []string{tc.password, url.UserPassword("", tc.password).String()[1:]} {
+					assert.NotContains(t, err.Error(), form)
+					assert.NotContains(t, logs.String(), form)
+				}
+			})
+		}
 	})
-	if err == nil {
-		t.Fatal("Serve started without a database")
-	}
-	log.Error("function stopped", "err", err)
-	if strings.Contains(err.Error(), password) || strings.Contains(logs.String(), password) {
-		t.Errorf("password leaked: err=%v\nlog=%s", err, logs.String())
-	}
 
-	// Requests with a bearer token, good and bad.
-	h := fntest.Start(t, &counter{}, nil)
-	tok := h.Token("alice", authn.User)
-	if status, _ := h.Do(http.MethodGet, "/api/v1/whoami", tok, nil); status != http.StatusOK {
-		t.Fatalf("whoami: %d", status)
-	}
-	h.Do(http.MethodGet, "/api/v1/whoami", tok+"x", nil)
-	if strings.Contains(h.Logs.String(), tok[len(tok)-20:]) {
-		t.Errorf("token in the log:\n%s", h.Logs.String())
-	}
+	t.Run("requests with a bearer token, good and bad", func(t *testing.T) {
+		h := fntest.Start(t, &counter{}, nil)
+		tok := h.Token("alice", authn.User)
+		tests := []struct {
+			name  string
+			token string
+			want  int
+		}{
+			{"good", tok, http.StatusOK},
+			{"bad", tok + "x", http.StatusUnauthorized},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				status, _ := h.Do(http.MethodGet, "/api/v1/whoami", tc.token, nil)
+				assert.Equal(t, tc.want, status)
+			})
+		}
+		assert.NotContains(t, h.Logs.String(), tok[len(tok)-20:], "token in the log")
+	})
 }
