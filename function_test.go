@@ -2,72 +2,185 @@ package function
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/authn/localissuer"
 	"github.com/streamspace-dev/functions/shared/fntest"
 )
 
 func TestAllInOneRoutesEveryFunction(t *testing.T) {
 	h := fntest.Start(t, New(), nil)
 	tok := h.Token("alice", authn.User)
-	if _, err := h.Pool.Exec(context.Background(),
-		`insert into user_session_templates (id, user_id, name) values ('tpl', 'alice', 'T')`); err != nil {
-		t.Fatal(err)
-	}
+	_, err := h.Pool.Exec(context.Background(), `
+		insert into users (id, username, email) values ('alice', 'alice', 'alice@example.com');
+		insert into user_session_templates (id, user_id, name, base_template) values ('tpl', 'alice', 'T', 'firefox')`)
+	require.NoError(t, err)
 	rest := []struct {
+		name         string
 		method, path string
 		body         any
 		want         int
 	}{
-		{http.MethodGet, "/api/v1/search/filters/tags", nil, http.StatusOK},
-		{http.MethodPost, "/api/v1/batch/sessions/update-tags", map[string]any{"operation": "add", "sessionIds": []string{"x"}, "tags": []string{"a"}}, http.StatusOK},
-		{http.MethodGet, "/api/v1/session-templates/tpl/shares", nil, http.StatusOK},
-		{http.MethodGet, "/api/v1/session-templates/tpl/versions", nil, http.StatusOK},
-		{http.MethodPost, "/api/v1/session-templates/tpl/versions", map[string]any{"description": "first"}, http.StatusCreated},
-		{http.MethodGet, "/api/v1/nothing", nil, http.StatusNotFound},
+		{"popular tags", http.MethodGet, "/api/v1/search/filters/tags", nil, http.StatusOK},
+		{"batch tags", http.MethodPost, "/api/v1/batch/sessions/update-tags", map[string]any{"operation": "add", "sessionIds": []string{"x"}, "tags": []string{"a"}}, http.StatusOK},
+		{"shares", http.MethodGet, "/api/v1/session-templates/tpl/shares", nil, http.StatusOK},
+		{"versions", http.MethodGet, "/api/v1/session-templates/tpl/versions", nil, http.StatusOK},
+		{"create a version", http.MethodPost, "/api/v1/session-templates/tpl/versions", map[string]any{"description": "first"}, http.StatusCreated},
+		{"no such route", http.MethodGet, "/api/v1/nothing", nil, http.StatusNotFound},
 	}
 	for _, tc := range rest {
-		if status, body := h.Do(tc.method, tc.path, tok, tc.body); status != tc.want {
-			t.Errorf("%s %s: %d %s, want %d", tc.method, tc.path, status, body, tc.want)
-		}
+		t.Run("REST "+tc.name, func(t *testing.T) {
+			status, body := h.Do(tc.method, tc.path, tok, tc.body)
+			assert.Equal(t, tc.want, status, "%s", body)
+		})
 	}
 
 	e, err := events.New("versioning", events.TemplateUpdated, events.TemplateUpdatedData{TemplateID: "tpl", Change: "updated"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// The ingress forwards /api/v1/...: a CloudEvent posted there without a
 	// token must never reach an event handler.
 	for _, tc := range rest {
 		for _, structured := range []bool{false, true} {
-			status, _ := fntest.Deliver(t, h.URL+tc.path, e, structured)
-			if status != http.StatusUnauthorized && status != http.StatusNotFound {
-				t.Errorf("CloudEvent without a token to %s: %d, want 401 (or 404 where no POST route exists)", tc.path, status)
-			}
+			t.Run("CloudEvent without a token to "+tc.path, func(t *testing.T) {
+				status, _ := fntest.Deliver(t, h.URL+tc.path, e, structured)
+				assert.Contains(t, []int{http.StatusUnauthorized, http.StatusNotFound}, status,
+					"want 401 (or 404 where no POST route exists)")
+			})
 		}
 	}
-	for _, tc := range []struct {
+	deliveries := []struct {
+		name       string
 		path       string
 		structured bool
 		want       int
 	}{
-		{"/", false, http.StatusAccepted},              // routed by type through events.Routes
-		{"/", true, http.StatusAccepted},               // structured: type read from the body
-		{"/events/tags", false, http.StatusAccepted},   // the all-in-one Triggers' path
-		{"/events/nope", false, http.StatusBadRequest}, // final: no retry fixes a wrong Trigger
-		{"/events/sharing", false, http.StatusBadRequest},
-	} {
-		if status, _ := fntest.Deliver(t, h.URL+tc.path, e, tc.structured); status != tc.want {
-			t.Errorf("event to %s (structured %v): %d, want %d", tc.path, tc.structured, status, tc.want)
-		}
+		{"routed by type through events.Routes", "/", false, http.StatusAccepted},
+		{"structured: type read from the body", "/", true, http.StatusAccepted},
+		{"the all-in-one Triggers' path", "/events/tags", false, http.StatusAccepted},
+		{"final: no retry fixes a wrong Trigger", "/events/nope", false, http.StatusBadRequest},
+		{"a function that does not take the type", "/events/sharing", false, http.StatusBadRequest},
 	}
-	unrouted, _ := events.New("auth", events.UserLogin, events.UserLoginData{UserID: "u", Provider: "p", Role: "user"})
-	if status, _ := fntest.Deliver(t, h.URL, unrouted, false); status != http.StatusBadRequest {
-		t.Errorf("event no function here takes: %d, want 400", status)
+	for _, tc := range deliveries {
+		t.Run("event "+tc.name, func(t *testing.T) {
+			status, _ := fntest.Deliver(t, h.URL+tc.path, e, tc.structured)
+			assert.Equal(t, tc.want, status)
+		})
+	}
+	t.Run("an event no function here takes", func(t *testing.T) {
+		unrouted, err := events.New("auth", events.UserLogin, events.UserLoginData{UserID: "u", Provider: "p", Role: "user"})
+		require.NoError(t, err)
+		status, _ := fntest.Deliver(t, h.URL, unrouted, false)
+		assert.Equal(t, http.StatusBadRequest, status)
+	})
+}
+
+// countingBody is a request body that counts the bytes read from it.
+type countingBody struct {
+	r    io.Reader
+	read atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.read.Add(int64(n))
+	return n, err
+}
+
+func (b *countingBody) Close() error { return nil }
+
+// TestEventAuthenticationComesBeforeTheBody posts large deliveries straight
+// to the all-in-one's Handle and counts what it read of their bodies: a
+// delivery without the broker's token is refused before any of it.
+func TestEventAuthenticationComesBeforeTheBody(t *testing.T) {
+	cluster := httptest.NewServer(nil)
+	t.Cleanup(cluster.Close)
+	iss, err := localissuer.New(cluster.URL)
+	require.NoError(t, err)
+	cluster.Config.Handler = iss.JWKSHandler()
+	const (
+		audience = "serving.knative.dev/service/streamspace/streamspace"
+		broker   = "system:serviceaccount:knative-eventing:broker-oidc"
+	)
+	f := New()
+	fntest.Start(t, f, map[string]string{
+		"EVENT_AUTH_ISSUER":   cluster.URL,
+		"EVENT_AUTH_AUDIENCE": audience,
+		"EVENT_AUTH_JWKS_URL": cluster.URL,
+		"EVENT_AUTH_SUBJECTS": broker,
+	})
+	brokerToken, err := iss.Token(broker, authn.User, audience, time.Hour)
+	require.NoError(t, err)
+	otherToken, err := iss.Token("system:serviceaccount:streamspace:desktop", authn.User, audience, time.Hour)
+	require.NoError(t, err)
+
+	// A template.updated event, its data padded to nearly 4 MiB when big.
+	event := func(id string, big bool) cloudevents.Event {
+		data := map[string]string{"templateId": "tpl", "change": "updated"}
+		if big {
+			data["padding"] = strings.Repeat("x", 4<<20-4096)
+		}
+		e := cloudevents.NewEvent()
+		e.SetID(id)
+		e.SetSource("/streamspace/functions/versioning")
+		e.SetType(events.TemplateUpdated)
+		require.NoError(t, e.SetData(cloudevents.ApplicationJSON, data))
+		return e
+	}
+	tests := []struct {
+		name       string
+		path       string
+		structured bool
+		big        bool
+		token      string
+		want       int
+		wantRead   bool // the body was read
+	}{
+		{"structured to /, no token", "/", true, true, "", http.StatusUnauthorized, false},
+		{"binary to /, no token", "/", false, true, "", http.StatusUnauthorized, false},
+		{"structured to /, a token of another sender", "/", true, true, otherToken, http.StatusUnauthorized, false},
+		{"binary to /events/tags, no token", "/events/tags", false, true, "", http.StatusUnauthorized, false},
+		{"structured to /events/tags, no token", "/events/tags", true, true, "", http.StatusUnauthorized, false},
+		{"structured to /, the broker's token", "/", true, false, brokerToken, http.StatusAccepted, true},
+		{"binary to /, the broker's token", "/", false, false, brokerToken, http.StatusAccepted, true},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodPost, tc.path, nil)
+			ctx := binding.WithForceBinary(context.Background())
+			if tc.structured {
+				ctx = binding.WithForceStructured(context.Background())
+			}
+			e := event(fmt.Sprintf("big-%d", i), tc.big)
+			require.NoError(t, cehttp.WriteRequest(ctx, binding.ToMessage(&e), req))
+			body := &countingBody{r: req.Body}
+			req.Body = body
+			if tc.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			rec := httptest.NewRecorder()
+			f.Handle(rec, req)
+			assert.Equal(t, tc.want, rec.Code, "%s", rec.Body)
+			if tc.wantRead {
+				assert.Positive(t, body.read.Load(), "an accepted delivery's body was not read")
+			} else {
+				assert.Zero(t, body.read.Load(), "bytes of an unauthenticated body were read")
+			}
+		})
 	}
 }
 
@@ -80,12 +193,21 @@ func (c claims) Handle(w http.ResponseWriter, _ *http.Request)  { w.WriteHeader(
 func (c claims) Routes() []string                               { return c.routes }
 
 func TestARouteClaimedTwiceStopsStartUp(t *testing.T) {
-	f := newWith(map[string]member{
-		"a": claims{[]string{"GET /api/v1/x"}},
-		"b": claims{[]string{"GET /api/v1/x"}},
-	})
-	err := f.Start(context.Background(), nil)
-	if err == nil || !strings.Contains(err.Error(), "/api/v1/x") {
-		t.Fatalf("got %v, want an error naming the route", err)
+	tests := []struct {
+		name    string
+		members map[string]member
+		want    string
+	}{
+		{"the same pattern in two functions", map[string]member{
+			"a": claims{[]string{"GET /api/v1/x"}},
+			"b": claims{[]string{"GET /api/v1/x"}},
+		}, "/api/v1/x"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := newWith(tc.members).Start(context.Background(), nil)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
 	}
 }

@@ -13,6 +13,7 @@ require (
 	github.com/streamspace-dev/functions/functions/tags v0.0.0
 	github.com/streamspace-dev/functions/functions/versioning v0.0.0
 	github.com/streamspace-dev/functions/shared v0.0.0
+	github.com/stretchr/testify v1.12.1
 	go.uber.org/zap v1.28.0
 	k8s.io/api v0.35.7
 	k8s.io/apiextensions-apiserver v0.35.7

@@ -550,3 +550,68 @@ func TestCloudEventsOnRESTPathsAreREST(t *testing.T) {
 		})
 	}
 }
+
+// senderCheck accepts event deliveries with the token "broker".
+type senderCheck struct{}
+
+func (senderCheck) Authenticate(r *http.Request) (authn.Identity, error) {
+	if r.Header.Get("Authorization") != "Bearer broker" {
+		return authn.Identity{}, errs.E(errs.Unauthenticated, "not the broker")
+	}
+	return authn.Identity{Subject: "broker"}, nil
+}
+
+func TestAuthenticateEventReadsNoBody(t *testing.T) {
+	open := runtime.NewMux("open", allowAll{}, validateNothing)
+	open.On("io.test.ping.v1", func(context.Context, cloudevents.Event) error { return nil })
+	guarded := runtime.NewMux("guarded", allowAll{}, validateNothing)
+	guarded.RequireEventAuth(senderCheck{})
+	var handled int
+	guarded.On("io.test.ping.v1", func(context.Context, cloudevents.Event) error { handled++; return nil })
+	tests := []struct {
+		name     string
+		handler  http.Handler
+		token    string
+		wantKind errs.Kind // "" for no refusal
+	}{
+		{"no event authentication required", open, "", ""},
+		{"the sender's token", guarded, "broker", ""},
+		{"no token", guarded, "", errs.Unauthenticated},
+		{"another token", guarded, "someone", errs.Unauthenticated},
+		{"a handler that is not a Mux cannot vouch", http.NotFoundHandler(), "broker", errs.Unavailable},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			body := &countingReader{r: strings.NewReader(`{"k":"v"}`)}
+			req, err := http.NewRequest(http.MethodPost, "/", body)
+			require.NoError(t, err)
+			req.Header.Set("Ce-Specversion", "1.0")
+			req.Header.Set("Ce-Id", "e1")
+			req.Header.Set("Ce-Source", "/test")
+			req.Header.Set("Ce-Type", "io.test.ping.v1")
+			req.Header.Set("Content-Type", "application/json")
+			if tc.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			err = runtime.AuthenticateEvent(tc.handler, req)
+			if tc.wantKind == "" {
+				assert.NoError(t, err)
+			} else {
+				assert.Equal(t, tc.wantKind, errs.KindOf(err), "error %v", err)
+			}
+			assert.Zero(t, body.n, "the check read the body")
+			assert.Zero(t, handled, "the check ran the handler")
+		})
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
