@@ -30,7 +30,9 @@ func TestSecretsNeverReachTheLog(t *testing.T) {
 		{"bearer token in any attribute", func(l *slog.Logger) { l.Info("request", "header", "Bearer "+token) }, token, "Bearer"},
 		{"bare JWT", func(l *slog.Logger) { l.Info("claims", "raw", "token was "+token) }, token, "token was"},
 		{"secret-named attribute", func(l *slog.Logger) { l.Info("smtp", "smtp_password", password) }, password, ""},
-		{"URL in an error", func(l *slog.Logger) { l.Error("failed", "err", errors.New("dial postgres://app:"+password+"@db: refused")) },
+		{"URL in an error", func(l *slog.Logger) {
+			l.Error("failed", "err", errors.New("dial postgres://app:"+password+"@db: refused"))
+		},
 			password, "@db: refused"},
 		{"secret in a group", func(l *slog.Logger) { l.Info("nested", slog.Group("cfg", slog.String("client_secret", password))) },
 			password, ""},
