@@ -1,10 +1,12 @@
 package deploy
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -1080,17 +1082,38 @@ func TestImagesAreMainPackages(t *testing.T) {
 		}
 	}
 	sort.Strings(paths)
-	args := append([]string{"list", "-e", "-f", "{{.ImportPath}} {{.Name}} {{if .Error}}{{.Error}}{{end}}"}, paths...)
+	// Only stdout is data: on a cold machine the go command reports its
+	// module downloads on stderr.
+	args := append([]string{"list", "-e", "-json=ImportPath,Name,Error"}, paths...)
 	cmd := exec.Command(goTool(), args...)
 	cmd.Dir = ".."
-	out, err := cmd.CombinedOutput()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
+		t.Fatalf("go list: %v\n%s", err, stderr.String())
 	}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		f := strings.SplitN(line, " ", 3)
-		if len(f) < 2 || f[1] != "main" || (len(f) == 3 && f[2] != "") {
-			t.Errorf("ko://%s is not a buildable main package: %s", f[0], line)
+	var listed []string
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var p struct {
+			ImportPath string
+			Name       string
+			Error      *struct{ Err string }
 		}
+		if err := dec.Decode(&p); err != nil {
+			t.Fatalf("decode go list output: %v\n%s", err, out)
+		}
+		listed = append(listed, p.ImportPath)
+		switch {
+		case p.Error != nil:
+			t.Errorf("ko://%s is not a buildable main package: %s", p.ImportPath, p.Error.Err)
+		case p.Name != "main":
+			t.Errorf("ko://%s is not a buildable main package: package %s", p.ImportPath, p.Name)
+		}
+	}
+	sort.Strings(listed)
+	if !slices.Equal(listed, paths) {
+		t.Errorf("go list reported %v, want one package for each of %v", listed, paths)
 	}
 }

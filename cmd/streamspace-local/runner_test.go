@@ -224,9 +224,13 @@ func TestPrintedCommandsWork(t *testing.T) {
 		t.Fatalf("banner has %d curl commands, want %d:\n%s", len(cmds), len(want), out.String())
 	}
 	for i, cmd := range cmds {
-		got, err := exec.Command("bash", "-c", cmd).CombinedOutput()
+		// Only stdout is the answer; curl's own messages go to stderr.
+		c := exec.Command("bash", "-c", cmd)
+		var stderr strings.Builder
+		c.Stderr = &stderr
+		got, err := c.Output()
 		if err != nil || !strings.Contains(string(got), want[i]) {
-			t.Errorf("%s\n→ %s (%v), want output containing %s", cmd, got, err, want[i])
+			t.Errorf("%s\n→ %s (%v, stderr %s), want output containing %s", cmd, got, err, stderr.String(), want[i])
 		}
 	}
 	if d := lr.nextDelivery(t); d.EventID != demoEventID || d.Outcome != Delivered {
