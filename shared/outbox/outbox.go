@@ -335,9 +335,14 @@ func (o *Outbox) send(ctx context.Context, e cloudevents.Event) error {
 func (o *Outbox) Run(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	for {
-		if _, err := o.Drain(ctx); err != nil && ctx.Err() == nil {
+	for first := true; ; first = false {
+		sent, err := o.Drain(ctx)
+		if err != nil && ctx.Err() == nil {
 			o.log.Warn("outbox flush failed", "function", o.function, "err", err)
+		}
+		if first {
+			// What a previous instance left queued has now had its chance.
+			o.log.Debug("outbox relay started", "function", o.function, "sent", sent)
 		}
 		select {
 		case <-ctx.Done():

@@ -148,8 +148,17 @@ func TestOutboxDrainPingSendsWhatIsQueued(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			// No periodic relay during the test: only the ping can send.
+			// No periodic relay during the test, and its first drain done
+			// before anything is queued: only the ping can send.
 			h := fntest.Start(t, &counter{}, map[string]string{"OUTBOX_INTERVAL": "1h"})
+			require.Eventually(t, func() bool {
+				for _, line := range h.Logs.Lines() {
+					if line["msg"] == "outbox relay started" {
+						return true
+					}
+				}
+				return false
+			}, time.Minute, 10*time.Millisecond, "the relay's first drain never ended")
 			ob, err := outbox.New(h.Pool, "counter", h.Sink.URL, 0, slog.New(slog.DiscardHandler))
 			require.NoError(t, err)
 			var want []string
