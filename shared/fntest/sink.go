@@ -22,6 +22,7 @@ type Sink struct {
 	events     []cloudevents.Event
 	failures   int
 	failStatus int
+	arrived    int
 	refused    int
 	held       chan struct{} // while non-nil, deliveries wait for it to close
 }
@@ -44,6 +45,7 @@ func NewSink(tb testing.TB) *Sink {
 
 func (s *Sink) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
+	s.arrived++
 	held := s.held
 	s.mu.Unlock()
 	if held != nil {
@@ -111,6 +113,13 @@ func (s *Sink) WaitRefused(timeout time.Duration) bool {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return true
+}
+
+// Arrived reports how many deliveries reached the sink, held ones included.
+func (s *Sink) Arrived() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.arrived
 }
 
 // Refused reports how many deliveries were refused.

@@ -95,6 +95,9 @@ func (o *Outbox) Add(ctx context.Context, tx pgx.Tx, events ...cloudevents.Event
 // dies mid-send leaves them due again after this, and they are resent.
 const claimFor = time.Minute
 
+// bookkeepingTimeout bounds recording a flush's outcome once ctx has ended.
+const bookkeepingTimeout = 10 * time.Second
+
 // maxBackoff caps the wait before an event the sink refused is tried again.
 // The exponent is capped too, so no attempt count overflows the arithmetic.
 const maxBackoff = time.Hour
@@ -142,26 +145,37 @@ func (o *Outbox) flush(ctx context.Context) (int, bool, error) {
 			// A sink that refuses one event will likely refuse the next, and
 			// each try can take the whole send timeout: release the rest of
 			// the batch untried, as due as before, with no attempt counted.
-			refused, refusal = &due[i], err
-			for _, rest := range due[i+1:] {
-				untried = append(untried, rest.id)
+			// A send cut short by ctx (the instance is stopping) is no
+			// refusal and counts nothing either.
+			rest := due[i+1:]
+			if ctx.Err() != nil {
+				rest = due[i:]
+			} else {
+				refused, refusal = &due[i], err
+			}
+			for _, p := range rest {
+				untried = append(untried, p.id)
 			}
 			break
 		}
 		sent = append(sent, p.id)
 	}
+	// What was sent is recorded even when ctx ends meanwhile, so a stopping
+	// instance does not leave its sent events to be sent again.
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
+	defer cancel()
 	if len(sent) > 0 {
-		if _, err := o.pool.Exec(ctx, deleteSent, sent); err != nil {
+		if _, err := o.pool.Exec(bctx, deleteSent, sent); err != nil {
 			return len(sent), false, fmt.Errorf("mark %d events sent: %w", len(sent), db.Classify(err))
 		}
 	}
 	if len(untried) > 0 {
-		if _, err := o.pool.Exec(ctx, releaseUntried, untried); err != nil {
+		if _, err := o.pool.Exec(bctx, releaseUntried, untried); err != nil {
 			return len(sent), false, fmt.Errorf("release %d untried events: %w", len(untried), db.Classify(err))
 		}
 	}
 	if refused != nil {
-		if err := o.refused(ctx, *refused, refusal); err != nil {
+		if err := o.refused(bctx, *refused, refusal); err != nil {
 			return len(sent), false, err
 		}
 	}

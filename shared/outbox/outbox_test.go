@@ -415,6 +415,47 @@ func TestARefusingSinkStopsTheBatch(t *testing.T) {
 	}
 }
 
+func TestAStoppedSendCountsNothing(t *testing.T) {
+	tests := []struct {
+		name   string
+		events int
+	}{
+		{"one event", 1},
+		{"a batch", 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pool, sink, o := newOutbox(t, 0, quiet())
+			var ids []string
+			for i := range tc.events {
+				e := newEvent(i)
+				ids = append(ids, e.ID())
+				queue(t, pool, o, e)
+			}
+			release := sink.Hold()
+			defer release()
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				_, err := o.Flush(ctx)
+				done <- err
+			}()
+			require.Eventually(t, func() bool { return sink.Arrived() > 0 }, time.Minute, 10*time.Millisecond,
+				"the send never reached the sink")
+			// The instance stops while the sink has not answered.
+			cancel()
+			require.NoError(t, <-done)
+			for _, id := range ids {
+				r, ok := outboxRow(t, pool, id)
+				require.True(t, ok, "event %s left the outbox", id)
+				assert.Zero(t, r.Attempts, "event %s counted an attempt", id)
+				assert.Nil(t, r.LastError, "event %s got an error", id)
+				assert.True(t, r.Due, "event %s is not due", id)
+			}
+		})
+	}
+}
+
 func TestNewRefusesANegativeLimit(t *testing.T) {
 	tests := []struct {
 		name        string
