@@ -68,6 +68,12 @@ func New(pool *pgxpool.Pool, function, sink string, maxAttempts int, log *slog.L
 	}, nil
 }
 
+// queueEvents inserts a function's events, ids $2 and JSON documents $3, in
+// one statement.
+const queueEvents = `
+	insert into event_outbox (id, function, event)
+	select id, $1, doc::jsonb from unnest($2::uuid[], $3::text[]) as e(id, doc)`
+
 // Add queues events in tx, in one statement; they are sent only if tx commits.
 func (o *Outbox) Add(ctx context.Context, tx pgx.Tx, events ...cloudevents.Event) error {
 	if len(events) == 0 {
@@ -82,10 +88,7 @@ func (o *Outbox) Add(ctx context.Context, tx pgx.Tx, events ...cloudevents.Event
 		}
 		ids[i], docs[i] = e.ID(), string(raw)
 	}
-	if _, err := tx.Exec(ctx, `
-		insert into event_outbox (id, function, event)
-		select id, $1, doc::jsonb from unnest($2::uuid[], $3::text[]) as e(id, doc)`,
-		o.function, ids, docs); err != nil {
+	if _, err := tx.Exec(ctx, queueEvents, o.function, ids, docs); err != nil {
 		return fmt.Errorf("queue %d events: %w", len(events), db.Classify(err))
 	}
 	return nil
