@@ -1,18 +1,23 @@
 // Package fntest starts a function the way production does — runtime.Serve
 // on a real listener — against a real PostgreSQL database (dbtest), a real
-// token issuer serving a JWKS (localissuer) and a recording CloudEvents
-// sink, so tests speak HTTP and CloudEvents to it like the broker and the UI.
+// token issuer serving a JWKS (localissuer), StreamSpace's JWT secret in a
+// file, and a recording CloudEvents sink, so tests speak HTTP and
+// CloudEvents to it like the broker and the UI.
 package fntest
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +27,8 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jws"
 
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/authn/localissuer"
@@ -30,7 +37,7 @@ import (
 	"github.com/streamspace-dev/functions/shared/runtime"
 )
 
-// Audience is the aud every harness token carries.
+// Audience is the aud every harness JWKS token carries.
 const Audience = "streamspace-api"
 
 // drainTimeout is the harness's drain on stop. A drain is not what the
@@ -42,6 +49,9 @@ const drainTimeout = 5 * time.Minute
 // the harness's idle connections before the function drains.
 var client = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 
+// streamSpaceTokenTTL is the lifetime StreamSpace's API gives its tokens.
+const streamSpaceTokenTTL = 24 * time.Hour
+
 // Harness is one running function and the real components around it.
 type Harness struct {
 	tb          testing.TB
@@ -52,6 +62,8 @@ type Harness struct {
 	Sink        *Sink
 	Logs        *Buffer
 	Env         map[string]string
+
+	secret []byte // StreamSpace's JWT_SECRET, as STREAMSPACE_JWT_SECRET_FILE holds it
 }
 
 // Start serves f with a fresh database and returns once it is ready, however
@@ -72,13 +84,26 @@ func Start(tb testing.TB, f runtime.Function, env map[string]string) *Harness {
 	jwks.Config.Handler = iss.JWKSHandler()
 	h.Issuer = iss
 
+	// StreamSpace's JWT_SECRET, mounted as a file as in the cluster, with
+	// the trailing newline a file written by hand has.
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		tb.Fatal(err)
+	}
+	h.secret = []byte(hex.EncodeToString(raw))
+	secretFile := filepath.Join(tb.TempDir(), "jwt-secret")
+	if err := os.WriteFile(secretFile, append(append([]byte(nil), h.secret...), '\n'), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+
 	h.Env = map[string]string{
-		"DATABASE_URL":    h.DatabaseURL,
-		"K_SINK":          h.Sink.URL,
-		"AUTH_ISSUER":     jwks.URL,
-		"AUTH_AUDIENCE":   Audience,
-		"AUTH_JWKS_URL":   jwks.URL,
-		"OUTBOX_INTERVAL": "100ms",
+		"DATABASE_URL":                h.DatabaseURL,
+		"K_SINK":                      h.Sink.URL,
+		"AUTH_ISSUER":                 jwks.URL,
+		"AUTH_AUDIENCE":               Audience,
+		"AUTH_JWKS_URL":               jwks.URL,
+		"STREAMSPACE_JWT_SECRET_FILE": secretFile,
+		"OUTBOX_INTERVAL":             "100ms",
 	}
 	for k, v := range env {
 		h.Env[k] = v
@@ -123,7 +148,8 @@ func Start(tb testing.TB, f runtime.Function, env map[string]string) *Harness {
 	return h
 }
 
-// Token returns a valid bearer token for subject with role.
+// Token returns a valid bearer token for subject with role, from the
+// harness's identity provider (checked against its JWKS).
 func (h *Harness) Token(subject string, role authn.Role) string {
 	h.tb.Helper()
 	tok, err := h.Issuer.Token(subject, role, Audience, time.Hour)
@@ -131,6 +157,61 @@ func (h *Harness) Token(subject string, role authn.Role) string {
 		h.tb.Fatal(err)
 	}
 	return tok
+}
+
+// StreamSpaceToken returns a token as StreamSpace's API signs one at login
+// (api/internal/auth/jwt.go): HS256 with its JWT_SECRET, claims user_id,
+// username, email, role, iss "streamspace-api", sub, a jti, and 24 hours of
+// validity. The function accepts it only while userID is an active row of
+// users (AddUser), and takes the role from that row.
+func (h *Harness) StreamSpaceToken(userID string, role authn.Role) string {
+	h.tb.Helper()
+	jti := make([]byte, 32)
+	if _, err := rand.Read(jti); err != nil {
+		h.tb.Fatal(err)
+	}
+	now := time.Now()
+	username, email := userNames(userID)
+	payload, err := json.Marshal(map[string]any{
+		"user_id":  userID,
+		"username": username,
+		"email":    email,
+		"role":     string(role),
+		"jti":      hex.EncodeToString(jti),
+		"iss":      authn.StreamSpaceIssuer,
+		"sub":      userID,
+		"iat":      now.Unix(),
+		"exp":      now.Add(streamSpaceTokenTTL).Unix(),
+		"nbf":      now.Unix(),
+	})
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	hdr := jws.NewHeaders()
+	if err := hdr.Set(jws.TypeKey, "JWT"); err != nil {
+		h.tb.Fatal(err)
+	}
+	tok, err := jws.Sign(payload, jws.WithKey(jwa.HS256(), h.secret, jws.WithProtectedHeaders(hdr)))
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	return string(tok)
+}
+
+// AddUser inserts an active StreamSpace user (a row of its users table)
+// with role; username and email are derived from id.
+func (h *Harness) AddUser(id string, role authn.Role) {
+	h.tb.Helper()
+	username, email := userNames(id)
+	if _, err := h.Pool.Exec(context.Background(),
+		`insert into users (id, username, email, role, active) values ($1, $2, $3, $4, true)`,
+		id, username, email, string(role)); err != nil {
+		h.tb.Fatalf("add user %s: %v", id, err)
+	}
+}
+
+func userNames(id string) (username, email string) {
+	return id, id + "@streamspace.test"
 }
 
 // Do sends a REST request with token (none when empty) and a JSON body (none

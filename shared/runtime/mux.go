@@ -67,7 +67,6 @@ func (m *Mux) Route(pattern string, h RouteHandler) {
 			return
 		}
 		AddLogAttrs(r.Context(), slog.String("user", who.Subject))
-		r = r.WithContext(authn.WithIdentity(r.Context(), who))
 		if err := h(w, r, who); err != nil {
 			WriteError(w, r, err)
 		}

@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caarlos0/env/v11"
@@ -34,14 +35,30 @@ type Base struct {
 	DatabaseURL string `env:"DATABASE_URL,required"`
 	// Sink is where emitted events go; Knative's SinkBinding sets it.
 	Sink string `env:"K_SINK"`
-	// AuthIssuer is the expected iss of bearer tokens.
-	AuthIssuer string `env:"AUTH_ISSUER,required"`
-	// AuthAudience is the expected aud of bearer tokens.
-	AuthAudience string `env:"AUTH_AUDIENCE,required"`
-	// AuthJWKSURL serves the issuer's signing keys.
-	AuthJWKSURL string `env:"AUTH_JWKS_URL,required"`
-	// AuthRoleClaim is the dotted claim path holding the role.
+	// AuthIssuer is the expected iss of an identity provider's bearer
+	// tokens. AUTH_ISSUER, AUTH_AUDIENCE and AUTH_JWKS_URL are all three set
+	// or none; this mode, StreamSpace's tokens, or both must be configured.
+	AuthIssuer string `env:"AUTH_ISSUER"`
+	// AuthAudience is the expected aud of the identity provider's tokens.
+	AuthAudience string `env:"AUTH_AUDIENCE"`
+	// AuthJWKSURL serves the identity provider's signing keys.
+	AuthJWKSURL string `env:"AUTH_JWKS_URL"`
+	// AuthRoleClaim is the dotted claim path holding the role in the
+	// identity provider's tokens.
 	AuthRoleClaim string `env:"AUTH_ROLE_CLAIM" envDefault:"role"`
+	// StreamSpaceJWTSecretFile is the path of a file, mounted from a
+	// Kubernetes Secret, holding StreamSpace's JWT_SECRET. Set, the tokens
+	// StreamSpace's API signs (HS256) are accepted; the secret itself is
+	// never in the environment.
+	StreamSpaceJWTSecretFile string `env:"STREAMSPACE_JWT_SECRET_FILE"`
+	// StreamSpaceRedisURL is StreamSpace's Redis, when its API runs with
+	// CACHE_ENABLED: a StreamSpace token is then accepted only while its
+	// session:{jti} key exists, so a logout ends it here too.
+	StreamSpaceRedisURL string `env:"STREAMSPACE_REDIS_URL"`
+	// UserCacheTTL is how long the check of a StreamSpace token's user
+	// (present and active in users, and its role) is reused: a deactivated
+	// user or a demoted admin keeps access at most this long.
+	UserCacheTTL time.Duration `env:"STREAMSPACE_USER_CACHE_TTL" envDefault:"5s"`
 	// Namespace is where StreamSpace sessions run.
 	Namespace string `env:"STREAMSPACE_NAMESPACE" envDefault:"streamspace"`
 	// EventAuthIssuer, when set, makes every CloudEvent delivery carry a
@@ -110,9 +127,9 @@ func envKey(cfg any, field string) string {
 	return field
 }
 
-// eventAuthenticator is the event path's token check, or nil when
+// eventVerifier is the event path's token check, or nil when
 // EVENT_AUTH_ISSUER is unset.
-func (b *Base) eventAuthenticator(ctx context.Context) (runtime.Authenticator, error) {
+func (b *Base) eventVerifier(ctx context.Context) (*authn.Verifier, error) {
 	if b.EventAuthIssuer == "" {
 		if b.EventAuthAudience != "" || b.EventAuthJWKSURL != "" || len(b.EventAuthSubjects) > 0 {
 			return nil, errors.New("config: EVENT_AUTH_ISSUER is required when any other EVENT_AUTH_* variable is set")
@@ -128,7 +145,43 @@ func (b *Base) eventAuthenticator(ctx context.Context) (runtime.Authenticator, e
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return senders{v, b.EventAuthSubjects}, nil
+	return v, nil
+}
+
+// authConfig is the REST verifier's configuration from b, without the
+// database: the StreamSpace secret is read here, so a missing or short one
+// stops start-up before anything connects. The caller closes the session
+// store, when there is one.
+func (b *Base) authConfig() (authn.Config, *authn.RedisSessions, error) {
+	cfg := authn.Config{
+		Issuer:       b.AuthIssuer,
+		Audience:     b.AuthAudience,
+		JWKSURL:      b.AuthJWKSURL,
+		RoleClaim:    b.AuthRoleClaim,
+		UserCacheTTL: b.UserCacheTTL,
+	}
+	if b.StreamSpaceJWTSecretFile != "" {
+		secret, err := authn.ReadSecretFile(b.StreamSpaceJWTSecretFile)
+		if err != nil {
+			return authn.Config{}, nil, fmt.Errorf("config: %w", err)
+		}
+		cfg.StreamSpaceSecret = secret
+	}
+	var sessions *authn.RedisSessions
+	if b.StreamSpaceRedisURL != "" {
+		s, err := authn.NewRedisSessions(b.StreamSpaceRedisURL)
+		if err != nil {
+			return authn.Config{}, nil, fmt.Errorf("config: %w", err)
+		}
+		sessions, cfg.Sessions = s, s
+	}
+	if err := cfg.Validate(); err != nil {
+		if sessions != nil {
+			sessions.Close()
+		}
+		return authn.Config{}, nil, fmt.Errorf("config: %w", err)
+	}
+	return cfg, sessions, nil
 }
 
 // senders authenticates event deliveries: a valid token and, when a list
@@ -157,9 +210,12 @@ type Service struct {
 	Mux    *runtime.Mux
 	Log    *slog.Logger
 
-	retention time.Duration
-	stop      context.CancelFunc
-	relayed   chan struct{}
+	eventAuth     *authn.Verifier      // nil without EVENT_AUTH_*
+	eventAuthDown atomic.Bool          // the last readiness check failed on it
+	sessions      *authn.RedisSessions // nil without STREAMSPACE_REDIS_URL
+	retention     time.Duration
+	stop          context.CancelFunc
+	relayed       chan struct{}
 }
 
 // Start loads cfg from environ (and runs its Validate method, when it has
@@ -182,31 +238,41 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 	if b.OutboxMaxAttempts < 1 {
 		return nil, fmt.Errorf("%s: config: OUTBOX_MAX_ATTEMPTS is %d: want at least 1", name, b.OutboxMaxAttempts)
 	}
-	eventAuth, err := b.eventAuthenticator(ctx)
+	eventAuth, err := b.eventVerifier(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	verifier, err := authn.NewVerifier(ctx, authn.Config{
-		Issuer:    b.AuthIssuer,
-		Audience:  b.AuthAudience,
-		JWKSURL:   b.AuthJWKSURL,
-		RoleClaim: b.AuthRoleClaim,
-	})
+	authCfg, sessions, err := b.authConfig()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	closeSessions := func() {
+		if sessions != nil {
+			sessions.Close()
+		}
 	}
 	pool, err := db.Open(ctx, b.DatabaseURL)
 	if err != nil {
+		closeSessions()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	// StreamSpace tokens are checked against its users table.
+	authCfg.Users = pool
+	verifier, err := authn.NewVerifier(ctx, authCfg)
+	if err != nil {
+		closeSessions()
+		pool.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	ob, err := outbox.New(pool, name, b.Sink, b.OutboxMaxAttempts, log)
 	if err != nil {
+		closeSessions()
 		pool.Close()
 		return nil, err
 	}
 	mux := runtime.NewMux(name, verifier, validate)
 	if eventAuth != nil {
-		mux.RequireEventAuth(eventAuth)
+		mux.RequireEventAuth(senders{eventAuth, b.EventAuthSubjects})
 	}
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	relayed := make(chan struct{})
@@ -220,10 +286,38 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		Outbox:    ob,
 		Mux:       mux,
 		Log:       log,
+		eventAuth: eventAuth,
+		sessions:  sessions,
 		retention: b.ProcessedRetention,
 		stop:      stop,
 		relayed:   relayed,
 	}, nil
+}
+
+// Ready reports whether the function can serve: not before Start, and not
+// while event authentication is configured but the issuer's signing keys
+// cannot be fetched. Every delivery would then be refused with 401, which
+// the broker does not retry, and land in the dead-letter sink; not ready,
+// the function gets no deliveries and the error says why. A function's
+// Ready calls it, so it may be called on a nil *Service.
+func (s *Service) Ready(ctx context.Context) (bool, error) {
+	if s == nil {
+		return false, nil
+	}
+	if s.eventAuth == nil {
+		return true, nil
+	}
+	if ok, err := s.eventAuth.Ready(ctx); !ok {
+		err = fmt.Errorf("event authentication: %w", err)
+		if !s.eventAuthDown.Swap(true) {
+			s.Log.Error("not ready: event deliveries cannot be authenticated", "err", err)
+		}
+		return false, err
+	}
+	if s.eventAuthDown.Swap(false) {
+		s.Log.Info("event authentication keys fetched; ready")
+	}
+	return true, nil
 }
 
 // finalFlush bounds the last send of queued events when an instance stops,
@@ -245,6 +339,11 @@ func (s *Service) Stop(ctx context.Context) error {
 		s.Log.Warn("final outbox flush failed; events stay queued", "err", err)
 	}
 	s.Pool.Close()
+	if s.sessions != nil {
+		if err := s.sessions.Close(); err != nil {
+			s.Log.Warn("closing the session store failed", "err", err)
+		}
+	}
 	return nil
 }
 
