@@ -56,6 +56,7 @@ func (c *counter) Start(ctx context.Context, env map[string]string) error {
 	return nil
 }
 func (c *counter) Stop(ctx context.Context) error                { return c.svc.Stop(ctx) }
+func (c *counter) Ready(ctx context.Context) (bool, error)       { return c.svc.Ready(ctx) }
 func (c *counter) Handle(w http.ResponseWriter, r *http.Request) { c.svc.Handle(w, r) }
 
 func effects(t *testing.T, h *fntest.Harness) int {
@@ -223,6 +224,7 @@ func TestEventPathVerifiesTheBrokersToken(t *testing.T) {
 	}{
 		{"no token", "", http.StatusUnauthorized},
 		{"the REST issuer's token", h.Token("alice", authn.Admin), http.StatusUnauthorized},
+		{"a StreamSpace token", h.StreamSpaceToken("admin", authn.Admin), http.StatusUnauthorized},
 		{"another audience", token(broker, "serving.knative.dev/service/streamspace/other"), http.StatusUnauthorized},
 		{"a subject not on the list", token("system:serviceaccount:streamspace:desktop", audience), http.StatusUnauthorized},
 		{"the broker", token(broker, audience), http.StatusAccepted},
@@ -306,9 +308,6 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		missing string
 	}{
 		{"no database", "DATABASE_URL"},
-		{"no issuer", "AUTH_ISSUER"},
-		{"no audience", "AUTH_AUDIENCE"},
-		{"no JWKS URL", "AUTH_JWKS_URL"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -329,6 +328,7 @@ func TestUnparsableValuesNameTheVariable(t *testing.T) {
 		{"interval", "OUTBOX_INTERVAL", "often"},
 		{"attempts", "OUTBOX_MAX_ATTEMPTS", "many"},
 		{"retention", "PROCESSED_EVENTS_RETENTION", "a week"},
+		{"user cache", "STREAMSPACE_USER_CACHE_TTL", "soon"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
