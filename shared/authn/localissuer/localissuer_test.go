@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/streamspace-dev/functions/shared/authn/localissuer"
 )
 
@@ -24,16 +27,10 @@ func fetch(t *testing.T, iss *localissuer.Issuer) jwks {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	iss.JWKSHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/jwks", nil))
-	if rec.Code != http.StatusOK {
-		t.Fatalf("got status %d, want %d", rec.Code, http.StatusOK)
-	}
-	if got := rec.Header().Get("Content-Type"); got != "application/json" {
-		t.Errorf("got content type %q, want %q", got, "application/json")
-	}
+	require.Equal(t, http.StatusOK, rec.Code)
+	assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
 	var set jwks
-	if err := json.Unmarshal(rec.Body.Bytes(), &set); err != nil {
-		t.Fatalf("decode JWKS: %v", err)
-	}
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &set), "decode JWKS")
 	return set
 }
 
@@ -45,64 +42,88 @@ func kids(set jwks) []string {
 	return out
 }
 
-func TestJWKSAndRotate(t *testing.T) {
+func newIssuer(t *testing.T) *localissuer.Issuer {
+	t.Helper()
 	iss, err := localissuer.New("https://issuer.test")
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	require.NoError(t, err)
+	return iss
+}
+
+func TestJWKSAndRotate(t *testing.T) {
+	iss := newIssuer(t)
 	first := iss.KeyID()
-	set := fetch(t, iss)
-	if len(set.Keys) != 1 {
-		t.Fatalf("got %d keys, want 1", len(set.Keys))
+	var second string
+	steps := []struct {
+		name     string
+		rotate   bool
+		wantKids func() []string
+	}{
+		{name: "one public RSA key for RS256 signatures", wantKids: func() []string { return []string{first} }},
+		{name: "after a rotation, the new key and the one it replaced", rotate: true, wantKids: func() []string {
+			second = iss.KeyID()
+			return []string{second, first}
+		}},
+		{name: "after another, the oldest is dropped", rotate: true, wantKids: func() []string { return []string{iss.KeyID(), second} }},
 	}
-	k := set.Keys[0]
-	if k.Kid != first || k.Kty != "RSA" || k.Alg != "RS256" || k.Use != "sig" || k.D != "" {
-		t.Errorf("got key %+v, want public RSA key %q for RS256 signatures", k, first)
+	for _, s := range steps {
+		ok := t.Run(s.name, func(t *testing.T) {
+			if s.rotate {
+				require.NoError(t, iss.Rotate())
+			}
+			set := fetch(t, iss)
+			assert.Equal(t, s.wantKids(), kids(set))
+			for _, k := range set.Keys {
+				assert.Equal(t, "RSA", k.Kty)
+				assert.Equal(t, "RS256", k.Alg)
+				assert.Equal(t, "sig", k.Use)
+				assert.Empty(t, k.D, "private part published")
+			}
+		})
+		if !ok {
+			return
+		}
 	}
-
-	if err := iss.Rotate(); err != nil {
-		t.Fatalf("Rotate: %v", err)
-	}
-	second := iss.KeyID()
-	if second == first {
-		t.Fatalf("got the same kid %q after Rotate, want a new one", second)
-	}
-	if got := kids(fetch(t, iss)); len(got) != 2 || got[0] != second || got[1] != first {
-		t.Errorf("got kids %v, want [%s %s]", got, second, first)
-	}
-
-	if err := iss.Rotate(); err != nil {
-		t.Fatalf("Rotate: %v", err)
-	}
-	if got := kids(fetch(t, iss)); len(got) != 2 || got[0] != iss.KeyID() || got[1] != second {
-		t.Errorf("got kids %v, want [%s %s]", got, iss.KeyID(), second)
-	}
+	assert.NotEqual(t, first, second, "kid after Rotate")
 }
 
 func TestHandlerMethods(t *testing.T) {
-	iss, err := localissuer.New("https://issuer.test")
-	if err != nil {
-		t.Fatalf("New: %v", err)
+	iss := newIssuer(t)
+	tests := []struct {
+		method string
+		want   int
+	}{
+		{method: http.MethodGet, want: http.StatusOK},
+		{method: http.MethodHead, want: http.StatusOK},
+		{method: http.MethodPost, want: http.StatusMethodNotAllowed},
+		{method: http.MethodDelete, want: http.StatusMethodNotAllowed},
 	}
-	rec := httptest.NewRecorder()
-	iss.JWKSHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/jwks", nil))
-	if rec.Code != http.StatusMethodNotAllowed {
-		t.Errorf("got status %d, want %d", rec.Code, http.StatusMethodNotAllowed)
+	for _, tc := range tests {
+		t.Run(tc.method, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			iss.JWKSHandler().ServeHTTP(rec, httptest.NewRequest(tc.method, "/jwks", nil))
+			assert.Equal(t, tc.want, rec.Code)
+		})
 	}
 }
 
 func TestArguments(t *testing.T) {
-	if _, err := localissuer.New(""); err == nil {
-		t.Errorf("got no error for an empty issuer URL, want one")
+	tests := []struct {
+		name    string
+		call    func() error
+		wantErr bool
+	}{
+		{name: "empty issuer URL", call: func() error { _, err := localissuer.New(""); return err }, wantErr: true},
+		{name: "zero lifetime", call: func() error { _, err := newIssuer(t).Token("user-1", "", "api", 0); return err }, wantErr: true},
+		{name: "a minute", call: func() error { _, err := newIssuer(t).Token("user-1", "", "api", time.Minute); return err }},
 	}
-	iss, err := localissuer.New("https://issuer.test")
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	if _, err := iss.Token("user-1", "", "api", 0); err == nil {
-		t.Errorf("got no error for a zero lifetime, want one")
-	}
-	if _, err := iss.Token("user-1", "", "api", time.Minute); err != nil {
-		t.Errorf("got %v, want none", err)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			if tc.wantErr {
+				assert.Error(t, err)
+				return
+			}
+			assert.NoError(t, err)
+		})
 	}
 }
