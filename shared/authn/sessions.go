@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -49,6 +51,7 @@ var _ SessionStore = (*RedisSessions)(nil)
 // or unix://, from STREAMSPACE_REDIS_URL). It connects on first use. Errors
 // never repeat the URL, which may hold a password.
 func NewRedisSessions(rawURL string) (*RedisSessions, error) {
+	redisLogOnce.Do(func() { redis.SetLogger(redisLog{}) })
 	opts, err := redis.ParseURL(rawURL)
 	if err != nil {
 		var ue *url.Error
@@ -58,6 +61,17 @@ func NewRedisSessions(rawURL string) (*RedisSessions, error) {
 		return nil, fmt.Errorf("STREAMSPACE_REDIS_URL: %w", err)
 	}
 	return &RedisSessions{client: redis.NewClient(opts)}, nil
+}
+
+// redisLog sends go-redis's own log lines (dial failures, pool trouble) to
+// slog's default logger, so they are JSON like every other line of the
+// function. go-redis has one logger per process.
+type redisLog struct{}
+
+var redisLogOnce sync.Once
+
+func (redisLog) Printf(ctx context.Context, format string, v ...any) {
+	slog.WarnContext(ctx, "redis: "+fmt.Sprintf(format, v...))
 }
 
 // SessionExists reports whether session:{id} exists.

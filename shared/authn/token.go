@@ -80,7 +80,7 @@ func (t *compact) decodeSignature() ([]byte, error) {
 type claims struct {
 	obj    *fastjson.Object
 	parser *fastjson.Parser
-	raw    []byte
+	raw    []byte // the decoded payload, which fastjson parses in place
 }
 
 // parseClaims decodes the payload of a token whose signature has been
