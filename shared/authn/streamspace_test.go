@@ -3,6 +3,7 @@ package authn_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,6 +143,10 @@ func TestStreamSpaceTokens(t *testing.T) {
 		{name: "groups not a list", v: both.v, token: hs(t, key, ssClaims("alice", set("groups", "team-a"))), wantErr: "malformed token"},
 		{name: "user_id given twice", v: both.v,
 			token: raw(key, `{"alg":"HS256","typ":"JWT"}`, strings.Replace(mustJSON(t, ssClaims("alice")), `{`, `{"user_id":"root",`, 1)), wantErr: "malformed token"},
+		{name: "user_id given twice among many claims", v: both.v,
+			token: raw(key, `{"alg":"HS256","typ":"JWT"}`, strings.Replace(mustJSON(t, ssClaims("alice", manyClaims(40))), `{`, `{"user_id":"root",`, 1)), wantErr: "malformed token"},
+		{name: "alg given twice among many header fields", v: both.v,
+			token: raw(key, `{"alg":"HS256",`+manyFields(40)+`"alg":"none"}`, mustJSON(t, ssClaims("alice"))), wantErr: "malformed token"},
 		{name: "critical header", v: both.v, token: raw(key, `{"alg":"HS256","typ":"JWT","crit":["exp"],"exp":1}`, mustJSON(t, ssClaims("alice"))), wantErr: "unsupported critical header"},
 		{name: "alg given twice", v: both.v, token: raw(key, `{"alg":"HS256","alg":"RS256"}`, mustJSON(t, ssClaims("alice"))), wantErr: "malformed token"},
 	}
@@ -158,6 +163,15 @@ func TestStreamSpaceTokens(t *testing.T) {
 			assert.Equal(t, tc.want, id)
 		})
 	}
+}
+
+// manyFields is n distinct JSON members, each followed by a comma.
+func manyFields(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, `"x-%d":%d,`, i, i)
+	}
+	return b.String()
 }
 
 func mustJSON(t testing.TB, c map[string]any) string {

@@ -238,15 +238,26 @@ func roleAt(v *fastjson.Value) (Role, error) {
 	return "", unauthenticated("unrecognised role")
 }
 
-// hasDuplicateKeys reports whether obj names a key twice. Tokens are small,
-// so the quadratic scan costs less than a set would.
+// hasDuplicateKeys reports whether obj names a key twice. Tokens are small:
+// up to 32 keys a quadratic scan costs less than a set, and past that (a
+// header or payload made to be expensive) a set keeps the cost linear.
 func hasDuplicateKeys(obj *fastjson.Object) bool {
+	dup := false
+	if obj.Len() > 32 {
+		seen := make(map[string]struct{}, obj.Len())
+		obj.Visit(func(k []byte, _ *fastjson.Value) {
+			if _, ok := seen[string(k)]; ok {
+				dup = true
+			}
+			seen[string(k)] = struct{}{}
+		})
+		return dup
+	}
 	var stack [32][]byte
 	keys := stack[:0]
-	dup := false
 	obj.Visit(func(k []byte, _ *fastjson.Value) {
-		for _, seen := range keys {
-			if bytes.Equal(seen, k) {
+		for _, prev := range keys {
+			if bytes.Equal(prev, k) {
 				dup = true
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -102,6 +103,8 @@ func TestVerifyJWKS(t *testing.T) {
 		{name: "tampered payload", token: tamper(t, sign(t, iss, claims()), claims(set("role", "admin"))), wantErr: "invalid signature"},
 		{name: "signature cut off", token: strings.TrimRight(sign(t, iss, claims()), "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"), wantErr: "invalid signature"},
 		{name: "critical header", token: sign(t, iss, claims(), localissuer.WithHeader("crit", []string{"exp"}), localissuer.WithHeader("exp", 1)), wantErr: "unsupported critical header"},
+		{name: "many header fields", token: sign(t, iss, claims(), manyHeaders(40)...), wantSub: "user-1", wantRole: authn.User},
+		{name: "many claims", token: sign(t, iss, claims(manyClaims(40))), wantSub: "user-1", wantRole: authn.User},
 		{name: "role spelt Role", token: sign(t, iss, claims(set("Role", "admin"))), wantSub: "user-1", wantRole: authn.User},
 		{name: "unrecognised role", token: sign(t, iss, claims(set("role", "superuser"))), wantErr: "unrecognised role"},
 		{name: "role with other case", token: sign(t, iss, claims(set("role", "Admin"))), wantErr: "unrecognised role"},
@@ -278,6 +281,24 @@ func TestConfig(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.wantErr)
 			assert.NotContains(t, err.Error(), secret, "the error repeats the secret")
 		})
+	}
+}
+
+// manyHeaders adds n made-up header fields.
+func manyHeaders(n int) []localissuer.SignOption {
+	var opts []localissuer.SignOption
+	for i := range n {
+		opts = append(opts, localissuer.WithHeader(fmt.Sprintf("x-%d", i), i))
+	}
+	return opts
+}
+
+// manyClaims adds n made-up claims.
+func manyClaims(n int) func(map[string]any) {
+	return func(c map[string]any) {
+		for i := range n {
+			c[fmt.Sprintf("x-%d", i)] = i
+		}
 	}
 }
 
