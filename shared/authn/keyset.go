@@ -195,7 +195,7 @@ func (k *keySet) fetch() (map[string]*verifyKey, error) {
 // exportKeys turns each keyed JWK into the crypto key it verifies with, once
 // per fetch rather than once per token. The first key with a kid wins, as
 // in jwk.Set's own lookup; keys without a kid can never be selected, and
-// keys jwx cannot export could never verify.
+// keys that are not valid or that jwx cannot export could never verify.
 func exportKeys(set jwk.Set) map[string]*verifyKey {
 	keys := make(map[string]*verifyKey, set.Len())
 	for i := range set.Len() {
@@ -208,7 +208,7 @@ func exportKeys(set jwk.Set) map[string]*verifyKey {
 			continue
 		}
 		var raw any
-		if err := jwk.Export(key, &raw); err != nil {
+		if key.Validate() != nil || jwk.Export(key, &raw) != nil {
 			continue
 		}
 		vk := &verifyKey{raw: raw, kty: key.KeyType().String()}
