@@ -19,7 +19,7 @@ type PathMatch struct {
 	Value string
 }
 
-// APIPaths are the REST paths each function serves (DESIGN.md §5), the only
+// APIPaths are the REST paths each function serves (docs/routes.md), the only
 // paths the HTTPRoute forwards to it. Everything else under /api/v1 stays
 // with the StreamSpace API, and nothing outside /api/v1 is exposed.
 //

@@ -18,6 +18,9 @@ import (
 	utiljson "k8s.io/apimachinery/pkg/util/json"
 	celconfig "k8s.io/apiserver/pkg/apis/cel"
 	"sigs.k8s.io/yaml"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // Gateway API has no Go validation: its rules are the OpenAPI schema and the
@@ -51,45 +54,29 @@ func validatorFor(t *testing.T, apiVersion, kind string) *crdValidator {
 	}
 	group, version, _ := cutLast(apiVersion, "/")
 	file, ok := crdFiles[group+"/"+kind]
-	if !ok {
-		t.Fatalf("no CRD registered for %s", key)
-	}
+	require.True(t, ok, "no CRD registered for %s", key)
 	dir, err := moduleDir("sigs.k8s.io/gateway-api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	data, err := os.ReadFile(filepath.Join(dir, "config", "crd", "standard", file))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var crd apiextensionsv1.CustomResourceDefinition
-	if err := yaml.UnmarshalStrict(data, &crd); err != nil {
-		t.Fatalf("%s: %v", file, err)
-	}
+	require.NoError(t, yaml.UnmarshalStrict(data, &crd), file)
 	for _, v := range crd.Spec.Versions {
 		if v.Name != version {
 			continue
 		}
-		if !v.Served {
-			t.Fatalf("%s: version %s is not served", file, version)
-		}
+		require.True(t, v.Served, "%s: version %s is not served", file, version)
 		var internal apiextensions.CustomResourceValidation
-		if err := apiextensionsv1.Convert_v1_CustomResourceValidation_To_apiextensions_CustomResourceValidation(v.Schema, &internal, nil); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, apiextensionsv1.Convert_v1_CustomResourceValidation_To_apiextensions_CustomResourceValidation(v.Schema, &internal, nil))
 		ss, err := structuralschema.NewStructural(internal.OpenAPIV3Schema)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		sv, _, err := apiservervalidation.NewSchemaValidator(internal.OpenAPIV3Schema)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		cv := &crdValidator{structural: ss, schema: sv, cel: cel.NewValidator(ss, true, celconfig.PerCallLimit)}
 		crdValidators[key] = cv
 		return cv
 	}
-	t.Fatalf("%s: no version %s", file, version)
+	require.FailNow(t, "no such version", "%s: no version %s", file, version)
 	return nil
 }
 
@@ -128,23 +115,23 @@ func (v *crdValidator) validateCR(doc []byte) []string {
 }
 
 // TestGatewayAPIValidation: the HTTPRoute and the ReferenceGrant pass the
-// schema and CEL rules of their CRDs.
+// schema and CEL rules of their CRDs. The ingress overlays have none.
 func TestGatewayAPIValidation(t *testing.T) {
-	for _, name := range overlays {
-		t.Run(name, func(t *testing.T) {
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
 			n := 0
-			for _, o := range loadOverlay(t, name).objects {
+			for _, o := range loadOverlay(t, ov).objects {
 				group, _, _ := cutLast(o.apiVersion, "/")
 				if group != "gateway.networking.k8s.io" {
 					continue
 				}
 				n++
-				for _, p := range validatorFor(t, o.apiVersion, o.kind).validateCR(o.doc) {
-					t.Errorf("%s: %s", o, p)
-				}
+				assert.Empty(t, validatorFor(t, o.apiVersion, o.kind).validateCR(o.doc), "%s", o)
 			}
-			if n == 0 {
-				t.Fatal("no Gateway API objects")
+			if ov.ingress {
+				assert.Zero(t, n, "Gateway API objects beside the Ingress")
+			} else {
+				assert.NotZero(t, n, "no Gateway API objects")
 			}
 		})
 	}
@@ -153,14 +140,13 @@ func TestGatewayAPIValidation(t *testing.T) {
 // TestGatewayAPIValidationBites: the CRD rules do reject a bad route.
 func TestGatewayAPIValidationBites(t *testing.T) {
 	v := validatorFor(t, "gateway.networking.k8s.io/v1", "HTTPRoute")
-	for _, doc := range []string{
-		// a path must start with /
-		"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: x, namespace: y}\nspec: {rules: [{matches: [{path: {type: Exact, value: api}}]}]}\n",
-		// a hostname rewrite must be a hostname
-		"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: x, namespace: y}\nspec: {rules: [{filters: [{type: URLRewrite, urlRewrite: {hostname: 'a b'}}]}]}\n",
-	} {
-		if p := v.validateCR([]byte(doc)); len(p) == 0 {
-			t.Errorf("accepted:\n%s", doc)
-		}
+	tests := []struct{ name, doc string }{
+		{"path not starting with /", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: x, namespace: y}\nspec: {rules: [{matches: [{path: {type: Exact, value: api}}]}]}\n"},
+		{"hostname rewrite not a hostname", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: x, namespace: y}\nspec: {rules: [{filters: [{type: URLRewrite, urlRewrite: {hostname: 'a b'}}]}]}\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.NotEmpty(t, v.validateCR([]byte(tc.doc)), "accepted:\n%s", tc.doc)
+		})
 	}
 }

@@ -15,6 +15,9 @@ import (
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/streamspace-dev/functions/events"
 )
 
@@ -258,40 +261,31 @@ func TestFuncYAML(t *testing.T) {
 		file, overlay, service string
 		functions              []string
 	}
-	targets := []target{{file: filepath.Join("..", "func.yaml"), overlay: "all-in-one", service: allInOne, functions: functionDirs(t)}}
+	tests := []target{{file: filepath.Join("..", "func.yaml"), overlay: "all-in-one", service: allInOne, functions: functionDirs(t)}}
 	for _, fn := range functionDirs(t) {
-		targets = append(targets, target{file: filepath.Join("..", "functions", fn, "func.yaml"), overlay: "functions", service: fn, functions: []string{fn}})
+		tests = append(tests, target{file: filepath.Join("..", "functions", fn, "func.yaml"), overlay: "functions", service: fn, functions: []string{fn}})
 	}
-	for _, tg := range targets {
-		t.Run(tg.file, func(t *testing.T) {
-			f, err := readFuncFile(tg.file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, e := range f.schemaErrors() {
-				t.Error(e)
-			}
-			if f.Name != tg.service || f.Runtime != "go" {
-				t.Errorf("name %q runtime %q, want %q, go", f.Name, f.Runtime, tg.service)
-			}
+	for _, tc := range tests {
+		t.Run(tc.file, func(t *testing.T) {
+			f, err := readFuncFile(tc.file)
+			require.NoError(t, err)
+			assert.Empty(t, f.schemaErrors())
+			assert.Equal(t, tc.service, f.Name, "name")
+			assert.Equal(t, "go", f.Runtime, "runtime")
 			var svc *servingv1.Service
-			for _, s := range all[*servingv1.Service](loadOverlay(t, tg.overlay)) {
-				if s.Name == tg.service {
+			for _, s := range all[*servingv1.Service](loadOverlay(t, overlayNamed(t, tc.overlay))) {
+				if s.Name == tc.service {
 					svc = s
 				}
 			}
-			if svc == nil {
-				t.Fatalf("no Knative Service %s in overlays/%s", tg.service, tg.overlay)
-			}
-			if f.Deploy == nil {
-				t.Fatal("no deploy section")
-			}
+			require.NotNil(t, svc, "no Knative Service %s in overlays/%s", tc.service, tc.overlay)
+			require.NotNil(t, f.Deploy, "no deploy section")
 			checkFuncAgainstService(t, f, svc)
 
 			// Subscriptions: one per routing-table row, on the Broker.
 			want := map[string]bool{}
 			for _, r := range events.Routes {
-				for _, fn := range tg.functions {
+				for _, fn := range tc.functions {
 					if r.Function == fn {
 						want[r.Type+" "+r.Source] = true
 					}
@@ -299,54 +293,42 @@ func TestFuncYAML(t *testing.T) {
 			}
 			got := map[string]bool{}
 			for _, s := range f.Deploy.Subscriptions {
-				if s.Source != broker {
-					t.Errorf("subscription source %q, want the Broker %q", s.Source, broker)
-				}
+				assert.Equal(t, broker, s.Source, "subscription source: the Broker")
 				for k := range s.Filters {
-					if k != "type" && k != "source" {
-						t.Errorf("subscription filters on %q", k)
-					}
+					assert.Contains(t, []string{"type", "source"}, k, "subscription filters on %q", k)
 				}
 				key := s.Filters["type"] + " " + s.Filters["source"]
-				if got[key] {
-					t.Errorf("subscription %s twice", key)
-				}
+				assert.False(t, got[key], "subscription %s twice", key)
 				got[key] = true
-				if !want[key] {
-					t.Errorf("subscription %s is not in the routing table for %v", key, tg.functions)
-				}
+				assert.True(t, want[key], "subscription %s is not in the routing table for %v", key, tc.functions)
 			}
 			for k := range want {
-				if !got[k] {
-					t.Errorf("missing subscription %s", k)
-				}
+				assert.True(t, got[k], "missing subscription %s", k)
 			}
 		})
 	}
 }
 
+// checkFuncAgainstService: what func.yaml deploys is what the manifests
+// deploy, except the variables and volumes only the manifests may carry:
+// StreamSpace's JWT secret file (never in func.yaml) and the event-auth
+// component's settings.
 func checkFuncAgainstService(t *testing.T, f *funcFile, svc *servingv1.Service) {
 	t.Helper()
 	d := f.Deploy
 	spec := svc.Spec.Template.Spec
 	c := spec.Containers[0]
-	if d.Namespace != svc.Namespace {
-		t.Errorf("deploy.namespace %q, want %q", d.Namespace, svc.Namespace)
-	}
-	if d.ServiceAccountName != spec.ServiceAccountName {
-		t.Errorf("deploy.serviceAccountName %q, want %q", d.ServiceAccountName, spec.ServiceAccountName)
-	}
+	assert.Equal(t, svc.Namespace, d.Namespace, "deploy.namespace")
+	assert.Equal(t, spec.ServiceAccountName, d.ServiceAccountName, "deploy.serviceAccountName")
 	labels := map[string]string{}
 	for _, l := range d.Labels {
 		labels[l.Key] = l.Value
 	}
-	if fmt.Sprint(labels) != fmt.Sprint(svc.Labels) {
-		t.Errorf("deploy.labels %v, want the Service's %v", labels, svc.Labels)
-	}
-	if h := d.HealthEndpoints; h == nil || c.ReadinessProbe == nil || c.LivenessProbe == nil ||
-		h.Readiness != c.ReadinessProbe.HTTPGet.Path || h.Liveness != c.LivenessProbe.HTTPGet.Path {
-		t.Errorf("deploy.healthEndpoints %+v, want the Service's probe paths", h)
-	}
+	assert.Equal(t, map[string]string(svc.Labels), labels, "deploy.labels: the Service's")
+	h := d.HealthEndpoints
+	assert.True(t, h != nil && c.ReadinessProbe != nil && c.LivenessProbe != nil &&
+		h.Readiness == c.ReadinessProbe.HTTPGet.Path && h.Liveness == c.LivenessProbe.HTTPGet.Path,
+		"deploy.healthEndpoints %+v, want the Service's probe paths", h)
 
 	// Scale options are the autoscaling annotations.
 	ann := svc.Spec.Template.Annotations
@@ -379,17 +361,14 @@ func checkFuncAgainstService(t *testing.T, f *funcFile, svc *servingv1.Service) 
 		"autoscaling.knative.dev/target":                        flt(s.Target),
 		"autoscaling.knative.dev/target-utilization-percentage": flt(s.Utilization),
 	} {
-		if ann[k] != v {
-			t.Errorf("deploy.options.scale gives %s=%q, the Service has %q", k, v, ann[k])
-		}
+		assert.Equal(t, ann[k], v, "deploy.options.scale for %s", k)
 	}
 
 	// Resources.
+	require.NotNil(t, d.Options)
 	r := d.Options.Resources
-	if r == nil || r.Requests == nil || r.Limits == nil {
-		t.Fatal("deploy.options.resources: requests and limits required")
-	}
-	for _, q := range []struct {
+	require.True(t, r != nil && r.Requests != nil && r.Limits != nil, "deploy.options.resources: requests and limits required")
+	quantities := []struct {
 		name string
 		got  *string
 		want corev1.ResourceList
@@ -399,20 +378,18 @@ func checkFuncAgainstService(t *testing.T, f *funcFile, svc *servingv1.Service) 
 		{"requests.memory", r.Requests.Memory, c.Resources.Requests, corev1.ResourceMemory},
 		{"limits.cpu", r.Limits.CPU, c.Resources.Limits, corev1.ResourceCPU},
 		{"limits.memory", r.Limits.Memory, c.Resources.Limits, corev1.ResourceMemory},
-	} {
+	}
+	for _, q := range quantities {
 		w := q.want[q.res]
-		if q.got == nil {
-			t.Errorf("deploy.options.resources.%s missing", q.name)
+		if !assert.NotNil(t, q.got, "deploy.options.resources.%s missing", q.name) {
 			continue
 		}
 		g, err := resource.ParseQuantity(*q.got)
-		if err != nil || g.Cmp(w) != 0 {
-			t.Errorf("deploy.options.resources.%s %q, the Service has %s", q.name, *q.got, w.String())
-		}
+		assert.True(t, err == nil && g.Cmp(w) == 0, "deploy.options.resources.%s %q, the Service has %s", q.name, *q.got, w.String())
 	}
-	if cc := r.Limits.Concurrency; (cc == nil) != (spec.ContainerConcurrency == nil) || (cc != nil && *cc != *spec.ContainerConcurrency) {
-		t.Errorf("deploy.options.resources.limits.concurrency differs from the Service's containerConcurrency")
-	}
+	cc := r.Limits.Concurrency
+	assert.True(t, (cc == nil) == (spec.ContainerConcurrency == nil) && (cc == nil || *cc == *spec.ContainerConcurrency),
+		"deploy.options.resources.limits.concurrency differs from the Service's containerConcurrency")
 
 	// Environment: func's templates become the Service's env and envFrom.
 	var env []string
@@ -422,10 +399,14 @@ func checkFuncAgainstService(t *testing.T, f *funcFile, svc *servingv1.Service) 
 			env = append(env, "envFrom configMap "+funcWholeConfigMap.FindStringSubmatch(e.Value)[1])
 		case e.Name != "" && funcSecretKey.MatchString(e.Value):
 			m := funcSecretKey.FindStringSubmatch(e.Value)
+			assert.NotEqual(t, jwtSecretName, m[1], "run.envs: %s: StreamSpace's JWT secret never goes in func.yaml", e.Name)
 			env = append(env, "env "+e.Name+" secret "+m[1]+" "+m[2])
 		default:
-			t.Errorf("run.envs: %s=%q: use the shared ConfigMap or a Secret key", e.Name, e.Value)
+			assert.Failf(t, "run.envs", "%s=%q: use the shared ConfigMap or a Secret key", e.Name, e.Value)
 		}
+	}
+	for _, v := range f.Run.Volumes {
+		assert.True(t, v.Secret == nil || *v.Secret != jwtSecretName, "run.volumes: StreamSpace's JWT secret never goes in func.yaml")
 	}
 	var want []string
 	for _, e := range c.EnvFrom {
@@ -440,36 +421,34 @@ func checkFuncAgainstService(t *testing.T, f *funcFile, svc *servingv1.Service) 
 	}
 	sort.Strings(env)
 	sort.Strings(want)
-	if fmt.Sprint(env) != fmt.Sprint(want) {
-		t.Errorf("run.envs give %v, the Service has %v", env, want)
-	}
+	assert.Equal(t, want, env, "run.envs against the Service's env")
 }
 
-// TestFuncYAMLStrict proves unknown keys are refused.
+// TestFuncYAMLStrict proves unknown keys are refused and missing required
+// ones reported.
 func TestFuncYAMLStrict(t *testing.T) {
+	tests := []struct {
+		name, doc  string
+		wantDecode bool
+		wantErrors int
+	}{
+		{name: "unknown top-level key", doc: "specVersion: 0.36.0\ncreated: \"2026-01-01T00:00:00Z\"\nname: x\nscale: {min: 0}\n"},
+		{name: "misspelt subscription key", doc: "specVersion: 0.36.0\ncreated: \"2026-01-01T00:00:00Z\"\ndeploy: {subscriptions: [{source: default, filter: {type: a}}]}\n"},
+		{name: "misspelt run key", doc: "specVersion: 0.36.0\ncreated: \"2026-01-01T00:00:00Z\"\nrun: {env: []}\n"},
+		{name: "specVersion and created missing", doc: "name: x\n", wantDecode: true, wantErrors: 2},
+	}
 	dir := t.TempDir()
-	for i, doc := range []string{
-		"specVersion: 0.36.0\ncreated: \"2026-01-01T00:00:00Z\"\nname: x\nscale: {min: 0}\n",
-		"specVersion: 0.36.0\ncreated: \"2026-01-01T00:00:00Z\"\ndeploy: {subscriptions: [{source: default, filter: {type: a}}]}\n",
-		"specVersion: 0.36.0\ncreated: \"2026-01-01T00:00:00Z\"\nrun: {env: []}\n",
-	} {
-		p := filepath.Join(dir, strconv.Itoa(i)+".yaml")
-		if err := os.WriteFile(p, []byte(doc), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := readFuncFile(p); err == nil {
-			t.Errorf("accepted:\n%s", doc)
-		}
-	}
-	p := filepath.Join(dir, "missing.yaml")
-	if err := os.WriteFile(p, []byte("name: x\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f, err := readFuncFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(f.schemaErrors()) != 2 {
-		t.Errorf("want specVersion and created reported missing, got %v", f.schemaErrors())
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, strconv.Itoa(i)+".yaml")
+			require.NoError(t, os.WriteFile(p, []byte(tc.doc), 0o644))
+			f, err := readFuncFile(p)
+			if !tc.wantDecode {
+				assert.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Len(t, f.schemaErrors(), tc.wantErrors, "%v", f.schemaErrors())
+		})
 	}
 }

@@ -46,11 +46,29 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/streamspace-dev/functions/events"
 )
 
-// The overlays a cluster is deployed from.
-var overlays = []string{"functions", "all-in-one"}
+// overlay is one kustomize overlay a cluster is deployed from.
+type overlay struct {
+	name string
+	// allInOne: every function runs in the one Service `streamspace`.
+	allInOne bool
+	// ingress: the REST routes come in through a Kubernetes Ingress on
+	// StreamSpace's host instead of the Gateway API HTTPRoute.
+	ingress bool
+}
+
+// overlays are every overlay under deploy/overlays.
+var overlays = []overlay{
+	{name: "functions"},
+	{name: "all-in-one", allInOne: true},
+	{name: "ingress", ingress: true},
+	{name: "all-in-one-ingress", allInOne: true, ingress: true},
+}
 
 // kinds maps apiVersion/kind to the Go type every document of that kind is
 // decoded into. A kind missing here fails the test: nothing is deployed
@@ -86,7 +104,7 @@ var kubeAccess = map[string][]rbacv1.PolicyRule{
 	"versioning": nil, // PostgreSQL only
 }
 
-// configKeys are the keys of the shared ConfigMap (DESIGN.md §3).
+// configKeys are the keys of the shared ConfigMap (docs/runtime.md).
 var configKeys = []string{
 	"AUTH_AUDIENCE", "AUTH_ISSUER", "AUTH_JWKS_URL", "AUTH_ROLE_CLAIM",
 	"S3_BUCKET", "S3_ENDPOINT", "S3_FORCE_PATH_STYLE", "S3_REGION",
@@ -101,6 +119,12 @@ const (
 	functionComp     = "function"
 	deadLetterComp   = "dead-letter"
 	koPrefix         = "ko://"
+
+	// StreamSpace's chart keeps JWT_SECRET in the Secret <release>-secrets,
+	// key jwt-secret; REST-serving functions mount it as a file.
+	jwtSecretName = "streamspace-secrets"
+	jwtSecretKey  = "jwt-secret"
+	jwtSecretEnv  = "STREAMSPACE_JWT_SECRET_FILE"
 	readinessPath    = "/health/readiness"
 	livenessPath     = "/health/liveness"
 	pingSourceSource = "PingSource"
@@ -117,7 +141,7 @@ func (o object) String() string { return o.kind + " " + o.namespace + "/" + o.na
 
 // build is a decoded overlay.
 type build struct {
-	name    string
+	overlay
 	objects []object
 	images  []string // ko import paths, in order of appearance
 }
@@ -142,35 +166,41 @@ var (
 // decodes every document strictly (unknown fields are errors) into its Go
 // type, after replacing each ko:// image with a reference of the shape ko
 // resolve writes. Knative objects are then defaulted and validated.
-func loadOverlay(t *testing.T, name string) *build {
+func loadOverlay(t *testing.T, ov overlay) *build {
 	t.Helper()
 	buildsMu.Lock()
 	defer buildsMu.Unlock()
-	if b, ok := builds[name]; ok {
+	if b, ok := builds[ov.name]; ok {
 		return b
 	}
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	resMap, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join("overlays", name))
-	if err != nil {
-		t.Fatalf("kustomize build overlays/%s: %v", name, err)
-	}
-	b := &build{name: name}
+	resMap, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join("overlays", ov.name))
+	require.NoError(t, err, "kustomize build overlays/%s", ov.name)
+	b := &build{overlay: ov}
 	for _, r := range resMap.Resources() {
 		doc, err := r.AsYAML()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		doc, imgs := resolveKo(doc)
 		b.images = append(b.images, imgs...)
 		o, err := decodeStrict(doc)
-		if err != nil {
-			t.Fatalf("overlays/%s: %s %s: %v", name, r.GetKind(), r.GetName(), err)
-		}
+		require.NoError(t, err, "overlays/%s: %s %s", ov.name, r.GetKind(), r.GetName())
 		o.doc = doc
 		b.objects = append(b.objects, o)
 	}
-	builds[name] = b
+	builds[ov.name] = b
 	return b
+}
+
+// overlayNamed is the overlay of that name.
+func overlayNamed(t *testing.T, name string) overlay {
+	t.Helper()
+	for _, ov := range overlays {
+		if ov.name == name {
+			return ov
+		}
+	}
+	require.FailNow(t, "no overlay "+name)
+	return overlay{}
 }
 
 var koRef = regexp.MustCompile(`ko://[A-Za-z0-9._~/-]+`)
@@ -233,9 +263,7 @@ var (
 func knativeContext(t *testing.T) context.Context {
 	t.Helper()
 	knativeCtxOnce.Do(func() { knativeCtx, knativeCtxErr = newKnativeContext() })
-	if knativeCtxErr != nil {
-		t.Fatal(knativeCtxErr)
-	}
+	require.NoError(t, knativeCtxErr)
 	return knativeCtx
 }
 
@@ -322,33 +350,23 @@ func knativeDiagnostics(ctx context.Context, obj knativeObject) (errs, warnings 
 // Knative's own SetDefaults and Validate with no error and no warning.
 func TestKnativeValidation(t *testing.T) {
 	ctx := knativeContext(t)
-	for _, name := range overlays {
-		t.Run(name, func(t *testing.T) {
-			b := loadOverlay(t, name)
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
 			n := 0
 			for _, o := range b.objects {
-				ko, ok := o.obj.(knativeObject)
-				if !ok {
+				if _, ok := o.obj.(knativeObject); !ok {
 					continue
 				}
 				n++
 				// Validate a copy: defaulting changes the object.
 				c, err := decodeCopy(o)
-				if err != nil {
-					t.Fatal(err)
-				}
-				ko = c.(knativeObject)
-				errs, warnings := knativeDiagnostics(ctx, ko)
-				if errs != nil {
-					t.Errorf("%s: errors: %v", o, errs)
-				}
-				if warnings != nil {
-					t.Errorf("%s: warnings: %v", o, warnings)
-				}
+				require.NoError(t, err)
+				errs, warnings := knativeDiagnostics(ctx, c.(knativeObject))
+				assert.Nil(t, errs, "%s: errors", o)
+				assert.Nil(t, warnings, "%s: warnings", o)
 			}
-			if n == 0 {
-				t.Fatal("no Knative objects")
-			}
+			require.NotZero(t, n, "no Knative objects")
 		})
 	}
 }
@@ -365,15 +383,18 @@ func decodeCopy(o object) (any, error) {
 
 // TestStrictDecodingRejectsUnknownFields proves the decoding above is strict.
 func TestStrictDecodingRejectsUnknownFields(t *testing.T) {
-	for _, doc := range []string{
-		"apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: x}\nspec: {broker: default, filter: {atributes: {type: a}}}\n",
-		"apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: x}\nspec: {template: {spec: {containers: [{image: a, securityContex: {}}]}}}\n",
-		"apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: x, name: y}\nspec: {broker: default}\n",
-		"apiVersion: example.com/v1\nkind: Unknown\nmetadata: {name: x}\n",
-	} {
-		if _, err := decodeStrict([]byte(doc)); err == nil {
-			t.Errorf("decoded without error:\n%s", doc)
-		}
+	tests := []struct{ name, doc string }{
+		{"misspelt Trigger field", "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: x}\nspec: {broker: default, filter: {atributes: {type: a}}}\n"},
+		{"misspelt container field", "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: x}\nspec: {template: {spec: {containers: [{image: a, securityContex: {}}]}}}\n"},
+		{"duplicate field", "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: x, name: y}\nspec: {broker: default}\n"},
+		{"unknown kind", "apiVersion: example.com/v1\nkind: Unknown\nmetadata: {name: x}\n"},
+		{"misspelt Ingress field", "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x}\nspec: {rules: [{host: a, http: {paths: [{path: /api/v1/x, pathTyp: Exact}]}}]}\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := decodeStrict([]byte(tc.doc))
+			assert.Error(t, err)
+		})
 	}
 }
 
@@ -385,70 +406,48 @@ kind: Service
 metadata: {name: x, namespace: streamspace}
 spec: {template: {spec: {containers: [{image: registry.example.com/streamspace/x@sha256:` + strings.Repeat("0", 64) + `}]}}}
 `))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	errs, warnings := knativeDiagnostics(knativeContext(t), o.obj.(knativeObject))
-	if errs != nil {
-		t.Fatalf("errors: %v", errs)
-	}
-	if warnings == nil {
-		t.Fatal("no warnings for a Service without securityContext")
-	}
+	require.Nil(t, errs)
+	assert.NotNil(t, warnings, "no warnings for a Service without securityContext")
 }
 
 // TestObjects checks metadata and the kinds that may not appear.
 func TestObjects(t *testing.T) {
-	for _, name := range overlays {
-		t.Run(name, func(t *testing.T) {
-			b := loadOverlay(t, name)
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
 			seen := map[string]bool{}
 			for _, o := range b.objects {
 				key := o.apiVersion + "/" + o.kind + "/" + o.namespace + "/" + o.name
-				if seen[key] {
-					t.Errorf("%s: duplicate", o)
-				}
+				assert.False(t, seen[key], "%s: duplicate", o)
 				seen[key] = true
-				for _, msg := range validation.IsDNS1123Subdomain(o.name) {
-					t.Errorf("%s: name: %s", o, msg)
-				}
+				assert.Empty(t, validation.IsDNS1123Subdomain(o.name), "%s: name", o)
 				switch o.obj.(type) {
 				case *corev1.Namespace:
-					if o.name != namespace {
-						t.Errorf("%s: unexpected namespace", o)
-					}
+					assert.Equal(t, namespace, o.name, "%s: unexpected namespace", o)
 				case *gatewayv1beta1.ReferenceGrant:
-					if o.namespace != localGatewayNamespace {
-						t.Errorf("%s: must be in %s", o, localGatewayNamespace)
-					}
+					assert.Equal(t, localGatewayNamespace, o.namespace, "%s", o)
 				case *corev1.Secret:
-					t.Errorf("%s: secrets are referenced, never committed", o)
+					assert.Fail(t, "secrets are referenced, never committed", "%s", o)
 				case *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
-					t.Errorf("%s: functions get namespaced access only", o)
+					assert.Fail(t, "functions get namespaced access only", "%s", o)
 				default:
-					if o.namespace != namespace {
-						t.Errorf("%s: namespace %q, want %q", o, o.namespace, namespace)
-					}
+					assert.Equal(t, namespace, o.namespace, "%s", o)
 				}
-				if meta := o.obj.(metav1.Object); meta.GetLabels()["app.kubernetes.io/part-of"] != "streamspace" {
-					t.Errorf("%s: missing label app.kubernetes.io/part-of=streamspace", o)
-				}
+				meta := o.obj.(metav1.Object)
+				assert.Equal(t, "streamspace", meta.GetLabels()["app.kubernetes.io/part-of"], "%s: label app.kubernetes.io/part-of", o)
 			}
-			if len(all[*corev1.Namespace](b)) != 1 {
-				t.Errorf("want one Namespace")
-			}
+			assert.Len(t, all[*corev1.Namespace](b), 1, "want one Namespace")
 			cms := all[*corev1.ConfigMap](b)
-			if len(cms) != 1 || cms[0].Name != configMapName {
-				t.Fatalf("want the one ConfigMap %s", configMapName)
-			}
+			require.Len(t, cms, 1)
+			require.Equal(t, configMapName, cms[0].Name)
 			var keys []string
 			for k := range cms[0].Data {
 				keys = append(keys, k)
 			}
 			sort.Strings(keys)
-			if !slices.Equal(keys, configKeys) {
-				t.Errorf("ConfigMap keys %v, want %v", keys, configKeys)
-			}
+			assert.Equal(t, configKeys, keys, "ConfigMap keys")
 		})
 	}
 }
@@ -471,29 +470,22 @@ func deployedFunctions(t *testing.T, b *build) map[string]subscriber {
 	t.Helper()
 	svcs := functionServices(b)
 	out := map[string]subscriber{}
-	switch b.name {
-	case "functions":
-		for name := range svcs {
-			out[name] = subscriber{service: name}
-		}
-		var got []string
-		for name := range out {
-			got = append(got, name)
-		}
-		sort.Strings(got)
-		if want := functionDirs(t); !slices.Equal(got, want) {
-			t.Errorf("function Services %v, want one per folder under deploy/functions %v (add the folder to overlays/functions/kustomization.yaml)", got, want)
-		}
-	case "all-in-one":
-		if len(svcs) != 1 || svcs[allInOne] == nil {
-			t.Fatalf("want exactly the function Service %s, got %d", allInOne, len(svcs))
-		}
+	if b.allInOne {
+		require.Len(t, svcs, 1, "want exactly the function Service %s", allInOne)
+		require.Contains(t, svcs, allInOne)
 		for _, fn := range functionDirs(t) {
 			out[fn] = subscriber{service: allInOne, uri: "/events/" + fn}
 		}
-	default:
-		t.Fatalf("unknown overlay %s", b.name)
+		return out
 	}
+	var got []string
+	for name := range svcs {
+		out[name] = subscriber{service: name}
+		got = append(got, name)
+	}
+	sort.Strings(got)
+	assert.Equal(t, functionDirs(t), got,
+		"function Services, want one per folder under deploy/functions (add the folder to overlays/functions/kustomization.yaml)")
 	return out
 }
 
@@ -508,9 +500,9 @@ type triggerKey struct {
 // routing-table rows of the functions it deploys, one each, filtering on
 // type (and source where the row has one), delivered to the function.
 func TestTriggersMatchRoutingTable(t *testing.T) {
-	for _, name := range overlays {
-		t.Run(name, func(t *testing.T) {
-			b := loadOverlay(t, name)
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
 			deployed := deployedFunctions(t, b)
 			want := map[triggerKey]string{}
 			for _, r := range events.Routes {
@@ -518,29 +510,26 @@ func TestTriggersMatchRoutingTable(t *testing.T) {
 					want[triggerKey{r.Type, r.Source, sub}] = triggerName(r)
 				}
 			}
+			svcs := map[string]bool{}
+			for _, s := range all[*servingv1.Service](b) {
+				svcs[s.Name] = true
+			}
 			got := map[triggerKey]string{}
 			for _, tr := range all[*eventingv1.Trigger](b) {
-				if tr.Spec.Broker != broker || tr.Spec.BrokerRef != nil {
-					t.Errorf("Trigger %s: broker %q, want %q", tr.Name, tr.Spec.Broker, broker)
-				}
-				if len(tr.Spec.Filters) > 0 {
-					t.Errorf("Trigger %s: use filter.attributes (exact type/source), not filters", tr.Name)
-				}
-				if tr.Spec.Delivery != nil {
-					t.Errorf("Trigger %s: delivery is the Broker's", tr.Name)
-				}
+				assert.Equal(t, broker, tr.Spec.Broker, "Trigger %s: broker", tr.Name)
+				assert.Nil(t, tr.Spec.BrokerRef, "Trigger %s: brokerRef", tr.Name)
+				assert.Empty(t, tr.Spec.Filters, "Trigger %s: use filter.attributes (exact type/source), not filters", tr.Name)
+				assert.Nil(t, tr.Spec.Delivery, "Trigger %s: delivery is the Broker's", tr.Name)
 				var attrs map[string]string
 				if tr.Spec.Filter != nil {
 					attrs = map[string]string(tr.Spec.Filter.Attributes)
 				}
 				for k := range attrs {
-					if k != "type" && k != "source" {
-						t.Errorf("Trigger %s: filters on %q", tr.Name, k)
-					}
+					assert.Contains(t, []string{"type", "source"}, k, "Trigger %s: filters on %q", tr.Name, k)
 				}
 				ref := tr.Spec.Subscriber.Ref
-				if ref == nil || ref.APIVersion != "serving.knative.dev/v1" || ref.Kind != "Service" || (ref.Namespace != "" && ref.Namespace != namespace) {
-					t.Errorf("Trigger %s: subscriber must reference a Knative Service in %s", tr.Name, namespace)
+				if !assert.True(t, ref != nil && ref.APIVersion == "serving.knative.dev/v1" && ref.Kind == "Service" && (ref.Namespace == "" || ref.Namespace == namespace),
+					"Trigger %s: subscriber must reference a Knative Service in %s", tr.Name, namespace) {
 					continue
 				}
 				sub := subscriber{service: ref.Name}
@@ -548,32 +537,18 @@ func TestTriggersMatchRoutingTable(t *testing.T) {
 					sub.uri = u.String()
 				}
 				key := triggerKey{attrs["type"], attrs["source"], sub}
-				if _, dup := got[key]; dup {
-					t.Errorf("Trigger %s: duplicates %s", tr.Name, got[key])
-				}
+				assert.NotContains(t, got, key, "Trigger %s duplicates another", tr.Name)
 				got[key] = tr.Name
-				if w, ok := want[key]; ok && w != tr.Name {
-					t.Errorf("Trigger %s: want name %s", tr.Name, w)
+				if w, ok := want[key]; ok {
+					assert.Equal(t, w, tr.Name, "Trigger name")
 				}
+				assert.True(t, svcs[sub.service], "Trigger %s: subscriber Service %s is not deployed", tr.Name, sub.service)
 			}
 			for k, n := range want {
-				if _, ok := got[k]; !ok {
-					t.Errorf("missing Trigger %s: type %s source %q to %s%s", n, k.typ, k.source, k.service, k.uri)
-				}
+				assert.Contains(t, got, k, "missing Trigger %s: type %s source %q to %s%s", n, k.typ, k.source, k.service, k.uri)
 			}
 			for k, n := range got {
-				if _, ok := want[k]; !ok {
-					t.Errorf("Trigger %s (type %s source %q to %s%s) is not in the routing table", n, k.typ, k.source, k.service, k.uri)
-				}
-			}
-			svcs := map[string]bool{}
-			for _, s := range all[*servingv1.Service](b) {
-				svcs[s.Name] = true
-			}
-			for k, n := range got {
-				if !svcs[k.service] {
-					t.Errorf("Trigger %s: subscriber Service %s is not deployed", n, k.service)
-				}
+				assert.Contains(t, want, k, "Trigger %s (type %s source %q to %s%s) is not in the routing table", n, k.typ, k.source, k.service, k.uri)
 			}
 		})
 	}
@@ -582,18 +557,16 @@ func TestTriggersMatchRoutingTable(t *testing.T) {
 // TestBrokerAndSources: the Broker's delivery, the dead-letter sink, the
 // PingSources of the routing table and the SinkBinding.
 func TestBrokerAndSources(t *testing.T) {
-	for _, name := range overlays {
-		t.Run(name, func(t *testing.T) {
-			b := loadOverlay(t, name)
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
 			brokers := all[*eventingv1.Broker](b)
-			if len(brokers) != 1 || brokers[0].Name != broker {
-				t.Fatalf("want one Broker %q", broker)
-			}
+			require.Len(t, brokers, 1)
+			require.Equal(t, broker, brokers[0].Name)
 			d := brokers[0].Spec.Delivery
-			if d == nil || d.Retry == nil || *d.Retry != 5 || d.BackoffPolicy == nil || *d.BackoffPolicy != "exponential" ||
-				d.BackoffDelay == nil || *d.BackoffDelay != "PT0.5S" || d.DeadLetterSink == nil || d.DeadLetterSink.Ref == nil {
-				t.Fatalf("Broker delivery %+v: want retry 5, exponential, PT0.5S, a dead-letter sink", d)
-			}
+			require.True(t, d != nil && d.Retry != nil && *d.Retry == 5 && d.BackoffPolicy != nil && *d.BackoffPolicy == "exponential" &&
+				d.BackoffDelay != nil && *d.BackoffDelay == "PT0.5S" && d.DeadLetterSink != nil && d.DeadLetterSink.Ref != nil,
+				"Broker delivery %+v: want retry 5, exponential, PT0.5S, a dead-letter sink", d)
 			dls := d.DeadLetterSink.Ref
 			var dlsOK bool
 			for _, s := range all[*servingv1.Service](b) {
@@ -601,9 +574,7 @@ func TestBrokerAndSources(t *testing.T) {
 					dlsOK = s.Labels[componentLabel] == deadLetterComp
 				}
 			}
-			if !dlsOK {
-				t.Errorf("dead-letter sink %s %s: no such dead-letter Service in the overlay", dls.Kind, dls.Name)
-			}
+			assert.True(t, dlsOK, "dead-letter sink %s %s: no such dead-letter Service in the overlay", dls.Kind, dls.Name)
 
 			isBroker := func(ref *duckv1.KReference) bool {
 				return ref != nil && ref.APIVersion == "eventing.knative.dev/v1" && ref.Kind == "Broker" && ref.Name == broker &&
@@ -612,9 +583,7 @@ func TestBrokerAndSources(t *testing.T) {
 			pings := map[string]*sourcesv1.PingSource{}
 			for _, p := range all[*sourcesv1.PingSource](b) {
 				pings[sourcesv1.PingSourceSource(p.Namespace, p.Name)] = p
-				if !isBroker(p.Spec.Sink.Ref) || p.Spec.Sink.URI != nil {
-					t.Errorf("PingSource %s: sink must be the Broker", p.Name)
-				}
+				assert.True(t, isBroker(p.Spec.Sink.Ref) && p.Spec.Sink.URI == nil, "PingSource %s: sink must be the Broker", p.Name)
 			}
 			routed := map[string]bool{}
 			for _, r := range events.Routes {
@@ -622,37 +591,25 @@ func TestBrokerAndSources(t *testing.T) {
 					continue
 				}
 				routed[r.Source] = true
-				if pings[r.Source] == nil {
-					t.Errorf("routing table names %s, no such PingSource", r.Source)
-				}
+				assert.Contains(t, pings, r.Source, "routing table names %s, no such PingSource", r.Source)
 			}
 			for src := range pings {
-				if !routed[src] {
-					t.Errorf("PingSource %s: no routing-table row", src)
-				}
+				assert.True(t, routed[src], "PingSource %s: no routing-table row", src)
 			}
 
 			sbs := all[*sourcesv1.SinkBinding](b)
-			if len(sbs) != 1 {
-				t.Fatalf("want one SinkBinding, got %d", len(sbs))
-			}
+			require.Len(t, sbs, 1)
 			sb := sbs[0]
-			if !isBroker(sb.Spec.Sink.Ref) {
-				t.Errorf("SinkBinding sink must be the Broker")
-			}
+			assert.True(t, isBroker(sb.Spec.Sink.Ref), "SinkBinding sink must be the Broker")
 			subj := sb.Spec.Subject
-			if subj.APIVersion != "serving.knative.dev/v1" || subj.Kind != "Service" || subj.Name != "" || subj.Selector == nil {
-				t.Fatalf("SinkBinding subject must select Knative Services by label")
-			}
+			require.True(t, subj.APIVersion == "serving.knative.dev/v1" && subj.Kind == "Service" && subj.Name == "" && subj.Selector != nil,
+				"SinkBinding subject must select Knative Services by label")
 			sel, err := metav1.LabelSelectorAsSelector(subj.Selector)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			for _, s := range all[*servingv1.Service](b) {
 				bound := sel.Matches(labels.Set(s.Labels))
-				if isFn := s.Labels[componentLabel] == functionComp; bound != isFn {
-					t.Errorf("Knative Service %s: bound to K_SINK %v, is a function %v", s.Name, bound, isFn)
-				}
+				isFn := s.Labels[componentLabel] == functionComp
+				assert.Equal(t, isFn, bound, "Knative Service %s: bound to K_SINK exactly when it is a function", s.Name)
 			}
 		})
 	}
@@ -660,118 +617,161 @@ func TestBrokerAndSources(t *testing.T) {
 
 // TestNothingPublic: no function's event path is reachable from outside.
 // Every Knative Service is cluster-local, no Service is a LoadBalancer or
-// NodePort, and the one ingress (an HTTPRoute) forwards only the /api/v1
-// paths in APIPaths, each to the Service that serves it.
+// NodePort, and the one way in (an HTTPRoute, or in the ingress overlays an
+// Ingress on StreamSpace's host) forwards only the /api/v1 paths in
+// APIPaths, each to the Service that serves it.
 func TestNothingPublic(t *testing.T) {
-	for _, name := range overlays {
-		t.Run(name, func(t *testing.T) {
-			b := loadOverlay(t, name)
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
 			for _, s := range all[*servingv1.Service](b) {
-				if v := s.Labels[networking.VisibilityLabelKey]; v != serving.VisibilityClusterLocal {
-					t.Errorf("Knative Service %s: label %s=%q, want %q", s.Name, networking.VisibilityLabelKey, v, serving.VisibilityClusterLocal)
-				}
+				assert.Equal(t, serving.VisibilityClusterLocal, s.Labels[networking.VisibilityLabelKey], "Knative Service %s: visibility", s.Name)
 			}
+			fnSvcs := functionServices(b)
 			for _, s := range all[*corev1.Service](b) {
-				if s.Spec.Type != "" && s.Spec.Type != corev1.ServiceTypeClusterIP {
-					t.Errorf("Service %s: type %s", s.Name, s.Spec.Type)
-				}
-			}
-			for _, ing := range all[*networkingv1.Ingress](b) {
-				if ing.Spec.DefaultBackend != nil {
-					t.Errorf("Ingress %s: a default backend exposes /", ing.Name)
-				}
-				for _, r := range ing.Spec.Rules {
-					if r.HTTP == nil {
-						t.Errorf("Ingress %s: rule without paths", ing.Name)
-						continue
-					}
-					for _, p := range r.HTTP.Paths {
-						if !strings.HasPrefix(p.Path, "/api/v1/") {
-							t.Errorf("Ingress %s: path %q is outside /api/v1/", ing.Name, p.Path)
-						}
-					}
+				switch s.Spec.Type {
+				case "", corev1.ServiceTypeClusterIP:
+				case corev1.ServiceTypeExternalName:
+					// Only the Ingress's way to a function Service.
+					svc, ok := strings.CutSuffix(s.Name, gatewayServiceSuffix)
+					assert.True(t, ok && ov.ingress && fnSvcs[svc] != nil, "Service %s: an ExternalName other than the Ingress's gateway Services", s.Name)
+					assert.Equal(t, svc+"."+namespace+".svc.cluster.local", s.Spec.ExternalName, "Service %s", s.Name)
+					assert.Equal(t, gatewayServiceAnnotations, s.Annotations, "Service %s: annotations", s.Name)
+				default:
+					assert.Fail(t, "Service type exposes it", "Service %s: type %s", s.Name, s.Spec.Type)
 				}
 			}
 			routes := all[*gatewayv1.HTTPRoute](b)
-			if n := len(routes) + len(all[*networkingv1.Ingress](b)); n != 1 {
-				t.Fatalf("want one ingress (HTTPRoute), got %d", n)
+			ingresses := all[*networkingv1.Ingress](b)
+			if ov.ingress {
+				require.Empty(t, routes, "the Ingress replaces the HTTPRoute")
+				assert.Empty(t, all[*gatewayv1beta1.ReferenceGrant](b), "no ReferenceGrant without an HTTPRoute")
+				require.Len(t, ingresses, 1)
+				checkIngress(t, b, ingresses[0])
+				return
 			}
+			require.Empty(t, ingresses)
+			require.Len(t, routes, 1)
 			checkHTTPRoute(t, b, routes[0])
 		})
 	}
 }
 
-func checkHTTPRoute(t *testing.T, b *build, route *gatewayv1.HTTPRoute) {
+// wantPaths is what each Knative Service must be sent: the APIPaths of the
+// functions it serves.
+func wantPaths(t *testing.T, b *build) map[string][]PathMatch {
 	t.Helper()
-	// What each Knative Service must be sent: the APIPaths of the functions
-	// it serves.
 	want := map[string][]PathMatch{}
 	for fn, sub := range deployedFunctions(t, b) {
 		want[sub.service] = append(want[sub.service], APIPaths[fn]...)
 	}
+	return want
+}
+
+func checkHTTPRoute(t *testing.T, b *build, route *gatewayv1.HTTPRoute) {
+	t.Helper()
+	want := wantPaths(t, b)
 	grants := all[*gatewayv1beta1.ReferenceGrant](b)
 	got := map[string][]PathMatch{}
-	if len(route.Spec.Rules) == 0 {
-		t.Fatalf("HTTPRoute %s: no rules", route.Name)
-	}
+	require.NotEmpty(t, route.Spec.Rules, "HTTPRoute %s: no rules", route.Name)
 	for i, rule := range route.Spec.Rules {
 		where := fmt.Sprintf("HTTPRoute %s rule %d", route.Name, i)
 		// A rule without matches matches every path, "/" included.
-		if len(rule.Matches) == 0 {
-			t.Errorf("%s: no matches: it would forward every path", where)
-		}
+		assert.NotEmpty(t, rule.Matches, "%s: no matches: it would forward every path", where)
 		var matches []PathMatch
 		for _, m := range rule.Matches {
-			if m.Path == nil || m.Path.Type == nil || m.Path.Value == nil {
-				t.Errorf("%s: a match without an explicit path matches /", where)
+			if !assert.True(t, m.Path != nil && m.Path.Type != nil && m.Path.Value != nil, "%s: a match without an explicit path matches /", where) {
 				continue
 			}
 			pm := PathMatch{Type: string(*m.Path.Type), Value: *m.Path.Value}
-			if !apiPath(pm) {
-				t.Errorf("%s: path %s %q is outside /api/v1/", where, pm.Type, pm.Value)
-			}
+			assert.True(t, apiPath(pm), "%s: path %s %q is outside /api/v1/", where, pm.Type, pm.Value)
 			matches = append(matches, pm)
 		}
 		var host string
 		for _, f := range rule.Filters {
-			switch {
-			case f.Type == gatewayv1.HTTPRouteFilterURLRewrite && f.URLRewrite != nil && f.URLRewrite.Path == nil && f.URLRewrite.Hostname != nil:
+			if assert.True(t, f.Type == gatewayv1.HTTPRouteFilterURLRewrite && f.URLRewrite != nil && f.URLRewrite.Path == nil && f.URLRewrite.Hostname != nil,
+				"%s: only a URLRewrite of the hostname is expected, got %s", where, f.Type) {
 				host = string(*f.URLRewrite.Hostname)
-			default:
-				t.Errorf("%s: only a URLRewrite of the hostname is expected, got %s", where, f.Type)
 			}
 		}
 		svc, ok := strings.CutSuffix(host, "."+namespace+".svc.cluster.local")
-		if !ok || functionServices(b)[svc] == nil {
-			t.Errorf("%s: Host rewritten to %q, want <function Service>.%s.svc.cluster.local", where, host, namespace)
+		if !assert.True(t, ok && functionServices(b)[svc] != nil, "%s: Host rewritten to %q, want <function Service>.%s.svc.cluster.local", where, host, namespace) {
 			continue
 		}
 		got[svc] = append(got[svc], matches...)
-		if len(rule.BackendRefs) != 1 {
-			t.Errorf("%s: want one backendRef", where)
+		if !assert.Len(t, rule.BackendRefs, 1, "%s: backendRefs", where) {
 			continue
 		}
 		ref := rule.BackendRefs[0].BackendObjectReference
-		if (ref.Group != nil && *ref.Group != "") || (ref.Kind != nil && *ref.Kind != "Service") || ref.Name != localGatewayService ||
-			ref.Namespace == nil || string(*ref.Namespace) != localGatewayNamespace || ref.Port == nil || *ref.Port != localGatewayPort {
-			t.Errorf("%s: backend must be Service %s/%s port %d (Knative's cluster-local gateway)", where, localGatewayNamespace, localGatewayService, localGatewayPort)
-		}
-		if !granted(grants, route, localGatewayNamespace, localGatewayService) {
-			t.Errorf("%s: no ReferenceGrant in %s lets it reach %s", where, localGatewayNamespace, localGatewayService)
-		}
+		assert.True(t, (ref.Group == nil || *ref.Group == "") && (ref.Kind == nil || *ref.Kind == "Service") && ref.Name == localGatewayService &&
+			ref.Namespace != nil && string(*ref.Namespace) == localGatewayNamespace && ref.Port != nil && *ref.Port == localGatewayPort,
+			"%s: backend must be Service %s/%s port %d (Knative's cluster-local gateway)", where, localGatewayNamespace, localGatewayService, localGatewayPort)
+		assert.True(t, granted(grants, route, localGatewayNamespace, localGatewayService), "%s: no ReferenceGrant in %s lets it reach %s", where, localGatewayNamespace, localGatewayService)
 	}
 	for svc, w := range want {
 		g := got[svc]
 		sortMatches(w)
 		sortMatches(g)
-		if !slices.Equal(g, w) {
-			t.Errorf("HTTPRoute %s: Service %s gets %v, want %v (APIPaths)", route.Name, svc, g, w)
-		}
+		assert.Equal(t, w, g, "HTTPRoute %s: paths of Service %s (APIPaths)", route.Name, svc)
 	}
 	for svc := range got {
-		if _, ok := want[svc]; !ok {
-			t.Errorf("HTTPRoute %s: routes to %s, which serves no function", route.Name, svc)
+		assert.Contains(t, want, svc, "HTTPRoute %s: routes to %s, which serves no function", route.Name, svc)
+	}
+}
+
+// checkIngress: the Ingress is on StreamSpace's host with Traefik, has no
+// default backend, and sends exactly each Service's APIPaths (as Ingress
+// paths) to that Service's gateway ExternalName Service.
+func checkIngress(t *testing.T, b *build, ing *networkingv1.Ingress) {
+	t.Helper()
+	assert.Nil(t, ing.Spec.DefaultBackend, "Ingress %s: a default backend exposes /", ing.Name)
+	require.NotNil(t, ing.Spec.IngressClassName)
+	assert.Equal(t, streamspaceIngressCls, *ing.Spec.IngressClassName, "Ingress %s: class of StreamSpace's chart", ing.Name)
+	assert.Equal(t, ingressAnnotations, ing.Annotations, "Ingress %s: annotations", ing.Name)
+	want := map[string][]ingressPath{}
+	for svc, matches := range wantPaths(t, b) {
+		for _, m := range matches {
+			paths, err := ingressPaths(m)
+			require.NoError(t, err)
+			want[svc] = append(want[svc], paths...)
 		}
+	}
+	gateways := map[string]*corev1.Service{}
+	for _, s := range all[*corev1.Service](b) {
+		gateways[s.Name] = s
+	}
+	got := map[string][]ingressPath{}
+	require.Len(t, ing.Spec.Rules, 1, "Ingress %s: one rule, on StreamSpace's host", ing.Name)
+	rule := ing.Spec.Rules[0]
+	assert.Equal(t, streamspaceHost, rule.Host, "Ingress %s: a rule without a host serves every host", ing.Name)
+	require.NotNil(t, rule.HTTP, "Ingress %s: rule without paths", ing.Name)
+	for _, p := range rule.HTTP.Paths {
+		where := fmt.Sprintf("Ingress %s path %q", ing.Name, p.Path)
+		if !assert.NotNil(t, p.PathType, where) || !assert.NotNil(t, p.Backend.Service, "%s: backend", where) {
+			continue
+		}
+		assert.True(t, strings.HasPrefix(p.Path, "/api/v1/"), "%s: outside /api/v1/", where)
+		assert.Nil(t, p.Backend.Resource, "%s: resource backend", where)
+		backend := p.Backend.Service
+		svc, ok := strings.CutSuffix(backend.Name, gatewayServiceSuffix)
+		gw := gateways[backend.Name]
+		if !assert.True(t, ok && gw != nil && gw.Spec.Type == corev1.ServiceTypeExternalName, "%s: backend %s is not a gateway Service", where, backend.Name) {
+			continue
+		}
+		assert.Equal(t, int32(localGatewayPort), backend.Port.Number, "%s: port", where)
+		got[svc] = append(got[svc], ingressPath{Type: string(*p.PathType), Value: p.Path})
+	}
+	sortPaths := func(p []ingressPath) {
+		sort.Slice(p, func(i, j int) bool { return p[i].Type+p[i].Value < p[j].Type+p[j].Value })
+	}
+	for svc, w := range want {
+		sortPaths(w)
+		g := got[svc]
+		sortPaths(g)
+		assert.Equal(t, w, g, "Ingress %s: paths of Service %s (APIPaths)", ing.Name, svc)
+	}
+	for svc := range got {
+		assert.Contains(t, want, svc, "Ingress %s: sends to %s, which serves no function", ing.Name, svc)
 	}
 }
 
@@ -815,29 +815,31 @@ func granted(grants []*gatewayv1beta1.ReferenceGrant, route *gatewayv1.HTTPRoute
 // TestAPIPaths: every declared REST path stays under /api/v1/.
 func TestAPIPaths(t *testing.T) {
 	for fn, paths := range APIPaths {
-		if len(paths) == 0 {
-			t.Errorf("%s: no paths", fn)
-		}
-		for _, p := range paths {
-			if !apiPath(p) {
-				t.Errorf("%s: %s %q is not confined to /api/v1/", fn, p.Type, p.Value)
+		t.Run(fn, func(t *testing.T) {
+			assert.NotEmpty(t, paths)
+			for _, p := range paths {
+				assert.True(t, apiPath(p), "%s %q is not confined to /api/v1/", p.Type, p.Value)
 			}
-		}
+		})
 	}
 	for _, fn := range functionDirs(t) {
-		if len(APIPaths[fn]) == 0 && len(events.RoutesFor(fn)) == 0 {
-			t.Errorf("%s: neither REST paths nor routed events: unreachable", fn)
-		}
+		assert.True(t, len(APIPaths[fn]) > 0 || len(events.RoutesFor(fn)) > 0, "%s: neither REST paths nor routed events: unreachable", fn)
 	}
+}
+
+// servesREST says whether a function Service serves any REST route.
+func servesREST(t *testing.T, b *build, svc string) bool {
+	t.Helper()
+	return len(wantPaths(t, b)[svc]) > 0
 }
 
 // TestServices: resources, autoscaling, probes, security context and a
 // ServiceAccount of its own for every Knative Service; the same security
 // for the migration Job; least-privilege RBAC for every ServiceAccount.
 func TestServices(t *testing.T) {
-	for _, name := range overlays {
-		t.Run(name, func(t *testing.T) {
-			b := loadOverlay(t, name)
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
 			sas := map[string]*corev1.ServiceAccount{}
 			for _, sa := range all[*corev1.ServiceAccount](b) {
 				sas[sa.Name] = sa
@@ -848,63 +850,45 @@ func TestServices(t *testing.T) {
 				where := "Knative Service " + s.Name
 				spec := s.Spec.Template.Spec
 				ann := s.Spec.Template.Annotations
-				if ann["autoscaling.knative.dev/min-scale"] != "0" {
-					t.Errorf("%s: min-scale must be \"0\" (scale to zero)", where)
-				}
+				assert.Equal(t, "0", ann["autoscaling.knative.dev/min-scale"], "%s: min-scale (scale to zero)", where)
 				for _, k := range []string{"autoscaling.knative.dev/max-scale", "autoscaling.knative.dev/target", "autoscaling.knative.dev/metric"} {
-					if ann[k] == "" {
-						t.Errorf("%s: no %s", where, k)
-					}
+					assert.NotEmpty(t, ann[k], "%s: %s", where, k)
 				}
-				if spec.TimeoutSeconds == nil {
-					t.Errorf("%s: no timeoutSeconds", where)
-				}
-				if s.Spec.Template.Labels[componentLabel] != s.Labels[componentLabel] {
-					t.Errorf("%s: pods must carry the %s label for the NetworkPolicy", where, componentLabel)
-				}
+				assert.NotNil(t, spec.TimeoutSeconds, "%s: timeoutSeconds", where)
+				assert.Equal(t, s.Labels[componentLabel], s.Spec.Template.Labels[componentLabel], "%s: pods must carry the %s label for the NetworkPolicy", where, componentLabel)
 				// Its own ServiceAccount.
 				saName := spec.ServiceAccountName
 				switch {
 				case saName == "" || saName == "default":
-					t.Errorf("%s: runs as the default ServiceAccount", where)
+					assert.Fail(t, "runs as the default ServiceAccount", where)
 				case s.Labels[componentLabel] == functionComp && saName != s.Name:
-					t.Errorf("%s: ServiceAccount %s, want its own, %s", where, saName, s.Name)
+					assert.Failf(t, "wrong ServiceAccount", "%s: ServiceAccount %s, want its own, %s", where, saName, s.Name)
 				case sas[saName] == nil:
-					t.Errorf("%s: ServiceAccount %s is not in the overlay", where, saName)
+					assert.Failf(t, "missing ServiceAccount", "%s: ServiceAccount %s is not in the overlay", where, saName)
 				case usedBy[saName] != "":
-					t.Errorf("%s: shares ServiceAccount %s with %s", where, saName, usedBy[saName])
+					assert.Failf(t, "shared ServiceAccount", "%s: shares ServiceAccount %s with %s", where, saName, usedBy[saName])
 				}
 				usedBy[saName] = s.Name
-				if len(spec.Containers) != 1 {
-					t.Errorf("%s: want one container", where)
+				if !assert.Len(t, spec.Containers, 1, "%s: containers", where) {
 					continue
 				}
 				c := spec.Containers[0]
 				checkContainer(t, where, c, true)
 				if s.Labels[componentLabel] == functionComp {
-					if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != readinessPath {
-						t.Errorf("%s: readiness probe must GET %s", where, readinessPath)
-					}
-					if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != livenessPath {
-						t.Errorf("%s: liveness probe must GET %s", where, livenessPath)
-					}
+					assert.True(t, c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path == readinessPath, "%s: readiness probe must GET %s", where, readinessPath)
+					assert.True(t, c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path == livenessPath, "%s: liveness probe must GET %s", where, livenessPath)
 					checkFunctionEnv(t, where, c)
 				}
 			}
-			for _, j := range all[*batchv1.Job](b) {
+			jobs := all[*batchv1.Job](b)
+			assert.Len(t, jobs, 1, "want the one migration Job")
+			for _, j := range jobs {
 				spec := j.Spec.Template.Spec
-				if spec.ServiceAccountName == "" || sas[spec.ServiceAccountName] == nil {
-					t.Errorf("Job %s: needs its own ServiceAccount", j.Name)
-				}
+				assert.True(t, spec.ServiceAccountName != "" && sas[spec.ServiceAccountName] != nil, "Job %s: needs its own ServiceAccount", j.Name)
 				for _, c := range spec.Containers {
 					checkContainer(t, "Job "+j.Name, c, false)
-					if !hasDatabaseURL(c) {
-						t.Errorf("Job %s: DATABASE_URL must come from Secret %s key %s", j.Name, databaseSecret, databaseKey)
-					}
+					assert.True(t, hasDatabaseURL(c), "Job %s: DATABASE_URL must come from Secret %s key %s", j.Name, databaseSecret, databaseKey)
 				}
-			}
-			if len(all[*batchv1.Job](b)) != 1 {
-				t.Errorf("want the one migration Job")
 			}
 
 			// RBAC: each ServiceAccount gets exactly the rules of the
@@ -912,9 +896,7 @@ func TestServices(t *testing.T) {
 			wantRules := map[string][]rbacv1.PolicyRule{}
 			for fn, sub := range deployed {
 				access, ok := kubeAccess[fn]
-				if !ok {
-					t.Errorf("function %s: declare its Kubernetes access in kubeAccess", fn)
-				}
+				assert.True(t, ok, "function %s: declare its Kubernetes access in kubeAccess", fn)
 				wantRules[sub.service] = append(wantRules[sub.service], access...)
 			}
 			roles := map[string]*rbacv1.Role{}
@@ -923,13 +905,12 @@ func TestServices(t *testing.T) {
 			}
 			gotRules := map[string][]rbacv1.PolicyRule{}
 			for _, rb := range all[*rbacv1.RoleBinding](b) {
-				if rb.RoleRef.Kind != "Role" || roles[rb.RoleRef.Name] == nil {
-					t.Errorf("RoleBinding %s: must bind a Role of the overlay", rb.Name)
+				if !assert.True(t, rb.RoleRef.Kind == "Role" && roles[rb.RoleRef.Name] != nil, "RoleBinding %s: must bind a Role of the overlay", rb.Name) {
 					continue
 				}
 				for _, s := range rb.Subjects {
-					if s.Kind != "ServiceAccount" || (s.Namespace != "" && s.Namespace != namespace) || sas[s.Name] == nil {
-						t.Errorf("RoleBinding %s: subject %s %s is not a ServiceAccount of the overlay", rb.Name, s.Kind, s.Name)
+					if !assert.True(t, s.Kind == "ServiceAccount" && (s.Namespace == "" || s.Namespace == namespace) && sas[s.Name] != nil,
+						"RoleBinding %s: subject %s %s is not a ServiceAccount of the overlay", rb.Name, s.Kind, s.Name) {
 						continue
 					}
 					gotRules[s.Name] = append(gotRules[s.Name], roles[rb.RoleRef.Name].Rules...)
@@ -937,12 +918,9 @@ func TestServices(t *testing.T) {
 			}
 			for sa := range sas {
 				w := wantRules[usedBy[sa]] // none for the Job's and the dead-letter sink's
-				g := gotRules[sa]
-				if fmt.Sprint(normRules(g)) != fmt.Sprint(normRules(w)) {
-					t.Errorf("ServiceAccount %s: rules %v, want %v", sa, g, w)
-				}
-				if mount := sas[sa].AutomountServiceAccountToken; len(w) == 0 && (mount == nil || *mount) {
-					t.Errorf("ServiceAccount %s: no API access, so automountServiceAccountToken must be false", sa)
+				assert.Equal(t, normRules(w), normRules(gotRules[sa]), "ServiceAccount %s: rules", sa)
+				if mount := sas[sa].AutomountServiceAccountToken; len(w) == 0 {
+					assert.True(t, mount != nil && !*mount, "ServiceAccount %s: no API access, so automountServiceAccountToken must be false", sa)
 				}
 			}
 		})
@@ -950,7 +928,7 @@ func TestServices(t *testing.T) {
 }
 
 func normRules(r []rbacv1.PolicyRule) []string {
-	var out []string
+	out := []string{}
 	for _, x := range r {
 		out = append(out, fmt.Sprint(x.APIGroups, x.Resources, x.ResourceNames, x.Verbs))
 	}
@@ -960,42 +938,40 @@ func normRules(r []rbacv1.PolicyRule) []string {
 
 func checkContainer(t *testing.T, where string, c corev1.Container, knative bool) {
 	t.Helper()
-	if !strings.HasPrefix(c.Image, "registry.example.com/streamspace/") { // what resolveKo made of ko://
-		t.Errorf("%s: image %q must be a ko:// import path", where, c.Image)
-	}
+	// What resolveKo made of ko://.
+	assert.True(t, strings.HasPrefix(c.Image, "registry.example.com/streamspace/"), "%s: image %q must be a ko:// import path", where, c.Image)
 	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
-		if _, ok := c.Resources.Requests[r]; !ok {
-			t.Errorf("%s: no %s request", where, r)
-		}
-		if _, ok := c.Resources.Limits[r]; !ok {
-			t.Errorf("%s: no %s limit", where, r)
-		}
+		assert.Contains(t, c.Resources.Requests, r, "%s: request", where)
+		assert.Contains(t, c.Resources.Limits, r, "%s: limit", where)
 	}
 	sc := c.SecurityContext
-	if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot ||
-		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
-		sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
-		sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0 ||
-		sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault ||
-		(sc.Privileged != nil && *sc.Privileged) {
-		t.Errorf("%s: securityContext %+v is not restricted (runAsNonRoot, readOnlyRootFilesystem, no privilege escalation, drop ALL, RuntimeDefault seccomp)", where, sc)
+	assert.True(t, sc != nil && sc.RunAsNonRoot != nil && *sc.RunAsNonRoot &&
+		sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem &&
+		sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation &&
+		sc.Capabilities != nil && slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) && len(sc.Capabilities.Add) == 0 &&
+		sc.SeccompProfile != nil && sc.SeccompProfile.Type == corev1.SeccompProfileTypeRuntimeDefault &&
+		(sc.Privileged == nil || !*sc.Privileged),
+		"%s: securityContext %+v is not restricted (runAsNonRoot, readOnlyRootFilesystem, no privilege escalation, drop ALL, RuntimeDefault seccomp)", where, sc)
+	if knative {
+		assert.True(t, len(c.Ports) == 1 && c.Ports[0].ContainerPort == 8080, "%s: want the one port 8080 (Knative passes it as PORT)", where)
 	}
-	if knative && (len(c.Ports) != 1 || c.Ports[0].ContainerPort != 8080) {
-		t.Errorf("%s: want the one port 8080 (Knative passes it as PORT)", where)
-	}
+}
+
+// literalEnv are the only variables a function Service may set literally,
+// because their value belongs to its own volumes or to the event-auth
+// component; all other configuration is in the ConfigMap.
+var literalEnv = []string{
+	jwtSecretEnv, "EVENT_AUTH_ISSUER", "EVENT_AUTH_AUDIENCE", "EVENT_AUTH_JWKS_URL", "EVENT_AUTH_SUBJECTS", "SSL_CERT_DIR",
 }
 
 func checkFunctionEnv(t *testing.T, where string, c corev1.Container) {
 	t.Helper()
-	if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef == nil || c.EnvFrom[0].ConfigMapRef.Name != configMapName {
-		t.Errorf("%s: environment must come from ConfigMap %s", where, configMapName)
-	}
-	if !hasDatabaseURL(c) {
-		t.Errorf("%s: DATABASE_URL must come from Secret %s key %s", where, databaseSecret, databaseKey)
-	}
+	assert.True(t, len(c.EnvFrom) == 1 && c.EnvFrom[0].ConfigMapRef != nil && c.EnvFrom[0].ConfigMapRef.Name == configMapName,
+		"%s: environment must come from ConfigMap %s", where, configMapName)
+	assert.True(t, hasDatabaseURL(c), "%s: DATABASE_URL must come from Secret %s key %s", where, databaseSecret, databaseKey)
 	for _, e := range c.Env {
 		if e.Value != "" {
-			t.Errorf("%s: literal env %s: configuration belongs in the ConfigMap", where, e.Name)
+			assert.Contains(t, literalEnv, e.Name, "%s: literal env %s: configuration belongs in the ConfigMap", where, e.Name)
 		}
 	}
 }
@@ -1010,71 +986,173 @@ func hasDatabaseURL(c corev1.Container) bool {
 	return false
 }
 
-// TestNetworkPolicy: only the broker, the gateway and Knative's activator and
-// autoscaler may connect to the function pods, and every function pod and
-// the dead-letter sink is covered.
-func TestNetworkPolicy(t *testing.T) {
-	wantPeers := []string{"knative-eventing", "knative-serving", localGatewayNamespace}
-	for _, name := range overlays {
-		t.Run(name, func(t *testing.T) {
-			b := loadOverlay(t, name)
-			nps := all[*networkingv1.NetworkPolicy](b)
-			if len(nps) != 1 {
-				t.Fatalf("want one NetworkPolicy, got %d", len(nps))
-			}
-			np := nps[0]
-			if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) {
-				t.Errorf("policyTypes %v, want [Ingress]", np.Spec.PolicyTypes)
-			}
-			sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if sel.Empty() {
-				t.Errorf("podSelector selects every pod of the namespace, sessions included")
+// envValue is the literal value of a container's variable, and whether it
+// is set at all.
+func envValue(c corev1.Container, name string) (string, bool) {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value, true
+		}
+	}
+	return "", false
+}
+
+// TestStreamSpaceSecret: StreamSpace's JWT_SECRET can mint a token for any
+// user, so it reaches only the function Services that serve REST routes, as
+// a read-only file from its Secret; no container anywhere has it in its
+// environment, and nothing else mounts it.
+func TestStreamSpaceSecret(t *testing.T) {
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
+			var containers []corev1.Container
+			for _, j := range all[*batchv1.Job](b) {
+				containers = append(containers, j.Spec.Template.Spec.Containers...)
 			}
 			for _, s := range all[*servingv1.Service](b) {
-				if !sel.Matches(labels.Set(s.Spec.Template.Labels)) {
-					t.Errorf("pods of Knative Service %s are not covered", s.Name)
-				}
+				containers = append(containers, s.Spec.Template.Spec.Containers...)
 			}
-			if len(np.Spec.Ingress) != 1 || len(np.Spec.Ingress[0].Ports) != 0 {
-				t.Fatalf("want one ingress rule")
-			}
-			var peers []string
-			for _, p := range np.Spec.Ingress[0].From {
-				if p.PodSelector != nil || p.IPBlock != nil || p.NamespaceSelector == nil {
-					t.Fatalf("peers must be whole namespaces by name")
-				}
-				ns := p.NamespaceSelector
-				for _, e := range ns.MatchExpressions {
-					if e.Key != "kubernetes.io/metadata.name" || e.Operator != metav1.LabelSelectorOpIn {
-						t.Fatalf("peer selector %v: want kubernetes.io/metadata.name In (...)", e)
+			for _, c := range containers {
+				for _, e := range c.Env {
+					if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+						assert.NotEqual(t, jwtSecretName, e.ValueFrom.SecretKeyRef.Name, "container %s: env %s from the JWT Secret", c.Name, e.Name)
 					}
-					peers = append(peers, e.Values...)
 				}
-				if v, ok := ns.MatchLabels["kubernetes.io/metadata.name"]; ok {
-					peers = append(peers, v)
-				}
-				if len(ns.MatchExpressions)+len(ns.MatchLabels) == 0 {
-					t.Fatalf("an empty namespaceSelector admits every namespace")
+				for _, e := range c.EnvFrom {
+					assert.Nil(t, e.SecretRef, "container %s: a whole Secret in the environment", c.Name)
 				}
 			}
-			sort.Strings(peers)
-			if !slices.Equal(peers, wantPeers) {
-				t.Errorf("peer namespaces %v, want %v", peers, wantPeers)
+			for _, s := range all[*servingv1.Service](b) {
+				where := "Knative Service " + s.Name
+				var volume *corev1.Volume
+				for i, v := range s.Spec.Template.Spec.Volumes {
+					if v.Secret != nil && v.Secret.SecretName == jwtSecretName {
+						volume = &s.Spec.Template.Spec.Volumes[i]
+					}
+				}
+				c := s.Spec.Template.Spec.Containers[0]
+				file, set := envValue(c, jwtSecretEnv)
+				rest := s.Labels[componentLabel] == functionComp && servesREST(t, b, s.Name)
+				if !rest {
+					assert.Nil(t, volume, "%s serves no REST route but mounts the JWT Secret", where)
+					assert.False(t, set, "%s serves no REST route but sets %s", where, jwtSecretEnv)
+					continue
+				}
+				require.NotNil(t, volume, "%s serves REST routes: mount Secret %s", where, jwtSecretName)
+				require.Len(t, volume.Secret.Items, 1, "%s: only the key %s", where, jwtSecretKey)
+				item := volume.Secret.Items[0]
+				assert.Equal(t, jwtSecretKey, item.Key, where)
+				var mount *corev1.VolumeMount
+				for i, m := range c.VolumeMounts {
+					if m.Name == volume.Name {
+						mount = &c.VolumeMounts[i]
+					}
+				}
+				require.NotNil(t, mount, "%s: volume %s not mounted", where, volume.Name)
+				assert.True(t, mount.ReadOnly, "%s: mount read-only", where)
+				assert.Equal(t, path.Join(mount.MountPath, item.Path), file, "%s: %s names the mounted file", where, jwtSecretEnv)
 			}
 		})
 	}
 }
 
+// TestEventAuth: the event-auth component is in every overlay: each
+// function Service checks the broker's token (issuer, audience, keys) and
+// accepts exactly the ServiceAccounts of the Triggers that deliver to it,
+// and every Trigger asks for a token with that audience.
+func TestEventAuth(t *testing.T) {
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
+			deployed := deployedFunctions(t, b)
+			wantSubjects := map[string][]string{}
+			for _, r := range events.Routes {
+				if sub, ok := deployed[r.Function]; ok {
+					wantSubjects[sub.service] = append(wantSubjects[sub.service], triggerSubject(r))
+				}
+			}
+			for name, s := range functionServices(b) {
+				c := s.Spec.Template.Spec.Containers[0]
+				for _, k := range []string{"EVENT_AUTH_ISSUER", "EVENT_AUTH_JWKS_URL"} {
+					v, _ := envValue(c, k)
+					assert.True(t, strings.HasPrefix(v, "https://"), "Service %s: %s %q", name, k, v)
+				}
+				aud, _ := envValue(c, "EVENT_AUTH_AUDIENCE")
+				assert.Equal(t, eventAudience, aud, "Service %s: EVENT_AUTH_AUDIENCE", name)
+				subjects, _ := envValue(c, "EVENT_AUTH_SUBJECTS")
+				want := wantSubjects[name]
+				sort.Strings(want)
+				require.NotEmpty(t, want, "Service %s: no Trigger delivers to it", name)
+				assert.Equal(t, want, strings.Split(subjects, ","), "Service %s: EVENT_AUTH_SUBJECTS", name)
+				for _, sub := range want {
+					assert.LessOrEqual(t, len(strings.TrimPrefix(sub, "system:serviceaccount:"+namespace+":")), 63, "ServiceAccount name %s", sub)
+				}
+			}
+			for _, tr := range all[*eventingv1.Trigger](b) {
+				aud := tr.Spec.Subscriber.Audience
+				if assert.NotNil(t, aud, "Trigger %s: no subscriber audience, so the broker sends no token", tr.Name) {
+					assert.Equal(t, eventAudience, *aud, "Trigger %s", tr.Name)
+				}
+			}
+		})
+	}
+}
+
+// TestNetworkPolicy: only Knative's activator and autoscaler, the gateway
+// and the broker filter may connect to the function pods, and every
+// function pod and the dead-letter sink is covered.
+func TestNetworkPolicy(t *testing.T) {
+	type peer struct{ namespace, pods string }
+	want := []peer{
+		{"knative-eventing", "eventing.knative.dev/brokerRole=filter"},
+		{"knative-serving", "app.kubernetes.io/component in (activator,autoscaler)"},
+		{localGatewayNamespace, "app=3scale-kourier-gateway"},
+	}
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
+			nps := all[*networkingv1.NetworkPolicy](b)
+			require.Len(t, nps, 1)
+			np := nps[0]
+			assert.Equal(t, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}, np.Spec.PolicyTypes)
+			sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+			require.NoError(t, err)
+			require.False(t, sel.Empty(), "podSelector selects every pod of the namespace, sessions included")
+			for _, s := range all[*servingv1.Service](b) {
+				assert.True(t, sel.Matches(labels.Set(s.Spec.Template.Labels)), "pods of Knative Service %s are not covered", s.Name)
+			}
+			require.Len(t, np.Spec.Ingress, 1)
+			require.Empty(t, np.Spec.Ingress[0].Ports)
+			var got []peer
+			for _, p := range np.Spec.Ingress[0].From {
+				require.Nil(t, p.IPBlock, "no IP blocks")
+				require.NotNil(t, p.NamespaceSelector, "a peer without a namespace selector is a pod of this namespace")
+				require.NotNil(t, p.PodSelector, "a peer without a pod selector is every pod of its namespace")
+				ns := p.NamespaceSelector
+				require.Empty(t, ns.MatchExpressions)
+				require.Len(t, ns.MatchLabels, 1)
+				name, ok := ns.MatchLabels["kubernetes.io/metadata.name"]
+				require.True(t, ok, "namespaces by name")
+				pods, err := metav1.LabelSelectorAsSelector(p.PodSelector)
+				require.NoError(t, err)
+				require.False(t, pods.Empty())
+				got = append(got, peer{name, pods.String()})
+			}
+			sort.Slice(got, func(i, j int) bool { return got[i].namespace < got[j].namespace })
+			assert.Equal(t, want, got)
+		})
+	}
+}
+
 // TestImagesAreMainPackages: every ko:// reference names a main package of
-// the workspace or its dependencies, so `ko resolve` can build it.
+// the workspace or its dependencies, so `ko resolve` can build it. Only
+// go list's standard output is data: on a cold machine the go command
+// reports its module downloads on standard error.
 func TestImagesAreMainPackages(t *testing.T) {
 	seen := map[string]bool{}
 	var paths []string
-	for _, name := range overlays {
-		for _, p := range loadOverlay(t, name).images {
+	for _, ov := range overlays {
+		for _, p := range loadOverlay(t, ov).images {
 			if !seen[p] {
 				seen[p] = true
 				paths = append(paths, p)
@@ -1082,17 +1160,13 @@ func TestImagesAreMainPackages(t *testing.T) {
 		}
 	}
 	sort.Strings(paths)
-	// Only stdout is data: on a cold machine the go command reports its
-	// module downloads on stderr.
 	args := append([]string{"list", "-e", "-json=ImportPath,Name,Error"}, paths...)
 	cmd := exec.Command(goTool(), args...)
 	cmd.Dir = ".."
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, stderr.String())
-	}
+	require.NoError(t, err, "go list: %s", stderr.String())
 	var listed []string
 	dec := json.NewDecoder(bytes.NewReader(out))
 	for dec.More() {
@@ -1101,19 +1175,12 @@ func TestImagesAreMainPackages(t *testing.T) {
 			Name       string
 			Error      *struct{ Err string }
 		}
-		if err := dec.Decode(&p); err != nil {
-			t.Fatalf("decode go list output: %v\n%s", err, out)
-		}
+		require.NoError(t, dec.Decode(&p), "decode go list output:\n%s", out)
 		listed = append(listed, p.ImportPath)
-		switch {
-		case p.Error != nil:
-			t.Errorf("ko://%s is not a buildable main package: %s", p.ImportPath, p.Error.Err)
-		case p.Name != "main":
-			t.Errorf("ko://%s is not a buildable main package: package %s", p.ImportPath, p.Name)
+		if assert.Nil(t, p.Error, "ko://%s is not a buildable main package", p.ImportPath) {
+			assert.Equal(t, "main", p.Name, "ko://%s is not a main package", p.ImportPath)
 		}
 	}
 	sort.Strings(listed)
-	if !slices.Equal(listed, paths) {
-		t.Errorf("go list reported %v, want one package for each of %v", listed, paths)
-	}
+	assert.Equal(t, paths, listed, "go list reports one package for each image")
 }
