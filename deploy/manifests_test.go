@@ -112,19 +112,19 @@ var configKeys = []string{
 }
 
 const (
-	configMapName    = "streamspace-functions"
-	databaseSecret   = "streamspace-database"
-	databaseKey      = "url"
-	componentLabel   = "app.kubernetes.io/component"
-	functionComp     = "function"
-	deadLetterComp   = "dead-letter"
-	koPrefix         = "ko://"
+	configMapName  = "streamspace-functions"
+	databaseSecret = "streamspace-database"
+	databaseKey    = "url"
+	componentLabel = "app.kubernetes.io/component"
+	functionComp   = "function"
+	deadLetterComp = "dead-letter"
+	koPrefix       = "ko://"
 
 	// StreamSpace's chart keeps JWT_SECRET in the Secret <release>-secrets,
 	// key jwt-secret; REST-serving functions mount it as a file.
-	jwtSecretName = "streamspace-secrets"
-	jwtSecretKey  = "jwt-secret"
-	jwtSecretEnv  = "STREAMSPACE_JWT_SECRET_FILE"
+	jwtSecretName    = "streamspace-secrets"
+	jwtSecretKey     = "jwt-secret"
+	jwtSecretEnv     = "STREAMSPACE_JWT_SECRET_FILE"
 	readinessPath    = "/health/readiness"
 	livenessPath     = "/health/liveness"
 	pingSourceSource = "PingSource"
