@@ -48,8 +48,15 @@ func (r *runner) banner(w io.Writer) error {
 		}
 	}
 	seeded := ""
+	if r.LoadedSchema {
+		seeded += ", StreamSpace's schema loaded"
+	}
 	if r.Seeded {
-		seeded = ", demo rows seeded"
+		seeded += ", demo rows seeded"
+	}
+	eventAuth := "off (the overlay's Triggers name no subscriber audience)"
+	if r.EventAudience != "" {
+		eventAuth = fmt.Sprintf("each delivery carries its Trigger's token from the local issuer, audience %s", r.EventAudience)
 	}
 	var pings []string
 	for _, p := range r.Manifests.PingSources {
@@ -64,6 +71,7 @@ func (r *runner) banner(w io.Writer) error {
 		fmt.Sprintf("  pingsources   %s", list(pings)),
 		fmt.Sprintf("  dead letters  %s", r.DeadLetters),
 		fmt.Sprintf("  issuer        %s (JWKS %s%s), audience %s", r.Issuer.URL(), r.BrokerURL, jwksPath, Audience),
+		fmt.Sprintf("  event auth    %s", eventAuth),
 		"",
 		fmt.Sprintf("Development tokens, valid %dh:", int(tokenTTL.Hours())),
 		fmt.Sprintf("  %s (admin): %s", demoOwner, admin),

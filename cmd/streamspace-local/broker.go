@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +49,7 @@ type Broker struct {
 	deadLetters     *apis.URL
 	log             *slog.Logger
 	observe         func(Delivery)
+	tokens          TokenSource
 
 	ctx    context.Context // deliveries run under it; cancelled by Close
 	cancel context.CancelFunc
@@ -67,7 +69,13 @@ type brokerOptions struct {
 	Logger      *slog.Logger
 	// Observe, when set, receives every delivery's result.
 	Observe func(Delivery)
+	// Tokens signs the token of a delivery to a Trigger with a subscriber
+	// audience. Required when any Trigger has one.
+	Tokens TokenSource
 }
+
+// TokenSource returns a bearer token for subject and audience.
+type TokenSource func(subject, audience string) (string, error)
 
 // newBroker prepares every Trigger of o.Broker. A Trigger for another
 // Broker, a subscriber without a local address or an invalid delivery spec
@@ -90,6 +98,7 @@ func newBroker(o brokerOptions) (*Broker, error) {
 		deadLetters: o.DeadLetters,
 		log:         o.Logger,
 		observe:     o.Observe,
+		tokens:      o.Tokens,
 	}
 	for _, t := range o.Triggers {
 		if t.Spec.Broker != b.name || t.Namespace != b.namespace {
@@ -101,10 +110,32 @@ func newBroker(o brokerOptions) (*Broker, error) {
 			b.closeFilters()
 			return nil, err
 		}
+		if s.audience != "" && o.Tokens == nil {
+			b.closeFilters()
+			return nil, fmt.Errorf("trigger %s: subscriber audience %q, but no issuer signs delivery tokens", s.name, s.audience)
+		}
 		b.subs = append(b.subs, s)
 	}
 	b.ctx, b.cancel = context.WithCancel(logging.WithLogger(context.Background(), zap.NewNop().Sugar()))
 	return b, nil
+}
+
+// EventAuth is what a subscriber must accept to take this broker's
+// deliveries: the one audience the Triggers ask their tokens for, and the
+// subjects those tokens carry, or "" and nil when no Trigger names an
+// audience. Triggers that disagree on the audience are an error, since the
+// one local function checks one.
+func (b *Broker) EventAuth() (audience string, subjects []string, err error) {
+	for i, s := range b.subs {
+		if i > 0 && s.audience != audience {
+			return "", nil, fmt.Errorf("trigger %s: subscriber audience %q differs from the other Triggers' %q", s.name, s.audience, audience)
+		}
+		audience = s.audience
+		if s.audience != "" && !slices.Contains(subjects, s.subject) {
+			subjects = append(subjects, s.subject)
+		}
+	}
+	return audience, subjects, nil
 }
 
 // Triggers returns the names (namespace/name) of the Triggers in order.

@@ -1,13 +1,18 @@
 package main
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	knbroker "knative.dev/eventing/pkg/broker"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/events"
 )
@@ -60,14 +65,12 @@ func TestTriggerFiltersDecideDelivery(t *testing.T) {
 			for sub, n := range before {
 				got := sub.Events()[n:]
 				if tc.want[sub] {
-					if len(got) != 1 || got[0].ID() != tc.event.ID() {
-						t.Errorf("subscriber %s got %d events, want the one published", sub.URL, len(got))
+					if assert.Len(t, got, 1, "subscriber %s", sub.URL) {
+						assert.Equal(t, tc.event.ID(), got[0].ID(), "subscriber %s", sub.URL)
 					}
 					continue
 				}
-				if len(got) != 0 {
-					t.Errorf("subscriber %s got %d events (%s), want none", sub.URL, len(got), got[0].Type())
-				}
+				assert.Empty(t, got, "subscriber %s", sub.URL)
 			}
 		})
 	}
@@ -79,23 +82,17 @@ func TestDeliveredEventCarriesBrokerAttributes(t *testing.T) {
 	e := newEvent(events.TemplateUpdated, map[string]string{"templateId": "t", "change": "updated"})
 	tb.publish(t, e, false)
 	d := tb.next(t)
-	if d.Outcome != Delivered || d.Status != http.StatusAccepted || d.Attempts != 1 {
-		t.Fatalf("delivery %+v, want delivered with 202 in 1 attempt", d)
-	}
+	require.Equal(t, Delivered, d.Outcome, "%+v", d)
+	require.Equal(t, http.StatusAccepted, d.Status)
+	require.Equal(t, 1, d.Attempts)
 	got := sub.Events()[0]
 	ext := got.Extensions()
-	if _, ok := ext[knbroker.EventArrivalTime]; !ok {
-		t.Errorf("delivered event has no %s extension", knbroker.EventArrivalTime)
-	}
-	if v, ok := ext[knbroker.TTLAttribute]; ok {
-		t.Errorf("delivered event carries %s=%v; the broker removes it before delivery", knbroker.TTLAttribute, v)
-	}
-	if ns := sub.Requests()[0].Header.Get("Kn-Namespace"); ns != testNamespace {
-		t.Errorf("Kn-Namespace header %q, want %q", ns, testNamespace)
-	}
-	if string(got.Data()) != string(e.Data()) || got.Source() != e.Source() {
-		t.Errorf("delivered %s from %s, want %s from %s", got.Data(), got.Source(), e.Data(), e.Source())
-	}
+	assert.Contains(t, ext, knbroker.EventArrivalTime)
+	assert.NotContains(t, ext, knbroker.TTLAttribute, "the broker removes the TTL before delivery")
+	assert.Equal(t, testNamespace, sub.Requests()[0].Header.Get("Kn-Namespace"))
+	assert.Empty(t, sub.Requests()[0].Header.Get("Authorization"), "no token without a subscriber audience")
+	assert.Equal(t, string(e.Data()), string(got.Data()))
+	assert.Equal(t, e.Source(), got.Source())
 }
 
 func TestRetriesAsTheDeliverySpecSays(t *testing.T) {
@@ -125,26 +122,18 @@ func TestRetriesAsTheDeliverySpecSays(t *testing.T) {
 			tb.publish(t, e, false)
 
 			d := tb.next(t)
-			if d.Attempts != tc.wantAttempts || len(sub.Events()) != tc.wantAttempts {
-				t.Errorf("attempts: delivery says %d, subscriber saw %d, want %d", d.Attempts, len(sub.Events()), tc.wantAttempts)
-			}
-			if d.Outcome != DeadLettered || d.Status != tc.status {
-				t.Errorf("delivery outcome %q status %d, want %q %d", d.Outcome, d.Status, DeadLettered, tc.status)
-			}
+			assert.Equal(t, tc.wantAttempts, d.Attempts, "attempts the delivery counted")
+			assert.Len(t, sub.Events(), tc.wantAttempts, "attempts the subscriber saw")
+			assert.Equal(t, DeadLettered, d.Outcome)
+			assert.Equal(t, tc.status, d.Status)
 			lines := tb.deadLetterLines(t)
-			if len(lines) != 1 {
-				t.Fatalf("dead-letter file has %d lines, want 1", len(lines))
-			}
+			require.Len(t, lines, 1)
 			dl := lines[0]
-			if dl.Event.ID() != e.ID() || dl.Trigger != testNamespace+"/failing" || dl.Code != tc.status {
-				t.Errorf("dead letter id %q trigger %q code %d, want %q %q %d", dl.Event.ID(), dl.Trigger, dl.Code, e.ID(), testNamespace+"/failing", tc.status)
-			}
-			if dl.Destination != sub.URL.String() {
-				t.Errorf("dead letter destination %q, want %q", dl.Destination, sub.URL)
-			}
-			if !strings.Contains(tb.Logs.String(), `"msg":"dead letter"`) {
-				t.Error("no dead letter line in the log")
-			}
+			assert.Equal(t, e.ID(), dl.Event.ID())
+			assert.Equal(t, testNamespace+"/failing", dl.Trigger)
+			assert.Equal(t, tc.status, dl.Code)
+			assert.Equal(t, sub.URL.String(), dl.Destination)
+			assert.Contains(t, tb.Logs.String(), `"msg":"dead letter"`)
 		})
 	}
 }
@@ -154,12 +143,9 @@ func TestNoDeadLetterSinkMeansFailed(t *testing.T) {
 	tb := newTestBroker(t, retrying(1, false), trigger("failing", sub))
 	tb.publish(t, newEvent(events.TemplateUpdated, nil), false)
 	d := tb.next(t)
-	if d.Outcome != Failed || d.Attempts != 2 {
-		t.Errorf("delivery outcome %q after %d attempts, want %q after 2", d.Outcome, d.Attempts, Failed)
-	}
-	if lines := tb.deadLetterLines(t); len(lines) != 0 {
-		t.Errorf("dead-letter file has %d lines, want none without a dead-letter sink", len(lines))
-	}
+	assert.Equal(t, Failed, d.Outcome)
+	assert.Equal(t, 2, d.Attempts)
+	assert.Empty(t, tb.deadLetterLines(t), "no dead-letter sink, so no dead letter")
 }
 
 func TestReplyReentersTheBroker(t *testing.T) {
@@ -179,16 +165,13 @@ func TestReplyReentersTheBroker(t *testing.T) {
 		d := tb.next(t)
 		byTrigger[d.Trigger] = d
 	}
-	if d := byTrigger[testNamespace+"/upstream"]; !d.Replied || d.Outcome != Delivered {
-		t.Errorf("upstream delivery %+v, want delivered with a reply", d)
-	}
+	d := byTrigger[testNamespace+"/upstream"]
+	assert.True(t, d.Replied, "upstream delivery %+v replied", d)
+	assert.Equal(t, Delivered, d.Outcome)
 	got := downstream.Events()
-	if len(got) != 1 || got[0].Type() != events.SnapshotCompleted {
-		t.Fatalf("downstream got %d events, want the reply", len(got))
-	}
-	if len(upstream.Events()) != 1 {
-		t.Errorf("upstream got %d events, want 1: the reply must be routed by its own type", len(upstream.Events()))
-	}
+	require.Len(t, got, 1, "downstream gets the reply")
+	assert.Equal(t, events.SnapshotCompleted, got[0].Type())
+	assert.Len(t, upstream.Events(), 1, "the reply must be routed by its own type")
 }
 
 func TestReplyLoopEndsWithTTL(t *testing.T) {
@@ -201,17 +184,11 @@ func TestReplyLoopEndsWithTTL(t *testing.T) {
 	}))
 	tb := newTestBroker(t, retrying(0, true), trigger("echo", echo, onType(events.TemplateUpdated)))
 	e := newEvent(events.TemplateUpdated, nil)
-	if err := knbroker.SetTTL(e.Context, 3); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, knbroker.SetTTL(e.Context, 3))
 	tb.publish(t, e, false)
 	tb.settle(t)
-	if n := len(echo.Events()); n != 2 {
-		t.Errorf("echo subscriber got %d events, want 2", n)
-	}
-	if lines := tb.deadLetterLines(t); len(lines) != 1 {
-		t.Errorf("dead-letter file has %d lines, want 1 for the refused reply", len(lines))
-	}
+	assert.Len(t, echo.Events(), 2)
+	assert.Len(t, tb.deadLetterLines(t), 1, "one dead letter for the refused reply")
 }
 
 func TestIngressRefuses(t *testing.T) {
@@ -233,9 +210,7 @@ func TestIngressRefuses(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			req, err := http.NewRequest(tc.method, tb.URL+tc.path, strings.NewReader(tc.body))
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if tc.contentType != "" {
 				req.Header.Set("Content-Type", tc.contentType)
 			}
@@ -243,25 +218,98 @@ func TestIngressRefuses(t *testing.T) {
 				req.Header.Set(k, v)
 			}
 			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			resp.Body.Close()
-			if resp.StatusCode != tc.want {
-				t.Errorf("status %d, want %d", resp.StatusCode, tc.want)
-			}
+			assert.Equal(t, tc.want, resp.StatusCode)
 		})
 	}
 }
 
-func TestTriggerForAnotherBrokerIsAnError(t *testing.T) {
+func TestBrokerRefusesTriggers(t *testing.T) {
 	sub := newSubscriber(t, nil)
-	tr := trigger("elsewhere", sub)
-	tr.Spec.Broker = "other"
-	kb := &eventingv1.Broker{}
-	kb.Name, kb.Namespace = "default", testNamespace
-	if _, err := newBroker(brokerOptions{Broker: kb, Triggers: []*eventingv1.Trigger{tr}}); err == nil {
-		t.Error("newBroker accepted a Trigger of another Broker")
+	tests := []struct {
+		name    string
+		trigger *eventingv1.Trigger
+		tokens  TokenSource
+	}{
+		{"of another Broker", trigger("elsewhere", sub, func(tr *eventingv1.Trigger) { tr.Spec.Broker = "other" }), nil},
+		{"with an audience and no issuer", trigger("audience", sub, withAudience("fns")), nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			kb := &eventingv1.Broker{}
+			kb.Name, kb.Namespace = "default", testNamespace
+			_, err := newBroker(brokerOptions{Broker: kb, Triggers: []*eventingv1.Trigger{tc.trigger}, Tokens: tc.tokens})
+			assert.Error(t, err)
+		})
+	}
+}
+
+// TestDeliveryTokens: a Trigger with a subscriber audience delivers with a
+// bearer token for that audience whose subject is the Trigger's own OIDC
+// ServiceAccount, as Knative's broker filter does; EventAuth reports what
+// the subscriber must accept.
+func TestDeliveryTokens(t *testing.T) {
+	type minted struct{ subject, audience string }
+	tests := []struct {
+		name         string
+		audiences    []string // one Trigger each; "" for none
+		wantAudience string
+		wantTokens   int
+		wantErr      bool
+	}{
+		{name: "no audience, no token", audiences: []string{"", ""}},
+		{name: "every Trigger with the audience", audiences: []string{"fns", "fns"}, wantAudience: "fns", wantTokens: 2},
+		{name: "Triggers disagree", audiences: []string{"fns", ""}, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sub := newSubscriber(t, nil)
+			var mu sync.Mutex
+			var got []minted
+			tokens := func(subject, audience string) (string, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				got = append(got, minted{subject, audience})
+				return "token-for-" + subject, nil
+			}
+			var triggers []*eventingv1.Trigger
+			for i, aud := range tc.audiences {
+				var opts []func(*eventingv1.Trigger)
+				if aud != "" {
+					opts = append(opts, withAudience(aud))
+				}
+				triggers = append(triggers, trigger(fmt.Sprintf("t%d", i), sub, opts...))
+			}
+			tb := newTestBrokerWith(t, nil, tokens, triggers...)
+			audience, subjects, err := tb.EventAuth()
+			if tc.wantErr {
+				assert.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.wantAudience, audience)
+			assert.Len(t, subjects, tc.wantTokens)
+
+			tb.publish(t, newEvent(events.TemplateUpdated, nil), false)
+			tb.settle(t)
+			mu.Lock()
+			defer mu.Unlock()
+			require.Len(t, got, tc.wantTokens)
+			for _, r := range sub.Requests() {
+				authz := r.Header.Get("Authorization")
+				if tc.wantAudience == "" {
+					assert.Empty(t, authz)
+					continue
+				}
+				assert.True(t, strings.HasPrefix(authz, "Bearer token-for-system:serviceaccount:"+testNamespace+":t"), "Authorization %q", authz)
+				assert.True(t, strings.HasSuffix(authz, "-oidc-eventing.knative.dev-trigger"), "Authorization %q", authz)
+			}
+			for _, m := range got {
+				assert.Equal(t, tc.wantAudience, m.audience)
+				assert.Contains(t, subjects, m.subject)
+			}
+		})
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -37,17 +39,11 @@ func TestParseConfig(t *testing.T) {
 			}
 			c, err := parseConfig(tc.args, env)
 			if tc.wantErr {
-				if err == nil {
-					t.Errorf("got %+v, want an error", c)
-				}
+				assert.Error(t, err, "got %+v", c)
 				return
 			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !tc.want(c) {
-				t.Errorf("got %+v", c)
-			}
+			require.NoError(t, err)
+			assert.True(t, tc.want(c), "got %+v", c)
 		})
 	}
 }
@@ -57,19 +53,29 @@ func TestDatabaseURLFromLibpqEnvironment(t *testing.T) {
 		"PGHOST": "localhost", "PGPORT": "5433", "PGUSER": "postgres",
 		"PGPASSWORD": `it's a \secret`, "PGDATABASE": "postgres", "HOME": "/root",
 	}
-	if got := databaseURL("postgres://u@h/db", env); got != "postgres://u@h/db" {
-		t.Errorf("DATABASE_URL set: got %q, want it unchanged", got)
+	tests := []struct {
+		name, configured string
+		want             func(t *testing.T, url string)
+	}{
+		{"DATABASE_URL is used unchanged", "postgres://u@h/db", func(t *testing.T, url string) {
+			assert.Equal(t, "postgres://u@h/db", url)
+		}},
+		{"PG* variables become a keyword/value string", "", func(t *testing.T, url string) {
+			cfg, err := pgx.ParseConfig(url)
+			require.NoError(t, err, "built connection string does not parse")
+			assert.Equal(t, "localhost", cfg.Host)
+			assert.Equal(t, uint16(5433), cfg.Port)
+			assert.Equal(t, "postgres", cfg.User)
+			assert.Equal(t, `it's a \secret`, cfg.Password)
+			assert.Equal(t, "postgres", cfg.Database)
+			desc := describeDatabase(url)
+			assert.Equal(t, "postgres@localhost:5433/postgres", desc)
+			assert.NotContains(t, desc, "secret")
+		}},
 	}
-	url := databaseURL("", env)
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		t.Fatalf("built connection string does not parse: %v", err)
-	}
-	if cfg.Host != "localhost" || cfg.Port != 5433 || cfg.User != "postgres" || cfg.Password != `it's a \secret` || cfg.Database != "postgres" {
-		t.Errorf("parsed %s@%s:%d/%s password %q", cfg.User, cfg.Host, cfg.Port, cfg.Database, cfg.Password)
-	}
-	desc := describeDatabase(url)
-	if desc != "postgres@localhost:5433/postgres" || strings.Contains(desc, "secret") {
-		t.Errorf("description %q, want postgres@localhost:5433/postgres and no password", desc)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.want(t, databaseURL(tc.configured, env))
+		})
 	}
 }

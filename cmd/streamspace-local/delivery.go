@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -67,6 +68,19 @@ func (b *Broker) deliver(s *subscription, e cloudevents.Event, ttl int32) {
 
 	header := http.Header{}
 	header.Set(eventingapis.KnNamespaceHeader, s.namespace)
+	if s.audience != "" {
+		token, err := b.tokens(s.subject, s.audience)
+		if err != nil {
+			d := Delivery{EventID: e.ID(), EventType: e.Type(), EventSource: e.Source(), Trigger: s.name,
+				Subscriber: s.subscriber.String(), Outcome: Failed, Err: fmt.Errorf("delivery token: %w", err)}
+			b.logDelivery(d)
+			if b.observe != nil {
+				b.observe(d)
+			}
+			return
+		}
+		header.Set("Authorization", "Bearer "+token)
+	}
 	// The dispatcher rewrites the addressables it is given, so each
 	// delivery gets its own.
 	opts := []kncloudevents.SendOption{

@@ -25,6 +25,8 @@ import (
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 	"knative.dev/pkg/ptr"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/streamspace-dev/functions/shared/fntest"
 	"github.com/streamspace-dev/functions/shared/logging"
 )
@@ -105,10 +107,14 @@ type testBroker struct {
 // delivery, with triggers.
 func newTestBroker(t *testing.T, delivery *eventingduckv1.DeliverySpec, triggers ...*eventingv1.Trigger) *testBroker {
 	t.Helper()
+	return newTestBrokerWith(t, delivery, nil, triggers...)
+}
+
+// newTestBrokerWith is newTestBroker whose delivery tokens come from tokens.
+func newTestBrokerWith(t *testing.T, delivery *eventingduckv1.DeliverySpec, tokens TokenSource, triggers ...*eventingv1.Trigger) *testBroker {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	base := "http://" + ln.Addr().String()
 	ingress, _ := apis.ParseURL(base + "/")
 	dlURL, _ := apis.ParseURL(base + deadLettersPath)
@@ -121,9 +127,7 @@ func newTestBroker(t *testing.T, delivery *eventingduckv1.DeliverySpec, triggers
 		Logs:        logs,
 	}
 	dl, err := openDeadLetterLog(tb.DeadLetters, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	kb := &eventingv1.Broker{Spec: eventingv1.BrokerSpec{Delivery: delivery}}
 	kb.Name, kb.Namespace = "default", testNamespace
 	b, err := newBroker(brokerOptions{
@@ -134,10 +138,9 @@ func newTestBroker(t *testing.T, delivery *eventingduckv1.DeliverySpec, triggers
 		DeadLetters: dlURL,
 		Logger:      log,
 		Observe:     func(d Delivery) { tb.Deliveries <- d },
+		Tokens:      tokens,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tb.Broker = b
 	mux := http.NewServeMux()
 	mux.Handle(deadLettersPath, dl)
@@ -162,7 +165,7 @@ func (tb *testBroker) next(t *testing.T) Delivery {
 	case d := <-tb.Deliveries:
 		return d
 	case <-time.After(waitTimeout):
-		t.Fatalf("no delivery within %s", waitTimeout)
+		require.FailNow(t, "no delivery", "none within %s", waitTimeout)
 		return Delivery{}
 	}
 }
@@ -173,9 +176,7 @@ func (tb *testBroker) settle(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	if err := tb.Drain(ctx); err != nil {
-		t.Fatalf("deliveries still in flight after %s", waitTimeout)
-	}
+	require.NoError(t, tb.Drain(ctx), "deliveries still in flight after %s", waitTimeout)
 }
 
 // deadLetterLines decodes the dead-letter file.
@@ -187,23 +188,17 @@ func (tb *testBroker) deadLetterLines(t *testing.T) []DeadLetter {
 func readDeadLetters(t *testing.T, path string) []DeadLetter {
 	t.Helper()
 	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer f.Close()
 	var out []DeadLetter
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var dl DeadLetter
-		if err := json.Unmarshal(sc.Bytes(), &dl); err != nil {
-			t.Fatalf("dead-letter line %q: %v", sc.Text(), err)
-		}
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &dl), "dead-letter line %q", sc.Text())
 		out = append(out, dl)
 	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, sc.Err())
 	return out
 }
 
@@ -230,6 +225,11 @@ func onType(typ string) func(*eventingv1.Trigger) {
 // withFilters sets the subscriptions API filters.
 func withFilters(f ...eventingv1.SubscriptionsAPIFilter) func(*eventingv1.Trigger) {
 	return func(t *eventingv1.Trigger) { t.Spec.Filters = f }
+}
+
+// withAudience sets the subscriber's OIDC audience.
+func withAudience(aud string) func(*eventingv1.Trigger) {
+	return func(t *eventingv1.Trigger) { t.Spec.Subscriber.Audience = &aud }
 }
 
 // withDelivery sets the Trigger's own delivery spec.
@@ -264,9 +264,8 @@ func newEvent(typ string, data any) cloudevents.Event {
 // publish posts e to the broker ingress and checks the 202.
 func (tb *testBroker) publish(t *testing.T, e cloudevents.Event, structured bool) {
 	t.Helper()
-	if status, _ := fntest.Deliver(t, tb.URL+"/", e, structured); status != http.StatusAccepted {
-		t.Fatalf("ingress answered %d, want 202", status)
-	}
+	status, _ := fntest.Deliver(t, tb.URL+"/", e, structured)
+	require.Equal(t, http.StatusAccepted, status, "ingress status")
 }
 
 // replyWith returns a respond func that answers each event with reply

@@ -71,26 +71,38 @@ func loadOverlay(dir string) (*Manifests, error) {
 // findOverlay returns dir if it exists; a relative dir that does not is
 // looked up from each parent of the working directory in turn.
 func findOverlay(dir string) (string, error) {
-	if isDir(dir) || filepath.IsAbs(dir) {
-		return dir, nil
+	p, err := findUp(dir, true)
+	if err != nil {
+		return "", fmt.Errorf("overlay %w; set DEPLOY_OVERLAY", err)
+	}
+	return p, nil
+}
+
+// findUp returns rel if it exists (as a directory when dir is set, else as a
+// file); a relative rel that does not is looked up from each parent of the
+// working directory in turn, so the runner works from anywhere in the
+// repository.
+func findUp(rel string, dir bool) (string, error) {
+	if exists(rel, dir) || filepath.IsAbs(rel) {
+		return rel, nil
 	}
 	wd, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for d := wd; ; {
-		if candidate := filepath.Join(d, dir); isDir(candidate) {
+		if candidate := filepath.Join(d, rel); exists(candidate, dir) {
 			return candidate, nil
 		}
 		parent := filepath.Dir(d)
 		if parent == d {
-			return "", errors.New("overlay " + dir + " not found in " + wd + " or any parent; set DEPLOY_OVERLAY")
+			return "", errors.New(rel + " not found in " + wd + " or any parent")
 		}
 		d = parent
 	}
 }
 
-func isDir(path string) bool {
+func exists(path string, dir bool) bool {
 	fi, err := os.Stat(path)
-	return err == nil && fi.IsDir()
+	return err == nil && fi.IsDir() == dir
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,6 +11,9 @@ import (
 	"knative.dev/pkg/apis"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	function "github.com/streamspace-dev/functions"
 	"github.com/streamspace-dev/functions/events"
 )
@@ -20,9 +22,7 @@ import (
 func allInOneOverlay(t *testing.T) string {
 	t.Helper()
 	dir, err := findOverlay("deploy/overlays/all-in-one")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return dir
 }
 
@@ -35,30 +35,26 @@ func allInOneContains(name string) bool {
 
 func TestLoadAllInOneOverlay(t *testing.T) {
 	m, err := loadOverlay(allInOneOverlay(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(m.Brokers) != 1 {
-		t.Fatalf("%d Brokers, want 1", len(m.Brokers))
-	}
+	require.NoError(t, err)
+	require.Len(t, m.Brokers, 1)
 	b := m.Brokers[0]
-	if b.Name != "default" || b.Namespace != events.DefaultNamespace {
-		t.Errorf("Broker %s/%s, want %s/default", b.Namespace, b.Name, events.DefaultNamespace)
-	}
-	if d := b.Spec.Delivery; d == nil || d.Retry == nil || d.DeadLetterSink == nil {
-		t.Errorf("Broker delivery %+v, want retries and a dead-letter sink", d)
-	}
+	assert.Equal(t, "default", b.Name)
+	assert.Equal(t, events.DefaultNamespace, b.Namespace)
+	d := b.Spec.Delivery
+	assert.True(t, d != nil && d.Retry != nil && d.DeadLetterSink != nil, "Broker delivery %+v, want retries and a dead-letter sink", d)
 	pings := map[string]bool{}
 	for _, p := range m.PingSources {
 		pings[events.PingSource(p.Namespace, p.Name)] = true
 	}
 	for _, want := range []string{events.AutoscaleTickSource, events.MailHealthSource} {
-		if !pings[want] {
-			t.Errorf("no PingSource with source %s", want)
-		}
+		assert.True(t, pings[want], "no PingSource with source %s", want)
 	}
-	if len(m.Triggers) == 0 {
-		t.Error("no Triggers")
+	require.NotEmpty(t, m.Triggers)
+	// The event-auth component is in the overlay: every Trigger asks for a
+	// delivery token, which the local broker then signs.
+	for _, tr := range m.Triggers {
+		aud := tr.Spec.Subscriber.Audience
+		assert.True(t, aud != nil && *aud != "", "Trigger %s has no subscriber audience", tr.Name)
 	}
 }
 
@@ -69,31 +65,22 @@ func TestLoadAllInOneOverlay(t *testing.T) {
 // and dead-lettered).
 func TestAllInOneTriggersCoverRoutes(t *testing.T) {
 	m, err := loadOverlay(allInOneOverlay(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	base, _ := apis.ParseURL("http://function.test")
 	res := resolver{services: map[string]*apis.URL{allInOneService: base}}
 	var subs []*subscription
 	for _, tr := range m.Triggers {
 		s, err := newSubscription(tr, m.Brokers[0], res)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		t.Cleanup(s.filter.Cleanup)
 		subs = append(subs, s)
 		fn, ok := strings.CutPrefix(s.subscriber.Path, "/events/")
-		if !ok || s.subscriber.Host != base.Host {
-			t.Errorf("trigger %s delivers to %s, want %s/events/<function>", s.name, s.subscriber, base)
+		if !assert.True(t, ok && s.subscriber.Host == base.Host, "trigger %s delivers to %s, want %s/events/<function>", s.name, s.subscriber, base) {
 			continue
 		}
-		if !allInOneContains(fn) {
-			t.Errorf("trigger %s delivers to %s, which the all-in-one does not contain", s.name, fn)
-		}
+		assert.True(t, allInOneContains(fn), "trigger %s delivers to %s, which the all-in-one does not contain", s.name, fn)
 	}
-	if allInOneContains("no-such-function") {
-		t.Fatal("the membership probe cannot tell members from strangers")
-	}
+	require.False(t, allInOneContains("no-such-function"), "the membership probe cannot tell members from strangers")
 	// Rows sharing a (type, source) fan out: the Triggers must deliver such
 	// an event to exactly the functions the table names for it.
 	type key struct{ typ, source string }
@@ -119,57 +106,47 @@ func TestAllInOneTriggersCoverRoutes(t *testing.T) {
 		}
 		slices.Sort(got)
 		slices.Sort(urls)
-		if !slices.Equal(got, urls) {
-			t.Errorf("event %s from %q: the Triggers deliver it to %v, want %v", k.typ, k.source, got, urls)
-		}
+		assert.Equal(t, urls, got, "event %s from %q: where the Triggers deliver it", k.typ, k.source)
 	}
-	if checked == 0 {
-		t.Error("no routing table row names a function of the all-in-one")
-	}
+	assert.NotZero(t, checked, "no routing table row names a function of the all-in-one")
 }
 
 func TestLoadOverlayDecodesKnativeTypes(t *testing.T) {
 	m, err := loadOverlay(filepath.Join("testdata", "minimal"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(m.Brokers) != 1 || len(m.Triggers) != 1 || len(m.PingSources) != 1 {
-		t.Fatalf("got %d Brokers, %d Triggers, %d PingSources, want 1 each", len(m.Brokers), len(m.Triggers), len(m.PingSources))
-	}
+	require.NoError(t, err)
+	require.Len(t, m.Brokers, 1)
+	require.Len(t, m.Triggers, 1)
+	require.Len(t, m.PingSources, 1)
 	tr := m.Triggers[0]
-	if tr.Namespace != defaultNamespace || len(tr.Spec.Filters) != 2 {
-		t.Errorf("trigger namespace %q with %d filters, want %q with 2", tr.Namespace, len(tr.Spec.Filters), defaultNamespace)
-	}
+	assert.Equal(t, defaultNamespace, tr.Namespace)
+	assert.Len(t, tr.Spec.Filters, 2)
 	base, _ := apis.ParseURL("http://127.0.0.1:9")
 	s, err := newSubscription(tr, m.Brokers[0], resolver{services: map[string]*apis.URL{allInOneService: base}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer s.filter.Cleanup()
-	if s.subscriber.String() != "http://127.0.0.1:9/events/ui" || s.retry.RetryMax != 2 {
-		t.Errorf("subscriber %s with %d retries, want http://127.0.0.1:9/events/ui with the Broker's 2", s.subscriber, s.retry.RetryMax)
-	}
-	for _, tc := range []struct {
-		typ, source string
-		pass        bool
+	assert.Equal(t, "http://127.0.0.1:9/events/ui", s.subscriber.String())
+	assert.Equal(t, 2, s.retry.RetryMax, "the Broker's retries")
+	tests := []struct {
+		name, typ, source string
+		pass              bool
 	}{
-		{events.SnapshotCompleted, events.SourceOf("snapshot"), true},
-		{events.SnapshotCompleted, events.SourceOf("restore"), false},
-		{events.TemplateUpdated, events.SourceOf("snapshot"), false},
-	} {
-		e := newEvent(tc.typ, nil)
-		e.SetSource(tc.source)
-		if got := s.filter.Filter(context.Background(), e) != eventfilter.FailFilter; got != tc.pass {
-			t.Errorf("%s from %s: passes %v, want %v", tc.typ, tc.source, got, tc.pass)
-		}
+		{"type and source match", events.SnapshotCompleted, events.SourceOf("snapshot"), true},
+		{"another source", events.SnapshotCompleted, events.SourceOf("restore"), false},
+		{"another type", events.TemplateUpdated, events.SourceOf("snapshot"), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEvent(tc.typ, nil)
+			e.SetSource(tc.source)
+			assert.Equal(t, tc.pass, s.filter.Filter(context.Background(), e) != eventfilter.FailFilter)
+		})
 	}
 }
 
 func TestLoadOverlayIsStrict(t *testing.T) {
 	_, err := loadOverlay(filepath.Join("testdata", "unknown-field"))
-	if err == nil || !strings.Contains(err.Error(), "filtr") {
-		t.Errorf("got %v, want an error naming the unknown field filtr", err)
-	}
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "filtr", "the error names the unknown field")
 }
 
 func TestResolve(t *testing.T) {
@@ -198,14 +175,12 @@ func TestResolve(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := res.resolve(tc.dest.build(), "streamspace")
-			switch {
-			case tc.want == "" && err == nil:
-				t.Errorf("resolved to %s, want an error", got)
-			case tc.want != "" && err != nil:
-				t.Errorf("error %v, want %s", err, tc.want)
-			case tc.want != "" && got.String() != tc.want:
-				t.Errorf("got %s, want %s", got, tc.want)
+			if tc.want == "" {
+				assert.Error(t, err, "resolved to %s", got)
+				return
 			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got.String())
 		})
 	}
 }

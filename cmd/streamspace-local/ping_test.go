@@ -11,6 +11,9 @@ import (
 	"knative.dev/pkg/apis"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/fntest"
 	"github.com/streamspace-dev/functions/shared/logging"
@@ -53,26 +56,18 @@ func TestPingEventAttributes(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e, err := pingEvent(tc.src)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e.Type() != events.Ping || e.Source() != tc.wantSource {
-				t.Errorf("type %q source %q, want %q %q", e.Type(), e.Source(), events.Ping, tc.wantSource)
-			}
-			if string(e.Data()) != tc.wantData || e.DataContentType() != tc.wantCT {
-				t.Errorf("data %s (%s), want %s (%s)", e.Data(), e.DataContentType(), tc.wantData, tc.wantCT)
-			}
+			require.NoError(t, err)
+			assert.Equal(t, events.Ping, e.Type())
+			assert.Equal(t, tc.wantSource, e.Source())
+			assert.Equal(t, tc.wantData, string(e.Data()))
+			assert.Equal(t, tc.wantCT, e.DataContentType())
 			if tc.wantExtName != "" {
-				if got := e.Extensions()[tc.wantExtName]; got != tc.wantExt {
-					t.Errorf("extension %s = %v, want %q", tc.wantExtName, got, tc.wantExt)
-				}
+				assert.Equal(t, tc.wantExt, e.Extensions()[tc.wantExtName], "extension %s", tc.wantExtName)
 			}
 			// The contract's schema for ping data accepts what the
 			// manifests send once an id is set per tick.
 			e.SetID("1")
-			if err := events.Validate(e); err != nil {
-				t.Errorf("ping event does not validate: %v", err)
-			}
+			assert.NoError(t, events.Validate(e))
 		})
 	}
 }
@@ -89,25 +84,17 @@ func TestPingSourceFiresIntoItsSink(t *testing.T) {
 			APIVersion: "eventing.knative.dev/v1", Kind: "Broker", Name: "default"}}},
 	})
 	client, err := cloudevents.NewClientHTTP()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	p, err := startPings([]*sourcesv1.PingSource{src}, res, client, logging.New(&fntest.Buffer{}, slog.LevelInfo))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(p.Stop)
 	got := sink.WaitFor(context.Background(), events.Ping, waitTimeout)
-	if len(got) == 0 {
-		t.Fatalf("no ping within %s", waitTimeout)
-	}
+	require.NotEmpty(t, got, "no ping within %s", waitTimeout)
 	e := got[0]
-	if e.Source() != events.AutoscaleTickSource || string(e.Data()) != `{"job":"autoscale.evaluate"}` {
-		t.Errorf("ping from %q with %s, want %q with the PingSource's data", e.Source(), e.Data(), events.AutoscaleTickSource)
-	}
-	if e.ID() == "" || e.Time().IsZero() {
-		t.Errorf("ping id %q time %v, want both set", e.ID(), e.Time())
-	}
+	assert.Equal(t, events.AutoscaleTickSource, e.Source())
+	assert.Equal(t, `{"job":"autoscale.evaluate"}`, string(e.Data()))
+	assert.NotEmpty(t, e.ID())
+	assert.False(t, e.Time().IsZero())
 }
 
 func TestPingSourceWithoutLocalSinkIsAnError(t *testing.T) {
@@ -115,10 +102,7 @@ func TestPingSourceWithoutLocalSinkIsAnError(t *testing.T) {
 		SourceSpec: duckv1.SourceSpec{Sink: duckv1.Destination{Ref: &duckv1.KReference{
 			APIVersion: "eventing.knative.dev/v1", Kind: "Broker", Name: "elsewhere"}}}})
 	client, err := cloudevents.NewClientHTTP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := startPings([]*sourcesv1.PingSource{src}, resolver{}, client, slog.Default()); err == nil {
-		t.Error("startPings accepted a sink with no local address")
-	}
+	require.NoError(t, err)
+	_, err = startPings([]*sourcesv1.PingSource{src}, resolver{}, client, slog.Default())
+	assert.Error(t, err, "startPings accepted a sink with no local address")
 }

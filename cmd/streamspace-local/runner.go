@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -46,12 +47,18 @@ type runner struct {
 	BrokerURL   string
 	Database    string
 	Schema      int
-	Overlay     string
-	Issuer      *localissuer.Issuer
-	Broker      *Broker
-	Manifests   *Manifests
-	DeadLetters string
-	Seeded      bool
+	// LoadedSchema says StreamSpace's schema was loaded into the throwaway
+	// database before migrating.
+	LoadedSchema bool
+	Overlay      string
+	Issuer       *localissuer.Issuer
+	Broker       *Broker
+	Manifests    *Manifests
+	DeadLetters  string
+	Seeded       bool
+	// EventAudience is the audience of the broker's delivery tokens, empty
+	// when the overlay's Triggers name none (no event-auth component).
+	EventAudience string
 
 	brokerSrv    *http.Server
 	deadLetters  *deadLetterLog
@@ -73,9 +80,13 @@ func start(ctx context.Context, cfg Config, environ map[string]string, log *slog
 
 	dbURL := databaseURL(cfg.DatabaseURL, environ)
 	r.Database = describeDatabase(dbURL)
-	if r.Schema, err = migrateDatabase(ctx, dbURL); err != nil {
+	// Only a database the runner was given by pg_virtualenv's PG*
+	// variables is throwaway; a DATABASE_URL is the operator's.
+	st, err := prepareDatabase(ctx, dbURL, cfg.DatabaseURL == "")
+	if err != nil {
 		return nil, err
 	}
+	r.Schema, r.LoadedSchema = st.Version, st.LoadedSchema
 	if cfg.Seed {
 		if err := seedDemo(ctx, dbURL); err != nil {
 			return nil, err
@@ -130,12 +141,22 @@ func start(ctx context.Context, cfg Config, environ map[string]string, log *slog
 		DeadLetters: deadLetters,
 		Logger:      log.With("component", "broker"),
 		Observe:     observe,
+		Tokens: func(subject, audience string) (string, error) {
+			return r.Issuer.Token(subject, "", audience, deliveryTokenTTL)
+		},
 	})
 	if err != nil {
 		fnLn.Close()
 		brokerLn.Close()
 		return nil, err
 	}
+	audience, subjects, err := r.Broker.EventAuth()
+	if err != nil {
+		fnLn.Close()
+		brokerLn.Close()
+		return nil, err
+	}
+	r.EventAudience = audience
 
 	mux := http.NewServeMux()
 	mux.Handle("GET "+jwksPath, r.Issuer.JWKSHandler())
@@ -145,20 +166,14 @@ func start(ctx context.Context, cfg Config, environ map[string]string, log *slog
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go r.brokerSrv.Serve(brokerLn)
 
-	env := make(map[string]string, len(environ)+7)
-	for k, v := range environ {
-		env[k] = v
-	}
-	for k, v := range map[string]string{
+	env := functionEnv(environ, map[string]string{
 		"PORT":          strconv.Itoa(fnLn.Addr().(*net.TCPAddr).Port),
 		"DATABASE_URL":  dbURL,
 		"K_SINK":        ingress.String(),
 		"AUTH_ISSUER":   r.Issuer.URL(),
 		"AUTH_AUDIENCE": Audience,
 		"AUTH_JWKS_URL": r.BrokerURL + jwksPath,
-	} {
-		env[k] = v
-	}
+	}, r.eventAuthEnv(audience, subjects))
 	fnCtx, stopFunction := context.WithCancel(context.WithoutCancel(ctx))
 	r.stopFunction, r.functionDone = stopFunction, make(chan error, 1)
 	ready := make(chan struct{})
@@ -187,6 +202,47 @@ func start(ctx context.Context, cfg Config, environ map[string]string, log *slog
 		return nil, err
 	}
 	return r, nil
+}
+
+// deliveryTokenTTL is the lifetime of a delivery's token; each delivery
+// gets a fresh one, as Knative's token provider refreshes them.
+const deliveryTokenTTL = 5 * time.Minute
+
+// eventAuthEnv configures the function's event path the way the
+// event-auth component does in a cluster, with the local issuer standing in
+// for the cluster's service-account issuer: the broker signs each delivery
+// for the Triggers' audience with the Trigger's subject. Nothing when the
+// Triggers name no audience.
+func (r *runner) eventAuthEnv(audience string, subjects []string) map[string]string {
+	if audience == "" {
+		return nil
+	}
+	return map[string]string{
+		"EVENT_AUTH_ISSUER":   r.Issuer.URL(),
+		"EVENT_AUTH_AUDIENCE": audience,
+		"EVENT_AUTH_JWKS_URL": r.BrokerURL + jwksPath,
+		"EVENT_AUTH_SUBJECTS": strings.Join(subjects, ","),
+	}
+}
+
+// functionEnv is the local function's environment: the runner's own, with
+// what the runner provides set over it. EVENT_AUTH_* are never inherited:
+// they must name the issuer that signs this broker's deliveries, so only
+// eventAuth sets them.
+func functionEnv(environ map[string]string, provided, eventAuth map[string]string) map[string]string {
+	env := make(map[string]string, len(environ)+len(provided)+len(eventAuth))
+	for k, v := range environ {
+		if !strings.HasPrefix(k, "EVENT_AUTH_") {
+			env[k] = v
+		}
+	}
+	for k, v := range provided {
+		env[k] = v
+	}
+	for k, v := range eventAuth {
+		env[k] = v
+	}
+	return env
 }
 
 // shutdown stops the schedules, lets deliveries in flight finish (up to

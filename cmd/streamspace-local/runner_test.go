@@ -13,8 +13,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/events"
+	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/db/dbtest"
 	"github.com/streamspace-dev/functions/shared/fntest"
 	"github.com/streamspace-dev/functions/shared/logging"
@@ -43,23 +46,23 @@ func startLocalRun(t *testing.T) *localRun {
 	// Long enough that only the template.updated event can clear the
 	// popular-tag cache during a test.
 	environ["TAGS_CACHE_TTL"] = "1h"
+	// An operator's shell may hold the cluster's settings; the local run
+	// must not take them for its own issuer's.
+	environ["EVENT_AUTH_ISSUER"] = "https://kubernetes.default.svc.cluster.local"
+	environ["EVENT_AUTH_JWKS_URL"] = "https://kubernetes.default.svc.cluster.local/openid/v1/jwks"
 	lr := &localRun{Pool: pool, Deliveries: make(chan Delivery, 100), Logs: &fntest.Buffer{}}
 	// Generous: start only takes long on a busy machine.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	r, err := start(ctx, cfg, environ, logging.New(lr.Logs, slog.LevelDebug), func(d Delivery) { lr.Deliveries <- d })
-	if err != nil {
-		t.Fatalf("start: %v\nlog:\n%s", err, lr.Logs.String())
-	}
+	require.NoError(t, err, "start; log:\n%s", lr.Logs.String())
 	lr.runner = r
 	t.Cleanup(func() {
 		// The test's idle keep-alive connections would hold up the broker
 		// port's bounded shutdown (a connection that never sent a request
 		// counts as busy for its first seconds), so they go first.
 		http.DefaultClient.CloseIdleConnections()
-		if err := r.shutdown(context.Background()); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
+		assert.NoError(t, r.shutdown(context.Background()), "shutdown")
 		if t.Failed() {
 			t.Logf("log:\n%s", lr.Logs.String())
 		}
@@ -71,22 +74,17 @@ func startLocalRun(t *testing.T) *localRun {
 func (lr *localRun) do(t *testing.T, method, path, token, body string) (int, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(method, lr.FunctionURL+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer "+token)
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer resp.Body.Close()
 	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(resp.Body); err != nil {
-		t.Fatal(err)
-	}
+	_, err = buf.ReadFrom(resp.Body)
+	require.NoError(t, err)
 	return resp.StatusCode, buf.Bytes()
 }
 
@@ -97,7 +95,7 @@ func (lr *localRun) nextDelivery(t *testing.T) Delivery {
 	case d := <-lr.Deliveries:
 		return d
 	case <-time.After(waitTimeout):
-		t.Fatalf("no delivery within %s", waitTimeout)
+		require.FailNow(t, "no delivery", "none within %s", waitTimeout)
 		return Delivery{}
 	}
 }
@@ -105,16 +103,12 @@ func (lr *localRun) nextDelivery(t *testing.T) Delivery {
 func (lr *localRun) popularTags(t *testing.T, token string) map[string]int {
 	t.Helper()
 	status, body := lr.do(t, http.MethodGet, demoTagsQuery, token, "")
-	if status != http.StatusOK {
-		t.Fatalf("popular tags: %d %s", status, body)
-	}
+	require.Equal(t, http.StatusOK, status, "popular tags: %s", body)
 	var rows []struct {
 		Tag   string `json:"tag"`
 		Count int    `json:"count"`
 	}
-	if err := json.Unmarshal(body, &rows); err != nil {
-		t.Fatalf("popular tags %s: %v", body, err)
-	}
+	require.NoError(t, json.Unmarshal(body, &rows), "popular tags %s", body)
 	out := map[string]int{}
 	for _, r := range rows {
 		out[r.Tag] = r.Count
@@ -125,70 +119,69 @@ func (lr *localRun) popularTags(t *testing.T, token string) map[string]int {
 func TestLocalRunEndToEnd(t *testing.T) {
 	lr := startLocalRun(t)
 	admin, user, err := lr.tokens()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 
 	t.Run("tokens and demo rows", func(t *testing.T) {
-		status, body := lr.do(t, http.MethodPost, "/api/v1/batch/sessions/update-tags", admin, demoTagsBody)
-		if status != http.StatusOK || !strings.Contains(string(body), `"updated":1`) {
-			t.Errorf("admin update-tags: %d %s, want 200 with one session updated", status, body)
+		tests := []struct {
+			name, token string
+			wantStatus  int
+			wantBody    string
+		}{
+			{"admin tags dev's session", admin, http.StatusOK, `"updated":1`},
+			{"a plain user cannot tag dev's session", user, http.StatusOK, `"updated":0`},
+			{"a bad token is refused", "not-a-token", http.StatusUnauthorized, `"message"`},
 		}
-		status, body = lr.do(t, http.MethodPost, "/api/v1/batch/sessions/update-tags", user, demoTagsBody)
-		if status != http.StatusOK || !strings.Contains(string(body), `"forbidden":1`) {
-			t.Errorf("plain user update-tags on dev's session: %d %s, want 200 with it forbidden", status, body)
-		}
-		if status, _ := lr.do(t, http.MethodGet, demoTagsQuery, "not-a-token", ""); status != http.StatusUnauthorized {
-			t.Errorf("bad token: %d, want 401", status)
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				status, body := lr.do(t, http.MethodPost, "/api/v1/batch/sessions/update-tags", tc.token, demoTagsBody)
+				assert.Equal(t, tc.wantStatus, status, "%s", body)
+				assert.Contains(t, string(body), tc.wantBody)
+			})
 		}
 	})
 
+	t.Run("event auth is on, with the local issuer", func(t *testing.T) {
+		assert.Equal(t, "streamspace-functions", lr.EventAudience)
+		e, err := events.New("versioning", events.TemplateUpdated, map[string]string{"templateId": demoTemplate, "change": "updated"})
+		require.NoError(t, err)
+		// Straight to the function, bypassing the broker: no token.
+		status, _ := fntest.Deliver(t, lr.FunctionURL+"/events/tags", e, false)
+		assert.Equal(t, http.StatusUnauthorized, status, "an event without the broker's token")
+	})
+
 	t.Run("template.updated reaches tags only through its Trigger", func(t *testing.T) {
-		if got := lr.popularTags(t, admin); got["web"] != 3 {
-			t.Fatalf("popular tags %v, want web counted 3 times from the demo rows", got)
-		}
-		if _, err := lr.Pool.Exec(context.Background(),
-			`insert into catalog_templates (id, name, category, tags) values ('fresh', 'Fresh', 'misc', '["fresh"]')`); err != nil {
-			t.Fatal(err)
-		}
-		if got := lr.popularTags(t, admin); got["fresh"] != 0 {
-			t.Fatalf("popular tags %v: the cache should still hide the new template", got)
-		}
+		require.Equal(t, 3, lr.popularTags(t, admin)["web"], "web counted 3 times from the demo rows")
+		_, err := lr.Pool.Exec(context.Background(),
+			`insert into catalog_templates (name, display_name, category, tags) values ('fresh', 'Fresh', 'misc', array['fresh'])`)
+		require.NoError(t, err)
+		require.Zero(t, lr.popularTags(t, admin)["fresh"], "the cache should still hide the new template")
 
 		e, err := events.New("versioning", events.TemplateUpdated, map[string]string{"templateId": "fresh", "change": "updated"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if status, _ := fntest.Deliver(t, lr.BrokerURL+"/", e, true); status != http.StatusAccepted {
-			t.Fatalf("broker ingress answered %d, want 202", status)
-		}
+		require.NoError(t, err)
+		status, _ := fntest.Deliver(t, lr.BrokerURL+"/", e, true)
+		require.Equal(t, http.StatusAccepted, status, "broker ingress")
 		d := lr.nextDelivery(t)
-		if d.EventID != e.ID() || d.Trigger != events.DefaultNamespace+"/tags-template-updated" ||
-			d.Subscriber != lr.FunctionURL+"/events/tags" || d.Outcome != Delivered || d.Attempts != 1 {
-			t.Fatalf("delivery %+v, want %s delivered once to the tags Trigger's subscriber", d, e.ID())
-		}
-		if got := lr.popularTags(t, admin); got["fresh"] != 1 {
-			t.Errorf("popular tags %v after template.updated, want fresh counted once", got)
-		}
+		assert.Equal(t, e.ID(), d.EventID)
+		assert.Equal(t, events.DefaultNamespace+"/tags-template-updated", d.Trigger)
+		assert.Equal(t, lr.FunctionURL+"/events/tags", d.Subscriber)
+		require.Equal(t, Delivered, d.Outcome, "%+v", d)
+		assert.Equal(t, 1, d.Attempts)
+		assert.Equal(t, 1, lr.popularTags(t, admin)["fresh"], "fresh counted once after template.updated")
 	})
 
 	t.Run("emitted events enter the broker through K_SINK", func(t *testing.T) {
 		// update-tags above emitted session.tags.updated.v1 to K_SINK; no
 		// Trigger routes it, so the broker logged it and delivered nothing.
-		deadline := time.Now().Add(waitTimeout)
-		line := logged(lr.Logs, "event received", events.SessionTagsUpdated)
-		for ; line == nil; line = logged(lr.Logs, "event received", events.SessionTagsUpdated) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no %s reached the broker ingress within %s", events.SessionTagsUpdated, waitTimeout)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if triggers, _ := line["triggers"].([]any); len(triggers) != 0 {
-			t.Errorf("%s matched Triggers %v, want none", events.SessionTagsUpdated, triggers)
-		}
+		var line map[string]any
+		require.Eventually(t, func() bool {
+			line = logged(lr.Logs, "event received", events.SessionTagsUpdated)
+			return line != nil
+		}, waitTimeout, 20*time.Millisecond, "no %s reached the broker ingress", events.SessionTagsUpdated)
+		triggers, _ := line["triggers"].([]any)
+		assert.Empty(t, triggers, "%s matched Triggers", events.SessionTagsUpdated)
 		select {
 		case d := <-lr.Deliveries:
-			t.Errorf("unexpected delivery %+v", d)
+			assert.Failf(t, "unexpected delivery", "%+v", d)
 		default:
 		}
 	})
@@ -212,30 +205,26 @@ func TestPrintedCommandsWork(t *testing.T) {
 	}
 	lr := startLocalRun(t)
 	var out bytes.Buffer
-	if err := lr.banner(&out); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(out.String(), "streamspace-local ready: function "+lr.FunctionURL) {
-		t.Errorf("banner starts %q, want the ready line", strings.SplitN(out.String(), "\n", 2)[0])
-	}
+	require.NoError(t, lr.banner(&out))
+	assert.True(t, strings.HasPrefix(out.String(), "streamspace-local ready: function "+lr.FunctionURL), "banner starts with the ready line")
+	assert.Contains(t, out.String(), "event auth    each delivery carries its Trigger's token")
 	cmds := printedCommands(out.String())
 	want := []string{`"updated":1`, `{"tag":"web","count":3}`, "HTTP/1.1 202 Accepted"}
-	if len(cmds) != len(want) {
-		t.Fatalf("banner has %d curl commands, want %d:\n%s", len(cmds), len(want), out.String())
-	}
+	require.Len(t, cmds, len(want), "curl commands in:\n%s", out.String())
 	for i, cmd := range cmds {
-		// Only stdout is the answer; curl's own messages go to stderr.
-		c := exec.Command("bash", "-c", cmd)
-		var stderr strings.Builder
-		c.Stderr = &stderr
-		got, err := c.Output()
-		if err != nil || !strings.Contains(string(got), want[i]) {
-			t.Errorf("%s\n→ %s (%v, stderr %s), want output containing %s", cmd, got, err, stderr.String(), want[i])
-		}
+		t.Run(strings.Fields(cmd)[0]+" "+want[i], func(t *testing.T) {
+			// Only stdout is the answer; curl's own messages go to stderr.
+			c := exec.Command("bash", "-c", cmd)
+			var stderr strings.Builder
+			c.Stderr = &stderr
+			got, err := c.Output()
+			require.NoError(t, err, "%s\n-> %s (stderr %s)", cmd, got, stderr.String())
+			assert.Contains(t, string(got), want[i], cmd)
+		})
 	}
-	if d := lr.nextDelivery(t); d.EventID != demoEventID || d.Outcome != Delivered {
-		t.Errorf("delivery %+v, want the printed event delivered", d)
-	}
+	d := lr.nextDelivery(t)
+	assert.Equal(t, demoEventID, d.EventID)
+	assert.Equal(t, Delivered, d.Outcome, "%+v", d)
 }
 
 // printedCommands returns each curl command of the banner with its
@@ -260,4 +249,128 @@ func printedCommands(banner string) []string {
 		}
 	}
 	return cmds
+}
+
+// TestPrepareDatabase: make run's throwaway database gets StreamSpace's
+// schema before the migrations; a database the operator named never does,
+// and the migrations refuse it with their message; a StreamSpace database is
+// only migrated.
+func TestPrepareDatabase(t *testing.T) {
+	tests := []struct {
+		name       string
+		pool       func(tb testing.TB) *pgxpool.Pool
+		throwaway  bool
+		wantLoaded bool
+		wantErr    string
+	}{
+		{name: "throwaway and empty: StreamSpace's schema is loaded", pool: dbtest.NewEmpty, throwaway: true, wantLoaded: true},
+		{name: "the operator's empty database is refused", pool: dbtest.NewEmpty, wantErr: "StreamSpace's tables"},
+		{name: "StreamSpace's database is migrated", pool: dbtest.NewStreamSpace},
+		{name: "throwaway with StreamSpace's schema is only migrated", pool: dbtest.NewStreamSpace, throwaway: true},
+		{name: "a partial StreamSpace schema is refused, not completed", pool: func(t testing.TB) *pgxpool.Pool {
+			pool := dbtest.NewEmpty(t)
+			_, err := pool.Exec(context.Background(), `create table users (id varchar(255) primary key)`)
+			require.NoError(t, err)
+			return pool
+		}, throwaway: true, wantErr: "StreamSpace's tables"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := tc.pool(t)
+			ctx := context.Background()
+			st, err := prepareDatabase(ctx, dbtest.URL(t, pool), tc.throwaway)
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
+				var n int
+				require.NoError(t, pool.QueryRow(ctx, `select count(*) from pg_tables where schemaname = 'public' and tablename = any($1)`,
+					db.StreamSpaceTables).Scan(&n))
+				assert.LessOrEqual(t, n, 1, "no StreamSpace table was created")
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.wantLoaded, st.LoadedSchema)
+			assert.Equal(t, db.LatestVersion(), st.Version)
+			var missing []string
+			require.NoError(t, pool.QueryRow(ctx, `select coalesce(array_agg(t), '{}') from unnest($1::text[]) t where to_regclass(t) is null`,
+				db.StreamSpaceTables).Scan(&missing))
+			assert.Empty(t, missing)
+		})
+	}
+}
+
+// TestSeedDemo: the demo rows sit in StreamSpace's own tables and columns,
+// the popular-tag view counts them, and seeding again adds nothing.
+func TestSeedDemo(t *testing.T) {
+	pool := dbtest.New(t)
+	url := dbtest.URL(t, pool)
+	ctx := context.Background()
+	require.NoError(t, seedDemo(ctx, url))
+	counts := func() map[string]int {
+		out := map[string]int{}
+		for _, table := range []string{"users", "groups", "group_memberships", "sessions", "catalog_templates", "user_session_templates"} {
+			var n int
+			require.NoError(t, pool.QueryRow(ctx, "select count(*) from "+table).Scan(&n))
+			out[table] = n
+		}
+		return out
+	}
+	first := counts()
+
+	tests := []struct {
+		name, sql string
+		args      []any
+		want      any
+	}{
+		{"dev is an active admin with an email", `select role || ' ' || email || ' ' || active::text from users where id = $1`, []any{demoOwner}, "admin dev@streamspace.local true"},
+		{"alice is a user", `select role from users where id = $1`, []any{demoUser}, "user"},
+		{"both are in the demo team", `select count(*)::int from group_memberships where group_id = $1`, []any{demoTeam}, 2},
+		{"the demo session is dev's", `select user_id || ' ' || state from sessions where id = $1`, []any{demoSession}, "dev running"},
+		{"the demo session has no tags yet", `select tags::text from sessions where id = $1`, []any{demoSession}, "[]"},
+		{"catalog tags are text[] on integer ids", `select array_to_string(tags, ',') from catalog_templates where name = 'vscode' and id > 0`, nil, "dev,editor,web"},
+		{"the popular-tag view counts them", `select sum(templates)::int from catalog_tag_counts where tag = 'web'`, nil, 3},
+		{"the user template is dev's, with StreamSpace's columns", `select user_id || ' ' || base_template || ' ' || (configuration->>'homepage') from user_session_templates where id = $1`,
+			[]any{demoTemplate}, "dev firefox https://streamspace.local"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got any
+			switch tc.want.(type) {
+			case int:
+				var n int
+				require.NoError(t, pool.QueryRow(ctx, tc.sql, tc.args...).Scan(&n))
+				got = n
+			default:
+				var s string
+				require.NoError(t, pool.QueryRow(ctx, tc.sql, tc.args...).Scan(&s))
+				got = s
+			}
+			assert.Equal(t, tc.want, got)
+		})
+	}
+
+	t.Run("seeding again adds nothing", func(t *testing.T) {
+		require.NoError(t, seedDemo(ctx, url))
+		assert.Equal(t, first, counts())
+	})
+}
+
+// TestFunctionEnv: the function gets the runner's environment with what the
+// runner provides on top, and EVENT_AUTH_* only from the local issuer.
+func TestFunctionEnv(t *testing.T) {
+	environ := map[string]string{"HOME": "/root", "PORT": "1", "EVENT_AUTH_ISSUER": "https://cluster", "EVENT_AUTH_SUBJECTS": "x"}
+	tests := []struct {
+		name      string
+		eventAuth map[string]string
+		want      map[string]string
+	}{
+		{"no event auth: none inherited", nil, map[string]string{"HOME": "/root", "PORT": "8080"}},
+		{"event auth from the local issuer", map[string]string{"EVENT_AUTH_ISSUER": "http://127.0.0.1:8081"},
+			map[string]string{"HOME": "/root", "PORT": "8080", "EVENT_AUTH_ISSUER": "http://127.0.0.1:8081"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, functionEnv(environ, map[string]string{"PORT": "8080"}, tc.eventAuth))
+		})
+	}
 }

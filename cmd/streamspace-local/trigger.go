@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/auth"
 	"knative.dev/eventing/pkg/eventfilter"
 	"knative.dev/eventing/pkg/eventfilter/attributes"
 	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
@@ -29,6 +30,11 @@ type subscription struct {
 	// the local dead-letter log stands in for whichever it names.
 	deadLetter bool
 	format     *eventingduckv1.FormatType
+	// audience is the Trigger's subscriber audience, empty for none. With
+	// one, each delivery carries a token for it whose subject is subject,
+	// the Trigger's own OIDC ServiceAccount, as Knative's broker filter
+	// sends with the authentication-oidc feature on.
+	audience, subject string
 }
 
 // newSubscription prepares t for broker b. The delivery spec is the
@@ -55,7 +61,7 @@ func newSubscription(t *eventingv1.Trigger, b *eventingv1.Broker, res resolver) 
 	if err != nil {
 		return nil, fmt.Errorf("trigger %s: %w", name, err)
 	}
-	return &subscription{
+	s := &subscription{
 		name:       name,
 		namespace:  t.Namespace,
 		filter:     filter,
@@ -63,7 +69,18 @@ func newSubscription(t *eventingv1.Trigger, b *eventingv1.Broker, res resolver) 
 		retry:      retry,
 		deadLetter: delivery.DeadLetterSink != nil,
 		format:     delivery.Format,
-	}, nil
+	}
+	if aud := t.Spec.Subscriber.Audience; aud != nil && *aud != "" {
+		s.audience, s.subject = *aud, triggerSubject(t)
+	}
+	return s, nil
+}
+
+// triggerSubject is the token subject of t's deliveries: the ServiceAccount
+// Knative creates for the Trigger, named by Knative's own code.
+func triggerSubject(t *eventingv1.Trigger) string {
+	sa := auth.GetOIDCServiceAccountNameForResource(eventingv1.SchemeGroupVersion.WithKind("Trigger"), t.ObjectMeta)
+	return "system:serviceaccount:" + t.Namespace + ":" + sa
 }
 
 // triggerFilter builds the filter Knative's broker applies to t: the
