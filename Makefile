@@ -21,7 +21,7 @@ endif
 TEST_FLAGS ?= -count=1 -timeout 10m
 BENCH_FLAGS ?= -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 20m
 
-.PHONY: all build run test bench lint migrate tidy clean
+.PHONY: all build run test bench lint migrate tidy clean new-function
 
 all: build
 
@@ -58,6 +58,11 @@ lint:
 ## migrate: apply the database migrations to DATABASE_URL
 migrate:
 	$(GO) run ./shared/db/cmd/migrate
+
+## new-function: a new function from the skeleton, e.g. make new-function NAME=notes
+new-function:
+	@if [ -z "$(NAME)" ]; then echo "usage: make new-function NAME=<name>"; exit 2; fi
+	$(GO) run ./cmd/new-function $(NAME)
 
 ## tidy: go mod tidy in every module
 tidy:
