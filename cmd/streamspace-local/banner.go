@@ -86,7 +86,7 @@ func (r *runner) banner(w io.Writer) error {
 		fmt.Sprintf("  curl -sS '%s%s' \\", r.FunctionURL, demoTagsQuery),
 		fmt.Sprintf("    -H 'Authorization: Bearer %s'", admin),
 		"",
-		"Send an event into the broker (its Trigger delivers it to tags, which clears the popular-tag cache):",
+		"Send an event into the broker (its Trigger delivers it to tags, which refreshes the popular tags):",
 		fmt.Sprintf("  curl -sS -i -X POST %s/ \\", r.BrokerURL),
 		fmt.Sprintf("    -H 'Ce-Specversion: 1.0' -H 'Ce-Id: %s' \\", demoEventID),
 		fmt.Sprintf("    -H 'Ce-Type: %s' -H 'Ce-Source: %s' \\", events.TemplateUpdated, events.SourceOf("versioning")),
