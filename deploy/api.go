@@ -6,8 +6,9 @@
 // function's event path is reachable from outside the cluster.
 //
 // Some files are generated from the routing table and from APIPaths below:
-// each function folder's triggers.yaml and each overlay's Triggers and
-// HTTPRoute. Regenerate them with
+// each function folder's triggers.yaml, each overlay's Triggers, HTTPRoute
+// or Ingress, and the event-auth component's subject lists. Regenerate them
+// with
 //
 //	go test ./deploy -run TestGenerated -update
 package deploy
@@ -19,9 +20,13 @@ type PathMatch struct {
 	Value string
 }
 
-// APIPaths are the REST paths each function serves (docs/routes.md), the only
-// paths the HTTPRoute forwards to it. Everything else under /api/v1 stays
-// with the StreamSpace API, and nothing outside /api/v1 is exposed.
+// APIPaths are the REST paths each function serves (docs/routes.md), the
+// only paths the HTTPRoute or the Ingress forwards to it. Everything else
+// under /api/v1 stays with the StreamSpace API, and nothing outside /api/v1
+// is exposed. The Ingress expands each regular expression into Traefik path
+// templates that match exactly the same paths (ingressPaths in the tests),
+// so a pattern here may use only literals, groups, alternation, ? and
+// [^/]+.
 //
 // Where a function's paths differ from another's only after a path
 // parameter, the match is a RegularExpression (RE2, matched against the
