@@ -1184,3 +1184,22 @@ func TestImagesAreMainPackages(t *testing.T) {
 	sort.Strings(listed)
 	assert.Equal(t, paths, listed, "go list reports one package for each image")
 }
+
+// TestEveryOverlayIsChecked: each folder under overlays/ is in overlays, so
+// none is deployed unchecked.
+func TestEveryOverlayIsChecked(t *testing.T) {
+	entries, err := os.ReadDir("overlays")
+	require.NoError(t, err)
+	var dirs, checked []string
+	for _, e := range entries {
+		if e.IsDir() {
+			dirs = append(dirs, e.Name())
+		}
+	}
+	for _, ov := range overlays {
+		checked = append(checked, ov.name)
+	}
+	sort.Strings(dirs)
+	sort.Strings(checked)
+	assert.Equal(t, dirs, checked)
+}
