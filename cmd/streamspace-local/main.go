@@ -1,14 +1,21 @@
 // Command streamspace-local is `make run`: the all-in-one function on
 // http://127.0.0.1:8080 with everything around it that a cluster provides.
 //
-//   - PostgreSQL: DATABASE_URL, or the PG* variables pg_virtualenv sets; the
-//     migrations are applied first, as the migration Job does.
+//   - PostgreSQL: DATABASE_URL, or the PG* variables pg_virtualenv sets. The
+//     functions run on StreamSpace's database, so a throwaway one without
+//     StreamSpace's tables first gets StreamSpace's schema
+//     (testdata/streamspace/schema.sql); a DATABASE_URL never does. The
+//     migrations are applied next, as the migration Job does, then the demo
+//     rows.
 //   - Tokens: a local issuer signs development tokens; its JWKS is served on
 //     the broker port.
 //   - Knative Eventing: the Broker, Triggers and PingSources of
 //     deploy/overlays/all-in-one, run in process by Knative's own filter and
 //     dispatcher code on http://127.0.0.1:8081 (K_SINK), with a dead-letter
-//     log in place of the dead-letter sink.
+//     log in place of the dead-letter sink. Where the Triggers name a
+//     subscriber audience (the event-auth component), each delivery carries
+//     a token of the Trigger's ServiceAccount signed by the local issuer, as
+//     with Knative's authentication-oidc, and the function checks it.
 //
 // It prints a ready line, development tokens and curl commands, and drains
 // on SIGINT or SIGTERM.
