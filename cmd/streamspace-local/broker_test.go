@@ -101,32 +101,39 @@ func TestRetriesAsTheDeliverySpecSays(t *testing.T) {
 		status       int
 		broker       int32
 		trigger      *int32
+		noDeadLetter bool
 		wantAttempts int
 	}{
-		{"503 is retried, broker spec", http.StatusServiceUnavailable, 3, nil, 4},
-		{"503 is retried, trigger spec wins", http.StatusServiceUnavailable, 3, ptrInt32(1), 2},
-		{"404 is retried", http.StatusNotFound, 2, nil, 3},
-		{"429 is retried", http.StatusTooManyRequests, 1, nil, 2},
-		{"400 is final", http.StatusBadRequest, 3, nil, 1},
-		{"422 is final", http.StatusUnprocessableEntity, 3, nil, 1},
+		{name: "503 is retried, broker spec", status: http.StatusServiceUnavailable, broker: 3, wantAttempts: 4},
+		{name: "503 is retried, trigger spec wins", status: http.StatusServiceUnavailable, broker: 3, trigger: ptrInt32(1), wantAttempts: 2},
+		{name: "404 is retried", status: http.StatusNotFound, broker: 2, wantAttempts: 3},
+		{name: "429 is retried", status: http.StatusTooManyRequests, broker: 1, wantAttempts: 2},
+		{name: "400 is final", status: http.StatusBadRequest, broker: 3, wantAttempts: 1},
+		{name: "422 is final", status: http.StatusUnprocessableEntity, broker: 3, wantAttempts: 1},
+		{name: "no dead-letter sink: failed, no dead letter", status: http.StatusInternalServerError, broker: 1, noDeadLetter: true, wantAttempts: 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			sub := newSubscriber(t, answer(tc.status))
 			var opts []func(*eventingv1.Trigger)
 			if tc.trigger != nil {
-				opts = append(opts, withDelivery(retrying(*tc.trigger, true)))
+				opts = append(opts, withDelivery(retrying(*tc.trigger, !tc.noDeadLetter)))
 			}
-			tb := newTestBroker(t, retrying(tc.broker, true), trigger("failing", sub, opts...))
+			tb := newTestBroker(t, retrying(tc.broker, !tc.noDeadLetter), trigger("failing", sub, opts...))
 			e := newEvent(events.TemplateUpdated, map[string]string{"templateId": "t", "change": "updated"})
 			tb.publish(t, e, false)
 
 			d := tb.next(t)
 			assert.Equal(t, tc.wantAttempts, d.Attempts, "attempts the delivery counted")
 			assert.Len(t, sub.Events(), tc.wantAttempts, "attempts the subscriber saw")
+			lines := tb.deadLetterLines(t)
+			if tc.noDeadLetter {
+				assert.Equal(t, Failed, d.Outcome)
+				assert.Empty(t, lines)
+				return
+			}
 			assert.Equal(t, DeadLettered, d.Outcome)
 			assert.Equal(t, tc.status, d.Status)
-			lines := tb.deadLetterLines(t)
 			require.Len(t, lines, 1)
 			dl := lines[0]
 			assert.Equal(t, e.ID(), dl.Event.ID())
@@ -138,57 +145,58 @@ func TestRetriesAsTheDeliverySpecSays(t *testing.T) {
 	}
 }
 
-func TestNoDeadLetterSinkMeansFailed(t *testing.T) {
-	sub := newSubscriber(t, answer(http.StatusInternalServerError))
-	tb := newTestBroker(t, retrying(1, false), trigger("failing", sub))
-	tb.publish(t, newEvent(events.TemplateUpdated, nil), false)
-	d := tb.next(t)
-	assert.Equal(t, Failed, d.Outcome)
-	assert.Equal(t, 2, d.Attempts)
-	assert.Empty(t, tb.deadLetterLines(t), "no dead-letter sink, so no dead letter")
-}
-
-func TestReplyReentersTheBroker(t *testing.T) {
-	downstream := newSubscriber(t, nil)
-	upstream := newSubscriber(t, replyWith(func(in cloudevents.Event) cloudevents.Event {
-		out := newEvent(events.SnapshotCompleted, map[string]string{"for": in.ID()})
-		out.SetSource(events.SourceOf("snapshot"))
-		return out
-	}))
-	tb := newTestBroker(t, retrying(0, true),
-		trigger("upstream", upstream, onType(events.SnapshotRequested)),
-		trigger("downstream", downstream, onType(events.SnapshotCompleted)),
-	)
-	tb.publish(t, newEvent(events.SnapshotRequested, map[string]string{"sessionId": "s"}), false)
-	byTrigger := map[string]Delivery{}
-	for range 2 {
-		d := tb.next(t)
-		byTrigger[d.Trigger] = d
+// TestReplies: the local broker honours what Knative's does with a reply
+// from a subscriber outside this repository (the functions never reply): it
+// re-enters the ingress, is routed by its own type, and a loop of replies
+// ends when the TTL runs out.
+func TestReplies(t *testing.T) {
+	tests := []struct {
+		name  string
+		check func(t *testing.T)
+	}{
+		{"a reply re-enters the broker", func(t *testing.T) {
+			downstream := newSubscriber(t, nil)
+			upstream := newSubscriber(t, replyWith(func(in cloudevents.Event) cloudevents.Event {
+				out := newEvent(events.SnapshotCompleted, map[string]string{"for": in.ID()})
+				out.SetSource(events.SourceOf("snapshot"))
+				return out
+			}))
+			tb := newTestBroker(t, retrying(0, true),
+				trigger("upstream", upstream, onType(events.SnapshotRequested)),
+				trigger("downstream", downstream, onType(events.SnapshotCompleted)),
+			)
+			tb.publish(t, newEvent(events.SnapshotRequested, map[string]string{"sessionId": "s"}), false)
+			byTrigger := map[string]Delivery{}
+			for range 2 {
+				d := tb.next(t)
+				byTrigger[d.Trigger] = d
+			}
+			d := byTrigger[testNamespace+"/upstream"]
+			assert.True(t, d.Replied, "upstream delivery %+v replied", d)
+			assert.Equal(t, Delivered, d.Outcome)
+			got := downstream.Events()
+			require.Len(t, got, 1, "downstream gets the reply")
+			assert.Equal(t, events.SnapshotCompleted, got[0].Type())
+			assert.Len(t, upstream.Events(), 1, "the reply must be routed by its own type")
+		}},
+		{"a reply loop ends with the TTL", func(t *testing.T) {
+			// An event arriving with TTL 3 is delivered twice (TTL 2, then
+			// its reply with 1); the next reply reaches TTL 0 and is refused.
+			echo := newSubscriber(t, replyWith(func(in cloudevents.Event) cloudevents.Event {
+				return newEvent(in.Type(), nil)
+			}))
+			tb := newTestBroker(t, retrying(0, true), trigger("echo", echo, onType(events.TemplateUpdated)))
+			e := newEvent(events.TemplateUpdated, nil)
+			require.NoError(t, knbroker.SetTTL(e.Context, 3))
+			tb.publish(t, e, false)
+			tb.settle(t)
+			assert.Len(t, echo.Events(), 2)
+			assert.Len(t, tb.deadLetterLines(t), 1, "one dead letter for the refused reply")
+		}},
 	}
-	d := byTrigger[testNamespace+"/upstream"]
-	assert.True(t, d.Replied, "upstream delivery %+v replied", d)
-	assert.Equal(t, Delivered, d.Outcome)
-	got := downstream.Events()
-	require.Len(t, got, 1, "downstream gets the reply")
-	assert.Equal(t, events.SnapshotCompleted, got[0].Type())
-	assert.Len(t, upstream.Events(), 1, "the reply must be routed by its own type")
-}
-
-func TestReplyLoopEndsWithTTL(t *testing.T) {
-	// A subscriber that answers every event with another of the same type
-	// would loop forever; the TTL the ingress counts down stops it. An
-	// event arriving with TTL 3 is delivered twice (TTL 2, then its reply
-	// with 1); the next reply reaches TTL 0 and is refused.
-	echo := newSubscriber(t, replyWith(func(in cloudevents.Event) cloudevents.Event {
-		return newEvent(in.Type(), nil)
-	}))
-	tb := newTestBroker(t, retrying(0, true), trigger("echo", echo, onType(events.TemplateUpdated)))
-	e := newEvent(events.TemplateUpdated, nil)
-	require.NoError(t, knbroker.SetTTL(e.Context, 3))
-	tb.publish(t, e, false)
-	tb.settle(t)
-	assert.Len(t, echo.Events(), 2)
-	assert.Len(t, tb.deadLetterLines(t), 1, "one dead letter for the refused reply")
+	for _, tc := range tests {
+		t.Run(tc.name, tc.check)
+	}
 }
 
 func TestIngressRefuses(t *testing.T) {

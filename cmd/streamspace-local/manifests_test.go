@@ -143,10 +143,20 @@ func TestLoadOverlayDecodesKnativeTypes(t *testing.T) {
 	}
 }
 
-func TestLoadOverlayIsStrict(t *testing.T) {
-	_, err := loadOverlay(filepath.Join("testdata", "unknown-field"))
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "filtr", "the error names the unknown field")
+func TestLoadOverlayRefuses(t *testing.T) {
+	tests := []struct {
+		name, dir, want string
+	}{
+		{"an unknown field, named", filepath.Join("testdata", "unknown-field"), "filtr"},
+		{"a folder that is no overlay", filepath.Join("testdata", "no-such-overlay"), "kustomize build"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadOverlay(tc.dir)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
 }
 
 func TestResolve(t *testing.T) {

@@ -72,37 +72,50 @@ func TestPingEventAttributes(t *testing.T) {
 	}
 }
 
-func TestPingSourceFiresIntoItsSink(t *testing.T) {
+func TestStartPings(t *testing.T) {
 	sink := fntest.NewSink(t)
 	sinkURL, _ := apis.ParseURL(sink.URL)
 	ingress := sinkURL.ResolveReference(&apis.URL{Path: "/"})
 	res := resolver{brokers: map[string]*apis.URL{events.DefaultNamespace + "/default": ingress}}
-	src := pingSource("autoscale-tick", sourcesv1.PingSourceSpec{
-		// Every second, so the test waits one second at most.
-		Schedule: "* * * * * *", ContentType: "application/json", Data: `{"job":"autoscale.evaluate"}`,
-		SourceSpec: duckv1.SourceSpec{Sink: duckv1.Destination{Ref: &duckv1.KReference{
-			APIVersion: "eventing.knative.dev/v1", Kind: "Broker", Name: "default"}}},
-	})
-	client, err := cloudevents.NewClientHTTP()
-	require.NoError(t, err)
-	p, err := startPings([]*sourcesv1.PingSource{src}, res, client, logging.New(&fntest.Buffer{}, slog.LevelInfo))
-	require.NoError(t, err)
-	t.Cleanup(p.Stop)
-	got := sink.WaitFor(context.Background(), events.Ping, waitTimeout)
-	require.NotEmpty(t, got, "no ping within %s", waitTimeout)
-	e := got[0]
-	assert.Equal(t, events.AutoscaleTickSource, e.Source())
-	assert.Equal(t, `{"job":"autoscale.evaluate"}`, string(e.Data()))
-	assert.NotEmpty(t, e.ID())
-	assert.False(t, e.Time().IsZero())
-}
-
-func TestPingSourceWithoutLocalSinkIsAnError(t *testing.T) {
-	src := pingSource("lost", sourcesv1.PingSourceSpec{Schedule: "* * * * *",
-		SourceSpec: duckv1.SourceSpec{Sink: duckv1.Destination{Ref: &duckv1.KReference{
-			APIVersion: "eventing.knative.dev/v1", Kind: "Broker", Name: "elsewhere"}}}})
-	client, err := cloudevents.NewClientHTTP()
-	require.NoError(t, err)
-	_, err = startPings([]*sourcesv1.PingSource{src}, resolver{}, client, slog.Default())
-	assert.Error(t, err, "startPings accepted a sink with no local address")
+	brokerSink := func(name string) duckv1.SourceSpec {
+		return duckv1.SourceSpec{Sink: duckv1.Destination{Ref: &duckv1.KReference{
+			APIVersion: "eventing.knative.dev/v1", Kind: "Broker", Name: name}}}
+	}
+	tests := []struct {
+		name    string
+		src     *sourcesv1.PingSource
+		wantErr bool
+	}{
+		{name: "fires into its sink", src: pingSource("autoscale-tick", sourcesv1.PingSourceSpec{
+			// Every second, so the test waits one second at most.
+			Schedule: "* * * * * *", ContentType: "application/json", Data: `{"job":"autoscale.evaluate"}`,
+			SourceSpec: brokerSink("default"),
+		})},
+		{name: "a sink without a local address is an error", src: pingSource("lost", sourcesv1.PingSourceSpec{
+			Schedule: "* * * * *", SourceSpec: brokerSink("elsewhere"),
+		}), wantErr: true},
+		{name: "a bad schedule is an error", src: pingSource("bad", sourcesv1.PingSourceSpec{
+			Schedule: "every minute", SourceSpec: brokerSink("default"),
+		}), wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			client, err := cloudevents.NewClientHTTP()
+			require.NoError(t, err)
+			p, err := startPings([]*sourcesv1.PingSource{tc.src}, res, client, logging.New(&fntest.Buffer{}, slog.LevelInfo))
+			if tc.wantErr {
+				assert.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			t.Cleanup(p.Stop)
+			got := sink.WaitFor(context.Background(), events.Ping, waitTimeout)
+			require.NotEmpty(t, got, "no ping within %s", waitTimeout)
+			e := got[0]
+			assert.Equal(t, events.AutoscaleTickSource, e.Source())
+			assert.Equal(t, `{"job":"autoscale.evaluate"}`, string(e.Data()))
+			assert.NotEmpty(t, e.ID())
+			assert.False(t, e.Time().IsZero())
+		})
+	}
 }
