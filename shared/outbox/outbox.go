@@ -12,9 +12,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,11 +48,22 @@ type Outbox struct {
 	kick        chan struct{}
 }
 
+// Option configures an Outbox.
+type Option func(*options)
+
+type options struct{ tokenFile string }
+
+// WithTokenFile makes every send carry the bearer token in file, read afresh
+// for each send because it rotates. It is where Knative's SinkBinding mounts
+// the OIDC token the broker's ingress requires when authentication-oidc is
+// on (/oidc/token); while the file does not exist, sends carry no token.
+func WithTokenFile(file string) Option { return func(o *options) { o.tokenFile = file } }
+
 // New returns the outbox of function, sending to sink (K_SINK). An empty
 // sink keeps events queued until a sink is configured. An event the sink
 // refused maxAttempts times (OUTBOX_MAX_ATTEMPTS; DefaultMaxAttempts when 0)
 // moves to event_dead_letters.
-func New(pool *pgxpool.Pool, function, sink string, maxAttempts int, log *slog.Logger) (*Outbox, error) {
+func New(pool *pgxpool.Pool, function, sink string, maxAttempts int, log *slog.Logger, opts ...Option) (*Outbox, error) {
 	if maxAttempts < 0 {
 		return nil, fmt.Errorf("outbox: max attempts %d: want a positive number", maxAttempts)
 	}
@@ -58,7 +72,15 @@ func New(pool *pgxpool.Pool, function, sink string, maxAttempts int, log *slog.L
 	}
 	// The client retries a send a few times at once with the same rule as
 	// the dead-lettering, so it never repeats a permanent refusal.
-	c, err := cloudevents.NewClientHTTP(cehttp.WithIsRetriableFunc(retryable))
+	var cfg options
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	copts := []cehttp.Option{cehttp.WithIsRetriableFunc(retryable)}
+	if cfg.tokenFile != "" {
+		copts = append(copts, cehttp.WithRoundTripper(tokenTransport{file: cfg.tokenFile, base: http.DefaultTransport}))
+	}
+	c, err := cloudevents.NewClientHTTP(copts...)
 	if err != nil {
 		return nil, fmt.Errorf("cloudevents client: %w", err)
 	}
@@ -368,4 +390,24 @@ func (o *Outbox) Run(ctx context.Context, every time.Duration) {
 		case <-o.kick:
 		}
 	}
+}
+
+// tokenTransport adds the bearer token in file to every request; with no
+// file, the request goes without one. The token is never logged.
+type tokenTransport struct {
+	file string
+	base http.RoundTripper
+}
+
+func (t tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	b, err := os.ReadFile(t.file)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return t.base.RoundTrip(r)
+	case err != nil:
+		return nil, fmt.Errorf("read sink token %s: %w", t.file, err)
+	}
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(b)))
+	return t.base.RoundTrip(r)
 }

@@ -5,6 +5,9 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -477,3 +480,51 @@ func TestNewRefusesANegativeLimit(t *testing.T) {
 		})
 	}
 }
+
+// TestSendsCarryTheSinkToken covers Knative's authentication-oidc: the broker
+// ingress wants the SinkBinding's token on every event, and the token file
+// rotates under the running function.
+func TestSendsCarryTheSinkToken(t *testing.T) {
+	pool := dbtest.New(t)
+	var (
+		mu   sync.Mutex
+		auth []string
+	)
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = append(auth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	t.Cleanup(sink.Close)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	o, err := outbox.New(pool, "test", sink.URL, 0, quiet(), outbox.WithTokenFile(tokenFile))
+	require.NoError(t, err)
+
+	tests := []struct {
+		name     string
+		token    *string // nil: no file
+		wantAuth string
+	}{
+		{"no token file sends no token", nil, ""},
+		{"the mounted token", ptr("eyJ.first.sig"), "Bearer eyJ.first.sig"},
+		{"a rotated token, newline trimmed", ptr("eyJ.second.sig\n"), "Bearer eyJ.second.sig"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.token != nil {
+				require.NoError(t, os.WriteFile(tokenFile, []byte(*tc.token), 0o600))
+			}
+			queue(t, pool, o, newEvent(i))
+			sent, err := o.Drain(context.Background())
+			require.NoError(t, err)
+			require.Equal(t, 1, sent)
+			mu.Lock()
+			defer mu.Unlock()
+			require.Len(t, auth, i+1)
+			assert.Equal(t, tc.wantAuth, auth[i])
+		})
+	}
+}
+
+func ptr(s string) *string { return &s }

@@ -79,6 +79,10 @@ type Base struct {
 	// OutboxMaxAttempts is how many refused sends an emitted event gets
 	// before it moves to event_dead_letters.
 	OutboxMaxAttempts int `env:"OUTBOX_MAX_ATTEMPTS" envDefault:"20"`
+	// SinkTokenFile holds the OIDC token every emitted event carries when
+	// Knative's authentication-oidc is on: the SinkBinding mounts it there
+	// and rotates it. While the file is absent, events go without a token.
+	SinkTokenFile string `env:"SINK_OIDC_TOKEN_FILE" envDefault:"/oidc/token"`
 	// ProcessedRetention is how long the record of a processed event is
 	// kept: far longer than any redelivery, including the long delivery
 	// timeouts of snapshot and restore.
@@ -264,7 +268,7 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		pool.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	ob, err := outbox.New(pool, name, b.Sink, b.OutboxMaxAttempts, log)
+	ob, err := outbox.New(pool, name, b.Sink, b.OutboxMaxAttempts, log, outbox.WithTokenFile(b.SinkTokenFile))
 	if err != nil {
 		closeSessions()
 		pool.Close()
