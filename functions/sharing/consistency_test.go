@@ -5,9 +5,12 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/streamspace-dev/functions/events"
 	function "github.com/streamspace-dev/functions/functions/sharing"
-	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/access"
 	"github.com/streamspace-dev/functions/shared/fntest"
 )
 
@@ -19,7 +22,7 @@ func TestConcurrentSharesToOneGranteeEndInOneShare(t *testing.T) {
 		body   func(level string) map[string]any
 		column string
 		id     string
-		notes  int // notifications per change: the grantee, or each member
+		notes  int // notifications per notifying change: the grantee, or each member but alice
 	}{
 		{"user", func(l string) map[string]any { return toUser("bob", l) }, "shared_with_user_id", "bob", 1},
 		{"team", func(l string) map[string]any { return toTeam("devs", l) }, "shared_with_team_id", "devs", 2},
@@ -28,7 +31,7 @@ func TestConcurrentSharesToOneGranteeEndInOneShare(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := start(t)
 			seed(t, h)
-			alice := h.Token("alice", authn.User)
+			alice := token(h, "alice")
 
 			statuses := make([]int, n)
 			var wg sync.WaitGroup
@@ -40,51 +43,40 @@ func TestConcurrentSharesToOneGranteeEndInOneShare(t *testing.T) {
 			wg.Wait()
 			created := 0
 			for i, s := range statuses {
-				switch s {
-				case http.StatusCreated:
+				assert.Contains(t, []int{http.StatusOK, http.StatusCreated}, s, "request %d", i)
+				if s == http.StatusCreated {
 					created++
-				case http.StatusOK:
-				default:
-					t.Errorf("request %d: got %d, want 200 or 201", i, s)
 				}
 			}
-			if created != 1 {
-				t.Errorf("201 answers: got %d, want exactly 1", created)
-			}
-			if rows := h.Count(`select count(*) from template_shares where `+tc.column+` = $1`, tc.id); rows != 1 {
-				t.Fatalf("share rows: got %d, want 1", rows)
-			}
+			assert.Equal(t, 1, created, "201 answers")
+			require.Equal(t, 1, h.Count(`select count(*) from template_shares where `+tc.column+` = $1`, tc.id), "share rows")
 
 			// The audit rows, in order, chain: each change starts from the
 			// level the one before left, and the last is what is stored.
 			audits := auditRows(t, h)
-			if len(audits) == 0 || audits[0].Action != function.ActionCreated || audits[0].Details.OldLevel != nil {
-				t.Fatalf("audit rows: got %+v, want a created row first", audits)
-			}
-			prev := level(audits[0].Details.NewLevel)
+			require.NotEmpty(t, audits)
+			require.Equal(t, string(function.ActionCreated), audits[0].Action)
+			require.Nil(t, audits[0].Changes.OldLevel)
+			prev := level(audits[0].Changes.NewLevel)
+			notifying := 1
 			for i, a := range audits[1:] {
-				if a.Action != function.ActionUpdated || level(a.Details.OldLevel) != prev || level(a.Details.NewLevel) == prev {
-					t.Errorf("audit row %d: got %s %s→%s, want updated from %s to another level",
-						i+1, a.Action, level(a.Details.OldLevel), level(a.Details.NewLevel), prev)
+				assert.Equal(t, string(function.ActionUpdated), a.Action, "audit row %d", i+1)
+				assert.Equal(t, prev, level(a.Changes.OldLevel), "audit row %d", i+1)
+				assert.NotEqual(t, prev, level(a.Changes.NewLevel), "audit row %d", i+1)
+				from, _ := access.ParseLevel(prev)
+				to, _ := access.ParseLevel(level(a.Changes.NewLevel))
+				if to > from {
+					notifying++
 				}
-				prev = level(a.Details.NewLevel)
+				prev = level(a.Changes.NewLevel)
 			}
-			if got := activeLevel(t, h, "t1", tc.column, tc.id); got != prev {
-				t.Errorf("stored level: got %q, want %q, the last audited", got, prev)
-			}
+			assert.Equal(t, prev, activeLevel(t, h, "t1", tc.column, tc.id), "stored level is the last audited")
 			changes := len(audits)
-			t.Logf("%d concurrent shares made %d changes", n, changes)
-			if got := h.Count(`select count(*) from notifications`); got != changes*tc.notes {
-				t.Errorf("notifications: got %d, want %d for %d changes", got, changes*tc.notes, changes)
-			}
+			t.Logf("%d concurrent shares made %d changes, %d of them notifying", n, changes, notifying)
+			assert.Equal(t, notifying*tc.notes, h.Count(`select count(*) from notifications`))
 			settle(t, h)
-			shared := sunk[events.TemplateSharedData](t, h, events.TemplateShared)
-			if len(shared) != changes {
-				t.Errorf("template.shared events: got %d, want %d, one per change", len(shared), changes)
-			}
-			if got := len(sunk[events.NotificationCreatedData](t, h, events.NotificationCreated)); got != changes*tc.notes {
-				t.Errorf("notification.created events: got %d, want %d", got, changes*tc.notes)
-			}
+			assert.Len(t, sunk[events.TemplateSharedData](t, h, events.TemplateShared), changes, "one template.shared per change")
+			assert.Len(t, sunk[events.NotificationCreatedData](t, h, events.NotificationCreated), notifying*tc.notes)
 		})
 	}
 }
@@ -95,11 +87,13 @@ func TestConcurrentSharesToOneGranteeEndInOneShare(t *testing.T) {
 func TestAFailureHalfWayLeavesNothing(t *testing.T) {
 	h := start(t)
 	seed(t, h)
-	alice := h.Token("alice", authn.User)
-	sh := mustShare(t, h, alice, "t1", toUser("bob", "read"), http.StatusCreated).Share
+	sh := mustShare(t, h, "alice", "t1", toUser("bob", "read"), http.StatusCreated).Share
+	revoked := mustShare(t, h, "alice", "t1", toUser("carol", "read"), http.StatusCreated).Share
+	mustRevoke(t, h, "alice", "t1", revoked.ID)
 	settle(t, h)
 	audits, sent := len(auditRows(t, h)), len(h.Sink.Events())
 
+	// A trigger in the test database only: the functions install none.
 	exec(t, h, `create function fail_notifications() returns trigger language plpgsql as $$
 		begin raise exception 'notification store is down'; end $$`)
 	exec(t, h, `create trigger fail_notifications before insert on notifications
@@ -111,82 +105,102 @@ func TestAFailureHalfWayLeavesNothing(t *testing.T) {
 		path   string
 		body   any
 	}{
-		{"new share", http.MethodPost, sharePath("t1"), toUser("carol", "write")},
-		{"level change", http.MethodPost, sharePath("t1"), toUser("bob", "manage")},
+		{"new share", http.MethodPost, sharePath("t1"), toUser("dave", "write")},
+		{"reactivation", http.MethodPost, sharePath("t1"), toUser("carol", "manage")},
+		{"raise", http.MethodPost, sharePath("t1"), toUser("bob", "manage")},
 		{"revoke", http.MethodDelete, revokePath("t1", sh.ID), nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			status, raw := h.Do(tc.method, tc.path, alice, tc.body)
-			if status != http.StatusInternalServerError {
-				t.Fatalf("status: got %d %s, want 500", status, raw)
-			}
-			if code, msg := fntest.ErrorBody(t, raw); code != "internal" || msg != "internal error" {
-				t.Errorf("error: got %s %q, want internal with no detail", code, msg)
-			}
-			if got := activeLevel(t, h, "t1", "shared_with_user_id", "bob"); got != "read" {
-				t.Errorf("bob's share: got %q, want read, unchanged", got)
-			}
-			if got := h.Count(`select count(*) from template_shares`); got != 1 {
-				t.Errorf("share rows: got %d, want 1", got)
-			}
-			if got := len(auditRows(t, h)); got != audits {
-				t.Errorf("audit rows: got %d, want %d", got, audits)
-			}
-			if got := h.Count(`select count(*) from event_outbox`); got != 0 {
-				t.Errorf("queued events: got %d, want 0", got)
-			}
-			if got := len(h.Sink.Events()); got != sent {
-				t.Errorf("sent events: got %d, want %d", got, sent)
-			}
+			status, raw := h.Do(tc.method, tc.path, token(h, "alice"), tc.body)
+			require.Equal(t, http.StatusInternalServerError, status, "%s", raw)
+			code, msg := fntest.ErrorBody(t, raw)
+			assert.Equal(t, "internal", code)
+			assert.Equal(t, "internal error", msg, "no detail")
+			assert.Equal(t, "read", activeLevel(t, h, "t1", "shared_with_user_id", "bob"), "bob's share unchanged")
+			assert.Empty(t, activeLevel(t, h, "t1", "shared_with_user_id", "carol"), "carol's share still revoked")
+			assert.Equal(t, 2, h.Count(`select count(*) from template_shares`))
+			assert.Len(t, auditRows(t, h), audits)
+			assert.Zero(t, h.Count(`select count(*) from event_outbox`), "queued events")
+			assert.Len(t, h.Sink.Events(), sent)
 		})
 	}
 
 	exec(t, h, `drop trigger fail_notifications on notifications`)
-	mustShare(t, h, alice, "t1", toUser("carol", "write"), http.StatusCreated)
+	mustShare(t, h, "alice", "t1", toUser("dave", "write"), http.StatusCreated)
 }
 
 func TestConcurrentRevokesRevokeOnce(t *testing.T) {
 	const n = 8
 	h := start(t)
 	seed(t, h)
-	alice := h.Token("alice", authn.User)
-	sh := mustShare(t, h, alice, "t1", toTeam("devs", "write"), http.StatusCreated).Share
+	alice := token(h, "alice")
+	sh := mustShare(t, h, "alice", "t1", toTeam("devs", "write"), http.StatusCreated).Share
 
 	statuses := make([]int, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { statuses[i], _ = revoke(t, h, alice, "t1", sh.ID) })
+		wg.Go(func() { statuses[i], _ = h.Do(http.MethodDelete, revokePath("t1", sh.ID), alice, nil) })
 	}
 	wg.Wait()
 	ok := 0
 	for i, s := range statuses {
-		switch s {
-		case http.StatusOK:
+		assert.Contains(t, []int{http.StatusOK, http.StatusNotFound}, s, "request %d", i)
+		if s == http.StatusOK {
 			ok++
-		case http.StatusNotFound:
-		default:
-			t.Errorf("request %d: got %d, want 200 or 404", i, s)
 		}
 	}
-	if ok != 1 {
-		t.Errorf("200 answers: got %d, want exactly 1", ok)
-	}
-	var revokes int
+	assert.Equal(t, 1, ok, "200 answers")
+	revokes := 0
 	for _, a := range auditRows(t, h) {
-		if a.Action == function.ActionRevoked {
+		if a.Action == string(function.ActionRevoked) {
 			revokes++
 		}
 	}
-	if revokes != 1 {
-		t.Errorf("revoke audit rows: got %d, want 1", revokes)
-	}
-	// carol and dave: one notification for the share, one for the revoke.
-	if got := h.Count(`select count(*) from notifications where kind = $1`, function.KindShareRevoked); got != 2 {
-		t.Errorf("revoke notifications: got %d, want 2", got)
-	}
+	assert.Equal(t, 1, revokes, "revoke audit rows")
+	// carol and dave: one notification each for the revoke.
+	assert.Equal(t, 2, h.Count(`select count(*) from notifications where type = $1`, string(function.KindShareRevoked)))
 	settle(t, h)
-	if got := len(sunk[events.TemplateShareRevokedData](t, h, events.TemplateShareRevoked)); got != 1 {
-		t.Errorf("template.share.revoked events: got %d, want 1", got)
+	assert.Len(t, sunk[events.TemplateShareRevokedData](t, h, events.TemplateShareRevoked), 1)
+}
+
+// TestConcurrentSharesAndRevokesKeepOneRow races re-shares against revokes
+// of the same grantee: the row is never duplicated, and it ends either
+// active or revoked with every change audited.
+func TestConcurrentSharesAndRevokesKeepOneRow(t *testing.T) {
+	const rounds = 6
+	h := start(t)
+	seed(t, h)
+	alice := token(h, "alice")
+	sh := mustShare(t, h, "alice", "t1", toUser("bob", "read"), http.StatusCreated).Share
+
+	tests := []struct {
+		name  string
+		level string
+	}{
+		{"same level", "read"},
+		{"other level", "manage"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var wg sync.WaitGroup
+			for range rounds {
+				wg.Go(func() { h.Do(http.MethodDelete, revokePath("t1", sh.ID), alice, nil) })
+				wg.Go(func() { h.Do(http.MethodPost, sharePath("t1"), alice, toUser("bob", tc.level)) })
+			}
+			wg.Wait()
+			assert.Equal(t, 1, h.Count(`select count(*) from template_shares where shared_with_user_id = 'bob'`))
+			var created, revoked int
+			for _, a := range auditRows(t, h) {
+				switch a.Action {
+				case string(function.ActionCreated):
+					created++
+				case string(function.ActionRevoked):
+					revoked++
+				}
+			}
+			active := h.Count(`select count(*) from template_shares where shared_with_user_id = 'bob' and revoked_at is null`)
+			assert.Equal(t, created-revoked, active, "active iff one more creation than revokes")
+		})
 	}
 }

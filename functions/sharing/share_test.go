@@ -1,123 +1,109 @@
 package function_test
 
 import (
-	"cmp"
 	"context"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/streamspace-dev/functions/events"
 	function "github.com/streamspace-dev/functions/functions/sharing"
 	"github.com/streamspace-dev/functions/shared/access"
-	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/fntest"
 )
 
-func TestShareWithAUserCreatesChangesAndNoOps(t *testing.T) {
+// TestShareWithAUser walks one user share through creation, no-ops, a raise
+// and a lowering. Each change is audited and emitted; only a new share and a
+// raise notify.
+func TestShareWithAUser(t *testing.T) {
 	h := start(t)
 	seed(t, h)
-	alice := h.Token("alice", authn.User)
 
 	tests := []struct {
-		name       string
-		level      string
-		wantStatus int
-		wantAction string // "" for a no-op
-		wantPrev   string
-		wantLevel  string
-		wantAudits int // audit rows, notifications for bob and template.shared events so far
+		name        string
+		level       string
+		wantStatus  int
+		wantOutcome function.Outcome
+		wantPrev    string
+		wantAudits  int // audit rows, template.shared and template.updated events so far
+		wantNotes   int // bob's notifications and notification.created events so far
 	}{
-		{"new share", "read", http.StatusCreated, function.ActionCreated, "", "read", 1},
-		{"same level is a no-op", "read", http.StatusOK, "", "", "read", 1},
-		{"second share changes the level", "write", http.StatusOK, function.ActionUpdated, "read", "write", 2},
-		{"and can lower it", "read", http.StatusOK, function.ActionUpdated, "write", "read", 3},
-		{"no-op again", "read", http.StatusOK, "", "", "read", 3},
+		{name: "new share", level: "read", wantStatus: http.StatusCreated, wantOutcome: function.Created, wantAudits: 1, wantNotes: 1},
+		{name: "same level is a no-op", level: "read", wantStatus: http.StatusOK, wantOutcome: function.Unchanged, wantAudits: 1, wantNotes: 1},
+		{name: "a raise notifies", level: "write", wantStatus: http.StatusOK, wantOutcome: function.Updated, wantPrev: "read", wantAudits: 2, wantNotes: 2},
+		{name: "a lowering does not notify", level: "read", wantStatus: http.StatusOK, wantOutcome: function.Updated, wantPrev: "write", wantAudits: 3, wantNotes: 2},
+		{name: "no-op again", level: "read", wantStatus: http.StatusOK, wantOutcome: function.Unchanged, wantAudits: 3, wantNotes: 2},
+		{name: "raise to manage", level: "manage", wantStatus: http.StatusOK, wantOutcome: function.Updated, wantPrev: "read", wantAudits: 4, wantNotes: 3},
 	}
-	var shareID int64
+	var shareID string
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			res := mustShare(t, h, alice, "t1", toUser("bob", tc.level), tc.wantStatus)
-			if got, want := res.Created, tc.wantAction == function.ActionCreated; got != want {
-				t.Errorf("created: got %v, want %v", got, want)
+			res := mustShare(t, h, "alice", "t1", toUser("bob", tc.level), tc.wantStatus)
+			assert.Equal(t, tc.wantOutcome, res.Outcome)
+			assert.Equal(t, tc.wantPrev, res.PreviousLevel)
+			assert.NotEmpty(t, res.Message)
+			sh := res.Share
+			assert.Equal(t, "t1", sh.TemplateID)
+			assert.Equal(t, "alice", sh.SharedBy)
+			assert.Equal(t, "bob", *sh.SharedWithUserID)
+			assert.Nil(t, sh.SharedWithTeamID)
+			assert.Equal(t, "bob", sh.SharedWithUserName)
+			assert.Equal(t, tc.level, sh.PermissionLevel)
+			assert.False(t, sh.CreatedAt.IsZero())
+			assert.Nil(t, sh.RevokedAt)
+			assert.Equal(t, sh.ID, res.ShareID)
+			if shareID == "" {
+				shareID = sh.ID
 			}
-			if got, want := res.Updated, tc.wantAction == function.ActionUpdated; got != want {
-				t.Errorf("updated: got %v, want %v", got, want)
-			}
-			if got, want := res.Changed, tc.wantAction != ""; got != want {
-				t.Errorf("changed: got %v, want %v", got, want)
-			}
-			if res.PreviousLevel != tc.wantPrev {
-				t.Errorf("previousLevel: got %q, want %q", res.PreviousLevel, tc.wantPrev)
-			}
-			want := function.Grantee{Type: "user", ID: "bob", Name: "bob"}
-			if res.Share.Grantee != want || res.Share.PermissionLevel != tc.wantLevel || res.Share.SharedBy != "alice" || res.Share.TemplateID != "t1" {
-				t.Errorf("share: got %+v, want grantee %+v at %s shared by alice on t1", res.Share, want, tc.wantLevel)
-			}
-			if shareID == 0 {
-				shareID = res.Share.ID
-			} else if res.Share.ID != shareID {
-				t.Errorf("share id: got %d, want the same active share %d", res.Share.ID, shareID)
-			}
+			assert.Equal(t, shareID, sh.ID, "the same share row throughout")
 
-			if got := activeLevel(t, h, "t1", "shared_with_user_id", "bob"); got != tc.wantLevel {
-				t.Errorf("stored level: got %q, want %q", got, tc.wantLevel)
-			}
-			if n := h.Count(`select count(*) from template_shares where shared_with_user_id = 'bob'`); n != 1 {
-				t.Errorf("share rows for bob: got %d, want 1", n)
-			}
+			assert.Equal(t, tc.level, activeLevel(t, h, "t1", "shared_with_user_id", "bob"))
+			assert.Equal(t, 1, h.Count(`select count(*) from template_shares where shared_with_user_id = 'bob'`))
 			audits := auditRows(t, h)
-			if len(audits) != tc.wantAudits {
-				t.Fatalf("audit rows: got %d, want %d", len(audits), tc.wantAudits)
-			}
-			if tc.wantAction != "" {
+			require.Len(t, audits, tc.wantAudits)
+			if tc.wantOutcome != function.Unchanged {
 				a := audits[len(audits)-1]
-				wantOld := tc.wantPrev
-				if wantOld == "" {
-					wantOld = "null"
+				wantAction := function.ActionCreated
+				wantOld := "null"
+				if tc.wantOutcome == function.Updated {
+					wantAction, wantOld = function.ActionUpdated, tc.wantPrev
 				}
-				if a.Actor != "alice" || a.Action != tc.wantAction || a.Resource != "t1" ||
-					a.Details.Grantee.ID != "bob" || a.Details.Grantee.Type != "user" || a.Details.ShareID != shareID ||
-					level(a.Details.OldLevel) != wantOld || level(a.Details.NewLevel) != tc.wantLevel {
-					t.Errorf("audit row: got %+v (old %s new %s), want alice %s on t1 for bob, old %s new %s",
-						a, level(a.Details.OldLevel), level(a.Details.NewLevel), tc.wantAction, wantOld, tc.wantLevel)
-				}
+				assert.Equal(t, "alice", a.User)
+				assert.Equal(t, string(wantAction), a.Action)
+				assert.Equal(t, access.ResourceType, a.ResourceType)
+				assert.Equal(t, "t1", a.Resource)
+				assert.Equal(t, shareID, a.Changes.ShareID)
+				assert.Equal(t, "user", a.Changes.GranteeType)
+				assert.Equal(t, "bob", a.Changes.GranteeID)
+				assert.Equal(t, wantOld, level(a.Changes.OldLevel))
+				assert.Equal(t, tc.level, level(a.Changes.NewLevel))
+				assert.Equal(t, "127.0.0.1", level(a.IP))
 			}
 			notes := notifications(t, h)
-			if len(notes["bob"]) != tc.wantAudits || len(notes) != 1 {
-				t.Fatalf("notifications: got %v, want %d for bob only", notes, tc.wantAudits)
-			}
+			assert.Equal(t, map[string]int{"bob": tc.wantNotes}, countNotifications(notes))
 
 			settle(t, h)
 			shared := sunk[events.TemplateSharedData](t, h, events.TemplateShared)
 			notified := sunk[events.NotificationCreatedData](t, h, events.NotificationCreated)
 			updated := sunk[events.TemplateUpdatedData](t, h, events.TemplateUpdated)
-			if len(shared) != tc.wantAudits || len(notified) != tc.wantAudits || len(updated) != tc.wantAudits {
-				t.Fatalf("events: got %d shared, %d notification.created, %d template.updated; want %d of each",
-					len(shared), len(notified), len(updated), tc.wantAudits)
-			}
-			if tc.wantAction == "" {
+			require.Len(t, shared, tc.wantAudits)
+			require.Len(t, updated, tc.wantAudits)
+			require.Len(t, notified, tc.wantNotes)
+			if tc.wantOutcome == function.Unchanged {
 				return
 			}
-			e := shared[len(shared)-1]
-			wantEvent := events.TemplateSharedData{TemplateID: "t1", ShareID: e.ShareID, SharedBy: "alice", UserID: "bob",
-				PermissionLevel: tc.wantLevel, PreviousLevel: tc.wantPrev}
-			if e != wantEvent || e.ShareID == "" {
-				t.Errorf("template.shared: got %+v, want %+v", e, wantEvent)
-			}
-			if u := updated[len(updated)-1]; u != (events.TemplateUpdatedData{TemplateID: "t1", UserID: "alice", Change: "shared"}) {
-				t.Errorf("template.updated: got %+v, want t1 shared by alice", u)
-			}
+			assert.Equal(t, events.TemplateSharedData{TemplateID: "t1", ShareID: shareID, SharedBy: "alice", UserID: "bob",
+				PermissionLevel: tc.level, PreviousLevel: tc.wantPrev}, shared[len(shared)-1])
+			assert.Equal(t, events.TemplateUpdatedData{TemplateID: "t1", UserID: "alice", Change: "shared"}, updated[len(updated)-1])
 			last := notes["bob"][len(notes["bob"])-1]
 			n := notified[len(notified)-1]
-			if n.UserID != "bob" || n.Kind != last.Kind || n.Message != last.Message || n.NotificationID == "" {
-				t.Errorf("notification.created: got %+v, want the stored %+v", n, last)
-			}
-			if !strings.Contains(last.Message, "Alice Owner") || !strings.Contains(last.Message, "Firefox Dev") || !strings.Contains(last.Message, tc.wantLevel) {
-				t.Errorf("notification message %q: want actor, template and level named", last.Message)
-			}
+			assert.Equal(t, events.NotificationCreatedData{NotificationID: last.ID, UserID: "bob", Kind: last.Type,
+				Title: last.Title, Message: last.Message}, n)
 		})
 	}
 }
@@ -125,238 +111,436 @@ func TestShareWithAUserCreatesChangesAndNoOps(t *testing.T) {
 func TestShareRejectsBadRequestsAndChangesNothing(t *testing.T) {
 	h := start(t)
 	seed(t, h)
+	// The owner-share case needs a manager other than the owner.
+	exec(t, h, `insert into template_shares (id, template_id, shared_by, shared_with_user_id, permission_level) values ('seeded', 't1', 'alice', 'carol', 'manage')`)
 	tests := []struct {
 		name       string
+		as         string
 		tmpl       string
 		body       any
 		wantStatus int
 		wantMsg    string
-		as         string // the caller; alice when empty
 	}{
-		{"share with yourself", "t1", toUser("alice", "read"), 400, "yourself", ""},
-		{"share with the owner", "t1", toUser("alice", "read"), 400, "owns template", "carol"},
-		{"unknown user", "t1", toUser("nobody", "read"), 404, `user "nobody" not found`, ""},
-		{"unknown team", "t1", toTeam("nobody", "read"), 404, `team "nobody" not found`, ""},
-		{"both user and team", "t1", map[string]any{"userId": "bob", "teamId": "devs", "permissionLevel": "read"}, 400, "exactly one", ""},
-		{"neither user nor team", "t1", map[string]any{"permissionLevel": "read"}, 400, "userId or teamId is required", ""},
-		{"null ids count as absent", "t1", map[string]any{"userId": nil, "teamId": nil, "permissionLevel": "read"}, 400, "userId or teamId is required", ""},
-		{"missing level", "t1", map[string]any{"userId": "bob"}, 400, "permissionLevel is required", ""},
-		{"unknown level", "t1", toUser("bob", "owner"), 400, `permissionLevel "owner"`, ""},
-		{"level in capitals", "t1", toUser("bob", "READ"), 400, "permissionLevel", ""},
-		{"empty user id", "t1", toUser("", "read"), 400, "userId", ""},
-		{"long team id", "t1", toTeam(strings.Repeat("x", 256), "read"), 400, "teamId", ""},
-		{"control character", "t1", toUser("bo\nb", "read"), 400, "userId", ""},
-		{"unknown field", "t1", `{"userId":"bob","permissionLevel":"read","expires":"never"}`, 400, "expires", ""},
-		{"wrong type", "t1", `{"userId":7,"permissionLevel":"read"}`, 400, "userId", ""},
-		{"malformed json", "t1", `{"userId":`, 400, "malformed", ""},
-		{"empty body", "t1", ``, 400, "empty", ""},
-		{"two objects", "t1", `{"userId":"bob","permissionLevel":"read"} {}`, 400, "one JSON object", ""},
-		{"template id too long", strings.Repeat("t", 256), toUser("bob", "read"), 400, "template id", ""},
-		{"template id with a control character", "t%0A1", toUser("bob", "read"), 400, "template id", ""},
-		{"unknown template", "t9", toUser("bob", "read"), 404, `template "t9" not found`, ""},
+		{"share with yourself", "alice", "t1", toUser("alice", "read"), 400, "yourself"},
+		{"share with the owner", "carol", "t1", toUser("alice", "read"), 400, "owns template"},
+		{"unknown user", "alice", "t1", toUser("nobody", "read"), 404, `user "nobody" not found`},
+		{"unknown team", "alice", "t1", toTeam("nobody", "read"), 404, `team "nobody" not found`},
+		{"both user and team", "alice", "t1", map[string]any{"sharedWithUserId": "bob", "sharedWithTeamId": "devs", "permissionLevel": "read"}, 400, "exactly one"},
+		{"a user under both names", "alice", "t1", map[string]any{"sharedWithUserId": "bob", "userId": "bob", "permissionLevel": "read"}, 400, "exactly one"},
+		{"neither user nor team", "alice", "t1", map[string]any{"permissionLevel": "read"}, 400, "sharedWithUserId or sharedWithTeamId is required"},
+		{"null ids count as absent", "alice", "t1", map[string]any{"sharedWithUserId": nil, "sharedWithTeamId": nil, "permissionLevel": "read"}, 400, "is required"},
+		{"missing level", "alice", "t1", map[string]any{"sharedWithUserId": "bob"}, 400, "permissionLevel is required"},
+		{"unknown level", "alice", "t1", toUser("bob", "owner"), 400, `permissionLevel "owner"`},
+		{"level in capitals", "alice", "t1", toUser("bob", "READ"), 400, "permissionLevel"},
+		{"empty user id", "alice", "t1", toUser("", "read"), 400, "sharedWithUserId"},
+		{"long team id", "alice", "t1", toTeam(strings.Repeat("x", 256), "read"), 400, "sharedWithTeamId"},
+		{"control character", "alice", "t1", toUser("bo\nb", "read"), 400, "sharedWithUserId"},
+		{"unknown field", "alice", "t1", `{"sharedWithUserId":"bob","permissionLevel":"read","expires":"never"}`, 400, "expires"},
+		{"wrong type", "alice", "t1", `{"sharedWithUserId":7,"permissionLevel":"read"}`, 400, "sharedWithUserId"},
+		{"malformed json", "alice", "t1", `{"sharedWithUserId":`, 400, "malformed"},
+		{"empty body", "alice", "t1", ``, 400, "empty"},
+		{"two objects", "alice", "t1", `{"sharedWithUserId":"bob","permissionLevel":"read"} {}`, 400, "one JSON object"},
+		{"template id too long", "alice", strings.Repeat("t", 256), toUser("bob", "read"), 400, "template id"},
+		{"template id with a control character", "alice", "t%0A1", toUser("bob", "read"), 400, "template id"},
+		{"unknown template", "alice", "t9", toUser("bob", "read"), 404, `template "t9" not found`},
+		{"a reader", "dave", "t1", toUser("bob", "read"), 404, `template "t1" not found`},
 	}
-	// The owner-share case needs a manager other than the owner.
-	exec(t, h, `insert into template_shares (template_id, shared_by, shared_with_user_id, permission_level) values ('t1', 'alice', 'carol', 'manage')`)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			caller := cmp.Or(tc.as, "alice")
-			status, raw := h.Do(http.MethodPost, sharePath(tc.tmpl), h.Token(caller, authn.User), tc.body)
-			if status != tc.wantStatus {
-				t.Fatalf("status: got %d %s, want %d", status, raw, tc.wantStatus)
-			}
-			if _, msg := fntest.ErrorBody(t, raw); !strings.Contains(msg, tc.wantMsg) {
-				t.Errorf("message: got %q, want it to name %q", msg, tc.wantMsg)
-			}
+			status, raw := h.Do(http.MethodPost, sharePath(tc.tmpl), token(h, tc.as), tc.body)
+			require.Equal(t, tc.wantStatus, status, "%s", raw)
+			_, msg := fntest.ErrorBody(t, raw)
+			assert.Contains(t, msg, tc.wantMsg)
 		})
 	}
-	if n := h.Count(`select count(*) from template_shares`); n != 1 {
-		t.Errorf("share rows after rejected requests: got %d, want the 1 seeded", n)
+	assert.Equal(t, 1, h.Count(`select count(*) from template_shares`), "share rows: the one seeded")
+	assert.Zero(t, h.Count(`select (select count(*) from audit_log where resource_type = $1) + (select count(*) from notifications) + (select count(*) from event_outbox)`, access.ResourceType),
+		"audit, notification and outbox rows after rejected requests")
+	assert.Empty(t, h.Sink.Events())
+}
+
+func TestShareAcceptsBothFieldNames(t *testing.T) {
+	h := start(t)
+	seed(t, h)
+	tests := []struct {
+		name     string
+		body     map[string]any
+		wantUser string
+		wantTeam string
+	}{
+		{"StreamSpace's user field", map[string]any{"sharedWithUserId": "bob", "permissionLevel": "read"}, "bob", ""},
+		{"StreamSpace's team field", map[string]any{"sharedWithTeamId": "devs", "permissionLevel": "read"}, "", "devs"},
+		{"short user field", map[string]any{"userId": "carol", "permissionLevel": "read"}, "carol", ""},
+		{"short team field", map[string]any{"teamId": "ops", "permissionLevel": "read"}, "", "ops"},
 	}
-	if n := h.Count(`select (select count(*) from audit_log) + (select count(*) from notifications) + (select count(*) from event_outbox)`); n != 0 {
-		t.Errorf("audit, notification and outbox rows after rejected requests: got %d, want 0", n)
-	}
-	if n := len(h.Sink.Events()); n != 0 {
-		t.Errorf("events after rejected requests: got %d, want 0", n)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sh := mustShare(t, h, "alice", "t1", tc.body, http.StatusCreated).Share
+			if tc.wantUser != "" {
+				assert.Equal(t, tc.wantUser, *sh.SharedWithUserID)
+				assert.Equal(t, tc.wantUser, sh.SharedWithUserName)
+			} else {
+				assert.Equal(t, tc.wantTeam, *sh.SharedWithTeamID)
+				assert.Equal(t, tc.wantTeam, sh.SharedWithTeamName)
+			}
+		})
 	}
 }
 
 func TestShareWithATeamNotifiesEachMember(t *testing.T) {
 	h := start(t)
 	seed(t, h)
-	// alice, the actor, is a member too: she is not notified of her own change.
-	exec(t, h, `insert into team_members (team_id, user_id) values ('devs', 'alice'), ('devs', 'erin')`)
-	alice := h.Token("alice", authn.User)
+	exec(t, h, `insert into group_memberships (id, group_id, user_id) values ('m6', 'devs', 'erin')`)
+	res := mustShare(t, h, "alice", "t1", toTeam("devs", "write"), http.StatusCreated)
+	assert.Equal(t, "devs", *res.Share.SharedWithTeamID)
+	assert.Equal(t, "devs", res.Share.SharedWithTeamName)
+	assert.Nil(t, res.Share.SharedWithUserID)
 
-	res := mustShare(t, h, alice, "t1", toTeam("devs", "write"), http.StatusCreated)
-	if want := (function.Grantee{Type: "team", ID: "devs", Name: "Developers"}); res.Share.Grantee != want {
-		t.Errorf("grantee: got %+v, want %+v", res.Share.Grantee, want)
+	tests := []struct {
+		name        string
+		do          func(t *testing.T)
+		wantKind    function.Kind
+		wantMembers []string // notified by this step: every member but the actor
+		wantCounts  map[string]int
+	}{
+		{
+			name:        "shared",
+			do:          func(t *testing.T) {},
+			wantKind:    function.KindShared,
+			wantMembers: []string{"carol", "dave", "erin"},
+			wantCounts:  map[string]int{"carol": 1, "dave": 1, "erin": 1},
+		},
+		{
+			// One who joins later is not notified of earlier changes, but is
+			// of the next one; one who left is not.
+			name: "revoked after erin left and bob joined",
+			do: func(t *testing.T) {
+				exec(t, h, `delete from group_memberships where group_id = 'devs' and user_id = 'erin'`)
+				exec(t, h, `insert into group_memberships (id, group_id, user_id) values ('m7', 'devs', 'bob')`)
+				mustRevoke(t, h, "alice", "t1", res.Share.ID)
+			},
+			wantKind:    function.KindShareRevoked,
+			wantMembers: []string{"bob", "carol", "dave"},
+			wantCounts:  map[string]int{"bob": 1, "carol": 2, "dave": 2, "erin": 1},
+		},
 	}
-	wantMembers := []string{"carol", "dave", "erin"}
-	checkNotified := func(t *testing.T, kind string, perMember int) {
-		t.Helper()
-		notes := notifications(t, h)
-		var got []string
-		for user, ns := range notes {
-			got = append(got, user)
-			if len(ns) != perMember || ns[len(ns)-1].Kind != kind {
-				t.Errorf("%s: got %+v, want %d notifications, the last of kind %s", user, ns, perMember, kind)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.do(t)
+			notes := notifications(t, h)
+			assert.Equal(t, tc.wantCounts, countNotifications(notes))
+			var got []string
+			for user, ns := range notes {
+				last := ns[len(ns)-1]
+				if last.Type != string(tc.wantKind) {
+					continue
+				}
+				got = append(got, user)
+				assert.Equal(t, "devs", last.Data["teamId"], user)
+				assert.Equal(t, "t1", last.Data["templateId"], user)
+				assert.Contains(t, last.Message, "Developers", user)
 			}
-			last := ns[len(ns)-1]
-			if last.Data["teamId"] != "devs" || last.Data["templateId"] != "t1" || !strings.Contains(last.Message, "Developers") {
-				t.Errorf("%s: notification %+v does not name team devs and template t1", user, last)
-			}
-		}
-		slices.Sort(got)
-		if !slices.Equal(got, wantMembers) {
-			t.Errorf("notified: got %q, want each member but the actor %q", got, wantMembers)
-		}
-		settle(t, h)
-		var evUsers []string
-		for _, n := range sunk[events.NotificationCreatedData](t, h, events.NotificationCreated) {
-			if n.Kind == kind {
-				evUsers = append(evUsers, n.UserID)
-			}
-		}
-		slices.Sort(evUsers)
-		if !slices.Equal(evUsers, wantMembers) {
-			t.Errorf("notification.created of kind %s for: got %q, want %q", kind, evUsers, wantMembers)
-		}
-	}
-	checkNotified(t, function.KindShared, 1)
-	shared := sunk[events.TemplateSharedData](t, h, events.TemplateShared)
-	if len(shared) != 1 || shared[0].TeamID != "devs" || shared[0].UserID != "" || shared[0].PermissionLevel != "write" {
-		t.Errorf("template.shared: got %+v, want one for team devs at write", shared)
-	}
+			slices.Sort(got)
+			assert.Equal(t, tc.wantMembers, got)
 
-	// A member who joins later is not notified of earlier changes, but is of
-	// the next one; one who left is not.
-	exec(t, h, `delete from team_members where team_id = 'devs' and user_id = 'erin'`)
-	exec(t, h, `insert into team_members (team_id, user_id) values ('devs', 'bob')`)
-	wantMembers = []string{"bob", "carol", "dave", "erin"}
-	status, raw := h.Do(http.MethodDelete, revokePath("t1", res.Share.ID), alice, nil)
-	if status != http.StatusOK {
-		t.Fatalf("revoke: got %d %s, want 200", status, raw)
-	}
-	notes := notifications(t, h)
-	if len(notes["erin"]) != 1 || len(notes["bob"]) != 1 || len(notes["carol"]) != 2 || len(notes["dave"]) != 2 {
-		t.Errorf("after revoke: got %v; want carol and dave 2, erin (left) 1, bob (joined) 1", notes)
-	}
-	if k := notes["bob"][0].Kind; k != function.KindShareRevoked {
-		t.Errorf("bob's notification kind: got %q, want %q", k, function.KindShareRevoked)
+			settle(t, h)
+			var evUsers []string
+			for _, n := range sunk[events.NotificationCreatedData](t, h, events.NotificationCreated) {
+				if n.Kind == string(tc.wantKind) {
+					evUsers = append(evUsers, n.UserID)
+				}
+			}
+			slices.Sort(evUsers)
+			assert.Equal(t, tc.wantMembers, evUsers)
+		})
 	}
 	settle(t, h)
-	revoked := sunk[events.TemplateShareRevokedData](t, h, events.TemplateShareRevoked)
-	if len(revoked) != 1 || revoked[0].TeamID != "devs" || revoked[0].RevokedBy != "alice" || revoked[0].PermissionLevel != "write" {
-		t.Errorf("template.share.revoked: got %+v, want one for team devs at write by alice", revoked)
+	assert.Equal(t, []events.TemplateSharedData{{TemplateID: "t1", ShareID: res.Share.ID, SharedBy: "alice", TeamID: "devs", PermissionLevel: "write"}},
+		sunk[events.TemplateSharedData](t, h, events.TemplateShared))
+	assert.Equal(t, []events.TemplateShareRevokedData{{TemplateID: "t1", ShareID: res.Share.ID, RevokedBy: "alice", TeamID: "devs", PermissionLevel: "write"}},
+		sunk[events.TemplateShareRevokedData](t, h, events.TemplateShareRevoked))
+}
+
+// TestTeamShareNeedsMembership is the review finding: anyone who managed a
+// template could share it with any group and so notify all its members,
+// once per level flip. Only a member of the group, or an admin, may share
+// with it; anyone else is told the team does not exist, as for a group that
+// does not.
+func TestTeamShareNeedsMembership(t *testing.T) {
+	h := start(t)
+	seed(t, h)
+	// bob manages t1 without being in devs or ops.
+	mustShare(t, h, "alice", "t1", toUser("bob", "manage"), http.StatusCreated)
+	notesBefore := h.Count(`select count(*) from notifications`)
+
+	tests := []struct {
+		name       string
+		as         string
+		tmpl       string
+		body       map[string]any
+		wantStatus int
+		wantMsg    string
+	}{
+		{name: "a manager outside the team", as: "bob", tmpl: "t1", body: toTeam("devs", "read"), wantStatus: 404, wantMsg: `team "devs" not found`},
+		{name: "the owner outside the team", as: "bob", tmpl: "t2", body: toTeam("ops", "manage"), wantStatus: 404, wantMsg: `team "ops" not found`},
+		{name: "a group that does not exist reads the same", as: "bob", tmpl: "t1", body: toTeam("nosuch", "read"), wantStatus: 404, wantMsg: `team "nosuch" not found`},
+		{name: "StreamSpace's all-users group", as: "bob", tmpl: "t2", body: toTeam("all-users", "read"), wantStatus: 404, wantMsg: `team "all-users" not found`},
+		{name: "a member", as: "alice", tmpl: "t1", body: toTeam("devs", "read"), wantStatus: 201},
+		{name: "an admin outside the team", as: admin, tmpl: "t2", body: toTeam("ops", "read"), wantStatus: 201},
 	}
-	if n := len(sunk[events.NotificationCreatedData](t, h, events.NotificationCreated)); n != 6 {
-		t.Errorf("notification.created events: got %d, want 6 (3 shared, 3 revoked)", n)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, raw := h.Do(http.MethodPost, sharePath(tc.tmpl), token(h, tc.as), tc.body)
+			require.Equal(t, tc.wantStatus, status, "%s", raw)
+			if tc.wantMsg != "" {
+				code, msg := fntest.ErrorBody(t, raw)
+				assert.Equal(t, string(errs.NotFound), code)
+				assert.Equal(t, tc.wantMsg, msg)
+			}
+		})
 	}
+	// devs: carol and dave, not alice (the actor); ops: alice and erin.
+	assert.Equal(t, notesBefore+2+2, h.Count(`select count(*) from notifications`))
+	// A level change is a share too: it needs membership. A revoke needs
+	// only manage, so a manager can always take a team's access away.
+	status, raw := h.Do(http.MethodPost, sharePath("t1"), token(h, "bob"), toTeam("devs", "manage"))
+	assert.Equal(t, http.StatusNotFound, status, "a level change by a non-member: %s", raw)
+	var devsShare string
+	require.NoError(t, h.Pool.QueryRow(context.Background(), `select id from template_shares where shared_with_team_id = 'devs'`).Scan(&devsShare))
+	assert.Equal(t, "read", mustRevoke(t, h, "bob", "t1", devsShare).Share.PermissionLevel, "revoking needs manage, not membership")
+}
+
+// TestTeamLevelFlipsNotifyOnRaisesOnly is the second half of the review
+// finding: flipping a team's level used to notify every member on every
+// flip. A lowering now tells no one.
+func TestTeamLevelFlipsNotifyOnRaisesOnly(t *testing.T) {
+	h := start(t)
+	seed(t, h)
+	tests := []struct {
+		name      string
+		level     string
+		wantNotes int // for each of carol and dave, so far
+	}{
+		{"shared at read", "read", 1},
+		{"raised to manage", "manage", 2},
+		{"lowered to read", "read", 2},
+		{"lowered again is a no-op", "read", 2},
+		{"raised to write", "write", 3},
+		{"lowered to read again", "read", 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, raw := h.Do(http.MethodPost, sharePath("t1"), token(h, "alice"), toTeam("devs", tc.level))
+			require.Contains(t, []int{200, 201}, status, "%s", raw)
+			assert.Equal(t, map[string]int{"carol": tc.wantNotes, "dave": tc.wantNotes}, countNotifications(notifications(t, h)))
+		})
+	}
+	settle(t, h)
+	assert.Len(t, sunk[events.NotificationCreatedData](t, h, events.NotificationCreated), 2*3)
+	assert.Len(t, sunk[events.TemplateSharedData](t, h, events.TemplateShared), 5, "every change is emitted, lowerings too")
+	assert.Len(t, auditRows(t, h), 5, "every change is audited, lowerings too")
 }
 
 func TestTeamSharesAreInheritedUntilTheMemberLeaves(t *testing.T) {
 	h := start(t)
 	seed(t, h)
-	alice, carol := h.Token("alice", authn.User), h.Token("carol", authn.User)
-	mustShare(t, h, alice, "t1", toTeam("devs", "write"), http.StatusCreated)
+	mustShare(t, h, "alice", "t1", toTeam("devs", "write"), http.StatusCreated)
 
-	// With write from the team, carol is visible-but-insufficient for
-	// managing: 403, never 404.
-	if status, _ := list(t, h, carol, "t1"); status != http.StatusForbidden {
-		t.Errorf("carol (team write) listing shares: got %d, want 403", status)
+	tests := []struct {
+		name       string
+		before     string // SQL run first, if any
+		as         string
+		shareWith  string // share with this user; list when empty
+		wantStatus int
+		wantLevel  string
+	}{
+		// With write from the team, carol sees the template but may not
+		// manage it: 403, never 404.
+		{name: "team write, listing", as: "carol", wantStatus: 403, wantLevel: "write"},
+		{name: "team write, sharing", as: "carol", shareWith: "erin", wantStatus: 403, wantLevel: "write"},
+		{name: "team manage, listing", before: `update template_shares set permission_level = 'manage' where shared_with_team_id = 'devs'`,
+			as: "carol", wantStatus: 200, wantLevel: "manage"},
+		{name: "team manage, sharing", as: "carol", shareWith: "erin", wantStatus: 201, wantLevel: "manage"},
+		// Leaving the team takes what it gave, at once.
+		{name: "after leaving, listing", before: `delete from group_memberships where group_id = 'devs' and user_id = 'carol'`,
+			as: "carol", wantStatus: 404, wantLevel: "none"},
+		{name: "after leaving, sharing", as: "carol", shareWith: "bob", wantStatus: 404, wantLevel: "none"},
+		{name: "a member who stayed", as: "dave", wantStatus: 200, wantLevel: "manage"},
 	}
-	if status, _ := share(t, h, carol, "t1", toUser("erin", "read")); status != http.StatusForbidden {
-		t.Errorf("carol (team write) sharing: got %d, want 403", status)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.before != "" {
+				exec(t, h, tc.before)
+			}
+			method, path, body := http.MethodGet, sharesPath("t1"), any(nil)
+			if tc.shareWith != "" {
+				method, path, body = http.MethodPost, sharePath("t1"), toUser(tc.shareWith, "read")
+			}
+			status, raw := h.Do(method, path, token(h, tc.as), body)
+			assert.Equal(t, tc.wantStatus, status, "%s", raw)
+			assert.Equal(t, tc.wantLevel, effective(t, h, tc.as, "t1"))
+		})
 	}
-	if l := effective(t, h, "carol", "t1"); l != "write" {
-		t.Errorf("carol's level through devs: got %s, want write", l)
-	}
-	if _, err := access.Require(context.Background(), h.Pool, user("carol"), "t1", access.Write); err != nil {
-		t.Errorf("carol (team write) doing a write-level action: got %v, want allowed", err)
-	}
+	assert.Equal(t, "carol", sharedBy(t, h, "t1", "erin"), "erin's share was made by carol")
+}
 
-	mustShare(t, h, alice, "t1", toTeam("devs", "manage"), http.StatusOK)
-	if status, got := list(t, h, carol, "t1"); status != http.StatusOK || got.Count != 1 {
-		t.Errorf("carol (team manage) listing shares: got %d %+v, want 200 with the team's share", status, got)
-	}
-	res := mustShare(t, h, carol, "t1", toUser("erin", "read"), http.StatusCreated)
-	if res.Share.SharedBy != "carol" {
-		t.Errorf("sharedBy: got %q, want carol", res.Share.SharedBy)
-	}
+func sharedBy(t *testing.T, h *fntest.Harness, tmpl, grantee string) string {
+	t.Helper()
+	var by string
+	require.NoError(t, h.Pool.QueryRow(context.Background(),
+		`select shared_by from template_shares where template_id = $1 and shared_with_user_id = $2`, tmpl, grantee).Scan(&by))
+	return by
+}
 
-	// Leaving the team takes what it gave, at once.
-	exec(t, h, `delete from team_members where team_id = 'devs' and user_id = 'carol'`)
-	if status, _ := list(t, h, carol, "t1"); status != http.StatusNotFound {
-		t.Errorf("carol after leaving, listing: got %d, want 404", status)
+// TestReshareReactivatesTheRevokedRow checks StreamSpace's one row per
+// grantee: sharing again after a revoke makes that same row active again,
+// as a new share by whoever shares now.
+func TestReshareReactivatesTheRevokedRow(t *testing.T) {
+	h := start(t)
+	seed(t, h)
+	first := mustShare(t, h, "alice", "t1", toUser("carol", "write"), http.StatusCreated).Share
+	mustShare(t, h, "alice", "t1", toUser("bob", "manage"), http.StatusCreated)
+	mustRevoke(t, h, "alice", "t1", first.ID)
+
+	tests := []struct {
+		name      string
+		as        string
+		level     string
+		wantBy    string
+		wantNotes int
+	}{
+		{name: "shared again by another manager", as: "bob", level: "read", wantBy: "bob", wantNotes: 3},
+		{name: "revoked and shared again by the owner", as: "alice", level: "manage", wantBy: "alice", wantNotes: 5},
 	}
-	if status, _ := share(t, h, carol, "t1", toUser("bob", "read")); status != http.StatusNotFound {
-		t.Errorf("carol after leaving, sharing: got %d, want 404", status)
-	}
-	if l := effective(t, h, "carol", "t1"); l != "none" {
-		t.Errorf("carol's level after leaving devs: got %s, want none", l)
-	}
-	if _, err := access.Require(context.Background(), h.Pool, user("carol"), "t1", access.Write); errs.KindOf(err) != errs.NotFound {
-		t.Errorf("carol after leaving, a write-level action: got %v, want not_found", err)
-	}
-	// dave, still a member, keeps manage.
-	if status, _ := list(t, h, h.Token("dave", authn.User), "t1"); status != http.StatusOK {
-		t.Errorf("dave (still in devs) listing: got %d, want 200", status)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.as == "alice" {
+				mustRevoke(t, h, "alice", "t1", first.ID)
+			}
+			res := mustShare(t, h, tc.as, "t1", toUser("carol", tc.level), http.StatusCreated)
+			assert.Equal(t, function.Created, res.Outcome)
+			assert.Equal(t, first.ID, res.Share.ID, "the same row")
+			assert.Equal(t, tc.wantBy, res.Share.SharedBy)
+			assert.Equal(t, tc.level, res.Share.PermissionLevel)
+			assert.Nil(t, res.Share.RevokedAt)
+			assert.False(t, res.Share.CreatedAt.Before(first.CreatedAt), "created_at restarts")
+			assert.Equal(t, 1, h.Count(`select count(*) from template_shares where shared_with_user_id = 'carol'`))
+			assert.Equal(t, 1, h.Count(`select count(*) from template_shares where shared_with_user_id = 'carol' and revoked_at is null`))
+			assert.Equal(t, tc.wantBy, sharedBy(t, h, "t1", "carol"))
+			assert.Equal(t, tc.level, effective(t, h, "carol", "t1"))
+			a := auditRows(t, h)
+			last := a[len(a)-1]
+			assert.Equal(t, string(function.ActionCreated), last.Action)
+			assert.Equal(t, tc.wantBy, last.User)
+			assert.Equal(t, "null", level(last.Changes.OldLevel))
+			notes := notifications(t, h)["carol"]
+			require.Len(t, notes, tc.wantNotes)
+			assert.Equal(t, string(function.KindShared), notes[len(notes)-1].Type)
+		})
 	}
 }
 
 func TestNotificationsSayWhatChanged(t *testing.T) {
 	h := start(t)
 	seed(t, h)
-	alice := h.Token("alice", authn.User)
-	var bobShare, devsShare int64
+	var bobShare, devsShare string
+	link, text := "/session-templates/t1", "View template"
 	tests := []struct {
 		name      string
 		do        func(t *testing.T)
 		recipient string
-		wantKind  string
+		wantKind  function.Kind
 		wantTitle string
 		wantMsg   string
+		wantLink  bool
 	}{
 		{"user shared", func(t *testing.T) {
-			bobShare = mustShare(t, h, alice, "t1", toUser("bob", "read"), http.StatusCreated).Share.ID
+			bobShare = mustShare(t, h, "alice", "t1", toUser("bob", "read"), http.StatusCreated).Share.ID
 		}, "bob", function.KindShared, "A template was shared with you",
-			"Alice Owner shared Firefox Dev with you (read)"},
-		{"user level changed", func(t *testing.T) {
-			mustShare(t, h, alice, "t1", toUser("bob", "write"), http.StatusOK)
+			"Alice Owner shared Firefox Dev with you (read)", true},
+		{"user level raised", func(t *testing.T) {
+			mustShare(t, h, "alice", "t1", toUser("bob", "write"), http.StatusOK)
 		}, "bob", function.KindShareUpdated, "Your access to a template changed",
-			"Alice Owner changed your access to Firefox Dev from read to write"},
+			"Alice Owner changed your access to Firefox Dev from read to write", true},
 		{"user revoked", func(t *testing.T) {
-			if status, raw := revoke(t, h, alice, "t1", bobShare); status != http.StatusOK {
-				t.Fatalf("revoke: got %d %s, want 200", status, raw)
-			}
+			mustRevoke(t, h, "alice", "t1", bobShare)
 		}, "bob", function.KindShareRevoked, "Your access to a template was removed",
-			"Alice Owner revoked your write access to Firefox Dev"},
+			"Alice Owner revoked your write access to Firefox Dev", false},
 		{"team shared", func(t *testing.T) {
-			devsShare = mustShare(t, h, alice, "t1", toTeam("devs", "manage"), http.StatusCreated).Share.ID
+			devsShare = mustShare(t, h, "alice", "t1", toTeam("devs", "read"), http.StatusCreated).Share.ID
 		}, "carol", function.KindShared, "A template was shared with you",
-			"Alice Owner shared Firefox Dev with your team Developers (manage)"},
-		{"team level changed", func(t *testing.T) {
-			mustShare(t, h, alice, "t1", toTeam("devs", "read"), http.StatusOK)
+			"Alice Owner shared Firefox Dev with your team Developers (read)", true},
+		{"team level raised", func(t *testing.T) {
+			mustShare(t, h, "alice", "t1", toTeam("devs", "manage"), http.StatusOK)
 		}, "dave", function.KindShareUpdated, "Your access to a template changed",
-			"Alice Owner changed the access of your team Developers to Firefox Dev from manage to read"},
+			"Alice Owner changed the access of your team Developers to Firefox Dev from read to manage", true},
 		{"team revoked", func(t *testing.T) {
-			if status, raw := revoke(t, h, alice, "t1", devsShare); status != http.StatusOK {
-				t.Fatalf("revoke: got %d %s, want 200", status, raw)
-			}
+			mustRevoke(t, h, "alice", "t1", devsShare)
 		}, "carol", function.KindShareRevoked, "Your access to a template was removed",
-			"Alice Owner revoked the read access of your team Developers to Firefox Dev"},
+			"Alice Owner revoked the manage access of your team Developers to Firefox Dev", false},
+		{"a user without a full name is named by username", func(t *testing.T) {
+			mustShare(t, h, "alice", "t1", toUser("bob", "manage"), http.StatusCreated)
+			mustShare(t, h, "bob", "t1", toUser("erin", "read"), http.StatusCreated)
+		}, "erin", function.KindShared, "A template was shared with you",
+			"bob shared Firefox Dev with you (read)", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.do(t)
 			notes := notifications(t, h)[tc.recipient]
-			if len(notes) == 0 {
-				t.Fatalf("%s has no notification", tc.recipient)
-			}
+			require.NotEmpty(t, notes)
 			got := notes[len(notes)-1]
-			if got.Kind != tc.wantKind || got.Title != tc.wantTitle || got.Message != tc.wantMsg {
-				t.Errorf("got %s %q %q, want %s %q %q", got.Kind, got.Title, got.Message, tc.wantKind, tc.wantTitle, tc.wantMsg)
+			assert.Equal(t, string(tc.wantKind), got.Type)
+			assert.Equal(t, tc.wantTitle, got.Title)
+			assert.Equal(t, tc.wantMsg, got.Message)
+			assert.Equal(t, "normal", got.Priority)
+			assert.False(t, got.IsRead)
+			if tc.wantLink {
+				assert.Equal(t, &link, got.ActionURL)
+				assert.Equal(t, &text, got.ActionText)
+			} else {
+				assert.Nil(t, got.ActionURL)
+				assert.Nil(t, got.ActionText)
 			}
+		})
+	}
+}
+
+// TestAuditRecordsTheClientAddress checks audit_log.ip_address: the first
+// hop of X-Forwarded-For when it is an address, else the peer.
+func TestAuditRecordsTheClientAddress(t *testing.T) {
+	h := start(t)
+	seed(t, h)
+	levels := []string{"read", "write"}
+	tests := []struct {
+		name string
+		xff  string
+		want string
+	}{
+		{name: "no header: the peer", want: "127.0.0.1"},
+		{name: "first hop of a list", xff: "203.0.113.7, 10.0.0.1, 10.0.0.2", want: "203.0.113.7"},
+		{name: "IPv6 with a port", xff: "[2001:db8::1]:443", want: "2001:db8::1"},
+		{name: "IPv4-mapped IPv6", xff: "::ffff:198.51.100.9", want: "198.51.100.9"},
+		{name: "not an address: the peer", xff: "unknown", want: "127.0.0.1"},
+		{name: "too long for VARCHAR(45): the peer", xff: strings.Repeat("1", 60), want: "127.0.0.1"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			body := `{"sharedWithUserId":"bob","permissionLevel":"` + levels[i%2] + `"}`
+			req, err := http.NewRequest(http.MethodPost, h.URL+sharePath("t1"), strings.NewReader(body))
+			require.NoError(t, err)
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+token(h, "alice"))
+			if tc.xff != "" {
+				req.Header.Set("X-Forwarded-For", tc.xff)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			require.Contains(t, []int{200, 201}, resp.StatusCode)
+			a := auditRows(t, h)
+			require.Len(t, a, i+1)
+			assert.Equal(t, tc.want, level(a[i].IP))
 		})
 	}
 }

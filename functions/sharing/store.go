@@ -2,329 +2,407 @@ package function
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/streamspace-dev/functions/shared/access"
-	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/errs"
-	"github.com/streamspace-dev/functions/shared/validate"
 )
 
-// Share is one share of a template.
+// The store works on StreamSpace's own tables (docs/data.md):
+// template_shares, with one row per grantee and template for good (its
+// unique constraints are not partial, so a revoked share is made active
+// again rather than shared anew); groups and group_memberships, which are
+// teams; audit_log and notifications. Every function here takes the
+// transaction of the unit of work it is part of.
+
+// Share is one template_shares row, in the JSON shape StreamSpace's API
+// gives it. The grantee is a user or a team, never both; the name is the
+// user's username or the group's name, as StreamSpace lists them.
 type Share struct {
-	ID              int64      `json:"id"`
-	TemplateID      string     `json:"templateId"`
-	Grantee         Grantee    `json:"grantee"`
-	PermissionLevel string     `json:"permissionLevel"`
-	SharedBy        string     `json:"sharedBy"`
-	CreatedAt       time.Time  `json:"createdAt"`
-	UpdatedAt       time.Time  `json:"updatedAt"`
-	RevokedAt       *time.Time `json:"revokedAt,omitempty"`
-	RevokedBy       string     `json:"revokedBy,omitempty"`
+	ID                 string     `json:"id"`
+	TemplateID         string     `json:"templateId"`
+	SharedBy           string     `json:"sharedBy"`
+	SharedWithUserID   *string    `json:"sharedWithUserId,omitempty"`
+	SharedWithTeamID   *string    `json:"sharedWithTeamId,omitempty"`
+	SharedWithUserName string     `json:"sharedWithUserName,omitempty"`
+	SharedWithTeamName string     `json:"sharedWithTeamName,omitempty"`
+	PermissionLevel    string     `json:"permissionLevel"`
+	CreatedAt          time.Time  `json:"createdAt"`
+	RevokedAt          *time.Time `json:"revokedAt,omitempty"`
 }
 
-// Actions a change records, as audit_log.action.
-const (
-	ActionCreated = "template.share.created"
-	ActionUpdated = "template.share.updated"
-	ActionRevoked = "template.share.revoked"
-)
-
-// Change is what a share or revoke did. Action is empty when it did nothing.
-type Change struct {
-	Action   string
-	Actor    string
-	Share    Share
-	Previous string // the level before; empty for a new share
-	// Notifications are the rows created for the grantee.
-	Notifications []Notification
+// grantee is who sh is for.
+func (sh Share) grantee() Grantee {
+	if sh.SharedWithTeamID != nil {
+		return Grantee{Type: GranteeTeam, ID: *sh.SharedWithTeamID}
+	}
+	return Grantee{Type: GranteeUser, ID: deref(sh.SharedWithUserID)}
 }
 
-// Changed reports whether the request changed anything.
-func (c Change) Changed() bool { return c.Action != "" }
-
-// Store holds the sharing queries.
-type Store struct {
-	Pool *pgxpool.Pool
+// setGrantee fills sh's grantee columns and list name.
+func (sh *Share) setGrantee(g Grantee, listName string) {
+	sh.SharedWithUserID, sh.SharedWithTeamID = g.idIf(GranteeUser), g.idIf(GranteeTeam)
+	sh.SharedWithUserName, sh.SharedWithTeamName = "", ""
+	if g.Type == GranteeTeam {
+		sh.SharedWithTeamName = listName
+	} else {
+		sh.SharedWithUserName = listName
+	}
 }
 
-// listSQL returns a template's active shares with each grantee's display
-// name: a user's display name, else username, else id; a team's name.
+// querier is what listing needs: a pool or a transaction.
+type querier interface {
+	access.Querier
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// listSQL is one page of a template's active shares, newest first, after
+// the position ($2, $3) when set. It reads one row past the page to learn
+// whether there is a next one. idx_template_shares_active (template_id,
+// where revoked_at is null) finds the rows; StreamSpace leaves created_at
+// nullable, so a null sorts as the epoch rather than breaking the order.
+// $1 template, $2 created_at, $3 id, $4 rows.
 const listSQL = `
-	select s.id, s.shared_with_team_id is null,
-		coalesce(s.shared_with_user_id, s.shared_with_team_id),
-		coalesce(nullif(u.display_name, ''), u.username, t.name, s.shared_with_user_id, s.shared_with_team_id),
-		s.permission_level, s.shared_by, s.created_at, s.updated_at
+	select s.id, coalesce(s.shared_by, ''), s.shared_with_user_id, s.shared_with_team_id,
+		coalesce(u.username, ''), coalesce(g.name, ''),
+		s.permission_level, coalesce(s.created_at, 'epoch')
 	from template_shares s
 	left join users u on u.id = s.shared_with_user_id
-	left join teams t on t.id = s.shared_with_team_id
+	left join groups g on g.id = s.shared_with_team_id
 	where s.template_id = $1 and s.revoked_at is null
-	order by s.created_at, s.id`
+	  and ($2::timestamp is null or (coalesce(s.created_at, 'epoch'), s.id) < ($2::timestamp, $3::text))
+	order by coalesce(s.created_at, 'epoch') desc, s.id desc
+	limit $4`
 
-// List returns the active shares of templateID, which who must manage.
-func (s *Store) List(ctx context.Context, who authn.Identity, templateID string) ([]Share, error) {
-	if _, err := access.Require(ctx, s.Pool, who, templateID, access.Manage); err != nil {
-		return nil, err
+// listShares returns a page of templateID's active shares and, when more
+// follow, the position the next page starts after.
+func listShares(ctx context.Context, q querier, templateID string, lq ListQuery) (page []Share, next *position, err error) {
+	var after time.Time
+	var afterID string
+	var afterAt *time.Time
+	if lq.After != nil {
+		after, afterID = lq.After.CreatedAt, lq.After.ID
+		afterAt = &after
 	}
-	rows, err := s.Pool.Query(ctx, listSQL, templateID)
+	rows, err := q.Query(ctx, listSQL, templateID, afterAt, afterID, lq.Limit+1)
 	if err != nil {
-		return nil, fmt.Errorf("list shares of %s: %w", templateID, db.Classify(err))
+		return nil, nil, fmt.Errorf("list shares of %q: %w", templateID, db.Classify(err))
 	}
 	defer rows.Close()
-	out := []Share{}
+	page = make([]Share, 0, min(lq.Limit+1, 64))
 	for rows.Next() {
 		sh := Share{TemplateID: templateID}
-		var isUser bool
-		if err := rows.Scan(&sh.ID, &isUser, &sh.Grantee.ID, &sh.Grantee.Name,
-			&sh.PermissionLevel, &sh.SharedBy, &sh.CreatedAt, &sh.UpdatedAt); err != nil {
-			return nil, fmt.Errorf("list shares of %s: %w", templateID, err)
+		if err := rows.Scan(&sh.ID, &sh.SharedBy, &sh.SharedWithUserID, &sh.SharedWithTeamID,
+			&sh.SharedWithUserName, &sh.SharedWithTeamName, &sh.PermissionLevel, &sh.CreatedAt); err != nil {
+			return nil, nil, fmt.Errorf("list shares of %q: %w", templateID, err)
 		}
-		sh.Grantee.Type = granteeType(isUser)
-		out = append(out, sh)
+		page = append(page, sh)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list shares of %s: %w", templateID, db.Classify(err))
+		return nil, nil, fmt.Errorf("list shares of %q: %w", templateID, db.Classify(err))
 	}
-	return out, nil
+	if len(page) > lq.Limit {
+		page = page[:lq.Limit]
+		last := page[len(page)-1]
+		next = &position{CreatedAt: last.CreatedAt, ID: last.ID}
+	}
+	return page, next, nil
 }
 
-func granteeType(isUser bool) string {
-	if isUser {
-		return GranteeUser
-	}
-	return GranteeTeam
-}
-
-// namesSQL reads, in one statement, what messages and checks need: the
-// template's owner and name, the actor's display name and the grantee's
-// (null when the grantee does not exist). $1 template, $2 actor, $3 user
-// grantee, $4 team grantee.
+// namesSQL reads, in one statement, what the checks and messages of a
+// change need: the template's owner and name, the actor's display name, the
+// grantee's display name and list name (both null when the grantee does not
+// exist), and whether the actor is a member of the grantee team. A user's
+// display name is StreamSpace's full_name, else the username; a group's is
+// its display_name, else its name. $1 template, $2 actor, $3 user grantee,
+// $4 team grantee.
 const namesSQL = `
 	select t.user_id, t.name,
-		coalesce((select coalesce(nullif(u.display_name, ''), u.username) from users u where u.id = $2), $2),
+		coalesce((select coalesce(nullif(u.full_name, ''), u.username) from users u where u.id = $2), $2),
 		case when $3::text is not null
-			then (select coalesce(nullif(u.display_name, ''), u.username) from users u where u.id = $3)
-			else (select m.name from teams m where m.id = $4)
-		end
+			then (select coalesce(nullif(u.full_name, ''), u.username) from users u where u.id = $3)
+			else (select coalesce(nullif(g.display_name, ''), g.name) from groups g where g.id = $4)
+		end,
+		case when $3::text is not null
+			then (select u.username from users u where u.id = $3)
+			else (select g.name from groups g where g.id = $4)
+		end,
+		$4::text is not null and exists (
+			select 1 from group_memberships m where m.group_id = $4 and m.user_id = $2)
 	from user_session_templates t
 	where t.id = $1`
 
 // names is what namesSQL reads.
 type names struct {
-	owner, template, actor string
-	grantee                *string
+	owner            *string
+	template, actor  string
+	grantee, listing *string
+	member           bool
+}
+
+// granteeName is the grantee's display name, or its id when it no longer
+// exists.
+func (n names) granteeName(g Grantee) string {
+	if n.grantee != nil {
+		return *n.grantee
+	}
+	return g.ID
 }
 
 func readNames(ctx context.Context, tx pgx.Tx, templateID, actor string, g Grantee) (names, error) {
 	var n names
 	err := tx.QueryRow(ctx, namesSQL, templateID, actor, g.idIf(GranteeUser), g.idIf(GranteeTeam)).
-		Scan(&n.owner, &n.template, &n.actor, &n.grantee)
+		Scan(&n.owner, &n.template, &n.actor, &n.grantee, &n.listing, &n.member)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// The access check in the same transaction saw the template, so
 		// it was deleted since; to the caller it no longer exists.
 		return n, errs.E(errs.NotFound, "template %q not found", templateID)
 	}
-	return n, err
+	if err != nil {
+		return n, fmt.Errorf("read names: %w", err)
+	}
+	return n, nil
 }
 
-// The statements of a share. A grantee has at most one active share per
-// template (the partial unique indexes of template_shares), so a new share
-// is an insert that does nothing on conflict; a conflict means an active
-// share exists, which is then locked and changed. Concurrent shares to one
-// grantee thus wait on the index or the row lock and apply one after
-// another, each seeing the level the previous one left.
+// The statements of a share. template_shares holds one row per template and
+// grantee for good (UNIQUE(template_id, shared_with_user_id) and
+// UNIQUE(template_id, shared_with_team_id), not partial), so a share is an
+// insert that does nothing on conflict; a conflict means the row exists,
+// active or revoked, and it is then locked and changed. Concurrent shares to
+// one grantee thus wait on the unique index or the row lock and apply one
+// after another, each seeing what the previous one left.
 const (
 	insertShareSQL = `
-		insert into template_shares (template_id, shared_by, shared_with_user_id, shared_with_team_id, permission_level)
-		values ($1, $2, $3, $4, $5)
+		insert into template_shares (id, template_id, shared_by, shared_with_user_id, shared_with_team_id, permission_level)
+		values (gen_random_uuid()::text, $1, $2, $3, $4, $5)
 		on conflict do nothing
-		returning id, created_at, updated_at`
+		returning id, coalesce(created_at, 'epoch')`
 	lockGranteeShareSQL = `
-		select id, permission_level, shared_by, created_at, updated_at
+		select id, permission_level, coalesce(shared_by, ''), coalesce(created_at, 'epoch'), revoked_at is not null
 		from template_shares
-		where template_id = $1 and revoked_at is null
-		  and (shared_with_user_id = $2 or shared_with_team_id = $3)
+		where template_id = $1 and (shared_with_user_id = $2 or shared_with_team_id = $3)
 		for update`
-	updateLevelSQL = `
-		update template_shares set permission_level = $2, updated_at = now()
+	// reactivateSQL makes a revoked share active again, as a new share
+	// made now by the actor: created_at restarts, since the row can hold
+	// only its current life (audit_log holds the earlier ones).
+	reactivateSQL = `
+		update template_shares
+		set revoked_at = null, permission_level = $2, shared_by = $3, created_at = localtimestamp
 		where id = $1
-		returning updated_at`
+		returning created_at`
+	// changeLevelSQL sets the level and makes the actor the share's
+	// sharer: whoever last decided a share's level answers for it, and
+	// whoever made it before holds no right over it any more.
+	changeLevelSQL = `
+		update template_shares set permission_level = $2, shared_by = $3
+		where id = $1`
 )
 
-// upsertAttempts bounds how often a share retries when the active share it
-// met was revoked before it could lock it; each retry needs another
-// concurrent revoke, so more than a couple means something is wrong.
+// upsertAttempts bounds how often a share retries when the row it met was
+// deleted before it could lock it (StreamSpace cascades a user's or a
+// group's deletion to its shares); each retry needs another concurrent
+// deletion, so more than a couple means something is wrong.
 const upsertAttempts = 3
 
-// Share shares templateID, which who must manage, with in.Grantee at
-// in.Level in one transaction: the share row, its audit row and the
-// grantee's notifications, and then, also in that transaction (to queue
-// events). A share that would change nothing does nothing and returns a
-// Change whose Changed is false.
-func (s *Store) Share(ctx context.Context, who authn.Identity, templateID string, in ShareInput, then func(context.Context, pgx.Tx, Change) error) (Change, error) {
-	var c Change
-	err := db.InTx(ctx, s.Pool, func(tx pgx.Tx) error {
-		c = Change{Actor: who.Subject}
-		if _, err := access.Require(ctx, tx, who, templateID, access.Manage); err != nil {
-			return err
-		}
-		n, err := readNames(ctx, tx, templateID, who.Subject, in.Grantee)
-		if err != nil {
-			return err
-		}
-		if err := checkGrantee(who, templateID, in.Grantee, n); err != nil {
-			return err
-		}
-		in.Grantee.Name = *n.grantee
-		sh, previous, err := upsert(ctx, tx, who, templateID, in)
-		if err != nil {
-			return err
-		}
-		c.Share = sh
-		switch {
-		case previous == "":
-			c.Action = ActionCreated
-		case previous == sh.PermissionLevel:
-			return nil
-		default:
-			c.Action, c.Previous = ActionUpdated, previous
-		}
-		if err := record(ctx, tx, &c, n); err != nil {
-			return err
-		}
-		return then(ctx, tx, c)
-	})
-	if err != nil {
-		return Change{}, fmt.Errorf("share template %s with %s %s: %w", templateID, in.Grantee.Type, in.Grantee.ID, err)
-	}
-	return c, nil
-}
-
-// checkGrantee refuses shares that cannot mean anything: with oneself (the
-// caller already holds the access), with the owner (who holds manage), and
-// with a user or team that does not exist.
-func checkGrantee(who authn.Identity, templateID string, g Grantee, n names) error {
-	if g.Type == GranteeUser {
-		switch g.ID {
-		case who.Subject:
-			return errs.E(errs.Invalid, "userId %q: you cannot share a template with yourself", validate.Quote(g.ID))
-		case n.owner:
-			return errs.E(errs.Invalid, "userId %q: the user owns template %q and already holds manage", validate.Quote(g.ID), templateID)
-		}
-	}
-	if n.grantee == nil {
-		return errs.E(errs.NotFound, "%s %q not found", g.Type, validate.Quote(g.ID))
-	}
-	return nil
-}
-
-// upsert creates the grantee's active share or changes its level. previous
-// is the level before, empty when the share is new; equal to the new level,
-// nothing was written.
-func upsert(ctx context.Context, tx pgx.Tx, who authn.Identity, templateID string, in ShareInput) (sh Share, previous string, err error) {
-	sh = Share{TemplateID: templateID, Grantee: in.Grantee, PermissionLevel: in.Level.String(), SharedBy: who.Subject}
+// upsertShare creates the grantee's share, makes a revoked one active
+// again, or changes its level. previous is the level before a level change.
+// An unchanged share was not written.
+func upsertShare(ctx context.Context, tx pgx.Tx, actor, templateID string, in ShareInput) (sh Share, outcome Outcome, previous string, err error) {
+	sh = Share{TemplateID: templateID, SharedBy: actor, PermissionLevel: in.Level.String()}
+	userID, teamID := in.Grantee.idIf(GranteeUser), in.Grantee.idIf(GranteeTeam)
 	for range upsertAttempts {
-		err = tx.QueryRow(ctx, insertShareSQL, templateID, who.Subject, in.userID(), in.teamID(), sh.PermissionLevel).
-			Scan(&sh.ID, &sh.CreatedAt, &sh.UpdatedAt)
+		err = tx.QueryRow(ctx, insertShareSQL, templateID, actor, userID, teamID, sh.PermissionLevel).Scan(&sh.ID, &sh.CreatedAt)
 		if err == nil {
-			return sh, "", nil
+			return sh, Created, "", nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return sh, "", err
+			return sh, "", "", fmt.Errorf("insert share: %w", err)
 		}
-		err = tx.QueryRow(ctx, lockGranteeShareSQL, templateID, in.userID(), in.teamID()).
-			Scan(&sh.ID, &previous, &sh.SharedBy, &sh.CreatedAt, &sh.UpdatedAt)
+		var revoked bool
+		var sharedBy string
+		err = tx.QueryRow(ctx, lockGranteeShareSQL, templateID, userID, teamID).Scan(&sh.ID, &previous, &sharedBy, &sh.CreatedAt, &revoked)
 		if errors.Is(err, pgx.ErrNoRows) {
-			continue // revoked since the insert met it: insert again
+			continue // deleted since the insert met it: insert again
 		}
 		if err != nil {
-			return sh, "", err
+			return sh, "", "", fmt.Errorf("lock share: %w", err)
 		}
-		if previous == sh.PermissionLevel {
-			return sh, previous, nil
+		switch {
+		case revoked:
+			if err := tx.QueryRow(ctx, reactivateSQL, sh.ID, sh.PermissionLevel, actor).Scan(&sh.CreatedAt); err != nil {
+				return sh, "", "", fmt.Errorf("reactivate share %s: %w", sh.ID, err)
+			}
+			return sh, Created, "", nil
+		case previous == sh.PermissionLevel:
+			// Unchanged: the row and its sharer stay as they were.
+			sh.SharedBy = sharedBy
+			return sh, Unchanged, previous, nil
+		default:
+			if _, err := tx.Exec(ctx, changeLevelSQL, sh.ID, sh.PermissionLevel, actor); err != nil {
+				return sh, "", "", fmt.Errorf("change level of share %s: %w", sh.ID, err)
+			}
+			return sh, Updated, previous, nil
 		}
-		if err := tx.QueryRow(ctx, updateLevelSQL, sh.ID, sh.PermissionLevel).Scan(&sh.UpdatedAt); err != nil {
-			return sh, "", err
-		}
-		return sh, previous, nil
 	}
-	return sh, "", errs.E(errs.Conflict, "the share changed concurrently %d times; try again", upsertAttempts)
+	return sh, "", "", errs.E(errs.Conflict, "the share changed concurrently %d times; try again", upsertAttempts)
 }
 
 // The statements of a revoke. The share is locked first, so of two
 // concurrent revokes the second finds it revoked.
 const (
 	lockShareSQL = `
-		select shared_with_team_id is null, coalesce(shared_with_user_id, shared_with_team_id),
-			permission_level, shared_by, created_at
+		select coalesce(shared_by, ''), shared_with_user_id, shared_with_team_id,
+			permission_level, coalesce(created_at, 'epoch')
 		from template_shares
 		where id = $1 and template_id = $2 and revoked_at is null
 		for update`
 	revokeShareSQL = `
-		update template_shares set revoked_at = now(), revoked_by = $2, updated_at = now()
+		update template_shares set revoked_at = localtimestamp
 		where id = $1
-		returning revoked_at, updated_at`
+		returning revoked_at`
 )
 
-// Revoke revokes share shareID of templateID in one transaction: the row
-// keeps its history (revoked_at, revoked_by), and its audit row and the
-// grantee's notifications are written, and then runs in that transaction.
-// Who must manage the template or have made the share. A caller with no
-// access learns nothing, not even whether the share exists.
-func (s *Store) Revoke(ctx context.Context, who authn.Identity, templateID string, shareID int64, then func(context.Context, pgx.Tx, Change) error) (Change, error) {
-	var c Change
-	err := db.InTx(ctx, s.Pool, func(tx pgx.Tx) error {
-		c = Change{Action: ActionRevoked, Actor: who.Subject}
-		_, denied := access.Require(ctx, tx, who, templateID, access.Manage)
-		if k := errs.KindOf(denied); denied != nil && k != errs.Forbidden && k != errs.NotFound {
-			return denied
-		}
-		sh := Share{ID: shareID, TemplateID: templateID}
-		var isUser bool
-		err := tx.QueryRow(ctx, lockShareSQL, shareID, templateID).
-			Scan(&isUser, &sh.Grantee.ID, &sh.PermissionLevel, &sh.SharedBy, &sh.CreatedAt)
-		found := err == nil
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return err
-		}
-		mine := found && sh.SharedBy == who.Subject
-		// A caller who cannot see the template gets its not-found; one who
-		// sees it but may not manage it learns whether the share exists.
-		if denied != nil && !mine && (errs.KindOf(denied) != errs.Forbidden || found) {
-			return denied
-		}
-		if !found {
-			return errs.E(errs.NotFound, "share %d of template %q not found", shareID, templateID)
-		}
-		sh.Grantee.Type = granteeType(isUser)
-		n, err := readNames(ctx, tx, templateID, who.Subject, sh.Grantee)
-		if err != nil {
-			return err
-		}
-		if n.grantee != nil {
-			sh.Grantee.Name = *n.grantee
-		} else {
-			sh.Grantee.Name = sh.Grantee.ID
-		}
-		revokedAt := time.Time{}
-		if err := tx.QueryRow(ctx, revokeShareSQL, shareID, who.Subject).Scan(&revokedAt, &sh.UpdatedAt); err != nil {
-			return err
-		}
-		sh.RevokedAt, sh.RevokedBy = &revokedAt, who.Subject
-		c.Share, c.Previous = sh, sh.PermissionLevel
-		if err := record(ctx, tx, &c, n); err != nil {
-			return err
-		}
-		return then(ctx, tx, c)
-	})
-	if err != nil {
-		return Change{}, fmt.Errorf("revoke share %d of template %s: %w", shareID, templateID, err)
+// lockShare locks share shareID of templateID if it is active; found is
+// false when there is no such active share.
+func lockShare(ctx context.Context, tx pgx.Tx, templateID, shareID string) (sh Share, found bool, err error) {
+	sh = Share{ID: shareID, TemplateID: templateID}
+	err = tx.QueryRow(ctx, lockShareSQL, shareID, templateID).
+		Scan(&sh.SharedBy, &sh.SharedWithUserID, &sh.SharedWithTeamID, &sh.PermissionLevel, &sh.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return sh, false, nil
 	}
-	return c, nil
+	if err != nil {
+		return sh, false, fmt.Errorf("lock share %s: %w", shareID, err)
+	}
+	return sh, true, nil
+}
+
+// revokeShare marks share id revoked now and returns when.
+func revokeShare(ctx context.Context, tx pgx.Tx, id string) (time.Time, error) {
+	var at time.Time
+	if err := tx.QueryRow(ctx, revokeShareSQL, id).Scan(&at); err != nil {
+		return at, fmt.Errorf("revoke share %s: %w", id, err)
+	}
+	return at, nil
+}
+
+// auditSQL writes a share change's audit row in StreamSpace's audit_log.
+// $1 actor, $2 action, $3 resource type (access.ResourceType), $4 template,
+// $5 changes, $6 client address.
+const auditSQL = `
+	insert into audit_log (user_id, action, resource_type, resource_id, changes, ip_address)
+	values ($1, $2, $3, $4, $5, $6)`
+
+// auditChanges is audit_log.changes of a share change. A level is null
+// where there was none: OldLevel of a new share, NewLevel of a revoked one.
+type auditChanges struct {
+	ShareID     string      `json:"shareId"`
+	GranteeType GranteeType `json:"granteeType"`
+	GranteeID   string      `json:"granteeId"`
+	OldLevel    *string     `json:"oldLevel"`
+	NewLevel    *string     `json:"newLevel"`
+	SharedBy    string      `json:"sharedBy"`
+}
+
+// writeAudit writes c's audit row, from address ip (nil when unknown).
+func writeAudit(ctx context.Context, tx pgx.Tx, c *Change, ip *string) error {
+	g := c.Share.grantee()
+	d := auditChanges{ShareID: c.Share.ID, GranteeType: g.Type, GranteeID: g.ID, SharedBy: c.Share.SharedBy}
+	if c.Outcome != Created {
+		d.OldLevel = &c.Previous
+	}
+	if c.Outcome != Revoked {
+		d.NewLevel = &c.Share.PermissionLevel
+	}
+	changes, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, auditSQL, c.Actor, c.Outcome.auditAction(), access.ResourceType, c.Share.TemplateID, changes, ip); err != nil {
+		return fmt.Errorf("audit %s: %w", c.Outcome.auditAction(), err)
+	}
+	return nil
+}
+
+// notifySQL notifies, in one statement, the grantee user or every member
+// of the grantee team at this moment, each once. The actor is left out:
+// they made the change. $1 user, $2 team, $3 actor, $4 type, $5 title,
+// $6 message, $7 data, $8 action_url, $9 action_text.
+const notifySQL = `
+	insert into notifications (id, user_id, type, title, message, data, priority, action_url, action_text)
+	select gen_random_uuid()::text, r.user_id, $4, $5, $6, $7, 'normal', $8, $9
+	from (
+		select $1::text as user_id where $1::text is not null
+		union
+		select m.user_id from group_memberships m where m.group_id = $2::text and m.user_id is not null
+	) as r
+	where r.user_id <> $3
+	order by r.user_id
+	returning id, user_id`
+
+// Notification is one notifications row created for a grantee.
+type Notification struct {
+	ID      string
+	UserID  string
+	Kind    Kind
+	Title   string
+	Message string
+}
+
+// notificationData is notifications.data: what a client needs to link the
+// notification to the template and the share.
+type notificationData struct {
+	TemplateID      string `json:"templateId"`
+	ShareID         string `json:"shareId"`
+	Actor           string `json:"actor"`
+	PermissionLevel string `json:"permissionLevel,omitempty"`
+	PreviousLevel   string `json:"previousLevel,omitempty"`
+	TeamID          string `json:"teamId,omitempty"`
+}
+
+// writeNotifications stores the notifications of c, worded by note, and
+// adds them to c.
+func writeNotifications(ctx context.Context, tx pgx.Tx, c *Change, note notice) error {
+	g := c.Share.grantee()
+	data := notificationData{TemplateID: c.Share.TemplateID, ShareID: c.Share.ID, Actor: c.Actor, PreviousLevel: c.Previous}
+	if c.Outcome != Revoked {
+		data.PermissionLevel = c.Share.PermissionLevel
+	}
+	if g.Type == GranteeTeam {
+		data.TeamID = g.ID
+	}
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	rows, err := tx.Query(ctx, notifySQL, g.idIf(GranteeUser), g.idIf(GranteeTeam), c.Actor,
+		note.Kind, note.Title, note.Message, raw, note.ActionURL, note.ActionText)
+	if err != nil {
+		return fmt.Errorf("notify %s %s: %w", g.Type, g.ID, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		n := Notification{Kind: note.Kind, Title: note.Title, Message: note.Message}
+		if err := rows.Scan(&n.ID, &n.UserID); err != nil {
+			return fmt.Errorf("notify %s %s: %w", g.Type, g.ID, err)
+		}
+		c.Notifications = append(c.Notifications, n)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("notify %s %s: %w", g.Type, g.ID, err)
+	}
+	return nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

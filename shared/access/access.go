@@ -61,15 +61,20 @@ type Querier interface {
 
 // levelSQL computes the caller's level on a template in one statement.
 // $1 template id, $2 user id. No row: the template does not exist.
+//
+// A team is a StreamSpace group: a share whose shared_with_team_id names a
+// group applies to every user with a group_memberships row in it, for as
+// long as that row exists. A permission_level StreamSpace does not define
+// counts as no share at all.
 const levelSQL = `
-	select t.user_id = $2 as owner,
+	select t.user_id is not distinct from $2 as owner,
 		coalesce((
 			select max(case s.permission_level when 'read' then 1 when 'write' then 2 when 'manage' then 3 end)
 			from template_shares s
 			where s.template_id = t.id
 			  and s.revoked_at is null
 			  and (s.shared_with_user_id = $2
-			       or s.shared_with_team_id in (select m.team_id from team_members m where m.user_id = $2))
+			       or s.shared_with_team_id in (select m.group_id from group_memberships m where m.user_id = $2))
 		), 0) as shared
 	from user_session_templates t
 	where t.id = $1`

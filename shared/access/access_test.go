@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/shared/access"
 	"github.com/streamspace-dev/functions/shared/authn"
@@ -13,101 +15,204 @@ import (
 	"github.com/streamspace-dev/functions/shared/errs"
 )
 
-func exec(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
-	t.Helper()
-	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
+func exec(tb testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
+	tb.Helper()
+	_, err := pool.Exec(context.Background(), sql, args...)
+	require.NoError(tb, err, sql)
 }
 
 func user(id string) authn.Identity { return authn.Identity{Subject: id, Role: authn.User} }
 
-func TestEffectiveLevel(t *testing.T) {
+// seedLevels builds, on StreamSpace's tables, one template t1 owned by
+// owner and shared in every way a level can reach a caller: directly, through
+// a group (StreamSpace's teams), through two groups at once, and by a share
+// that was revoked. t2 has no owner, as a row StreamSpace leaves behind.
+func seedLevels(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	exec(t, pool, `insert into users (id, username, email) select u, u, u || '@example.com'
+		from unnest(array['owner', 'reader', 'member', 'both', 'stranger', 'revoked', 'oddlevel']) u`)
+	exec(t, pool, `insert into groups (id, name) values ('devs', 'devs'), ('ops', 'ops'), ('qa', 'qa')`)
+	exec(t, pool, `insert into group_memberships (id, user_id, group_id) values
+		('m1', 'member', 'devs'), ('m2', 'both', 'devs'), ('m3', 'both', 'ops'), ('m4', 'oddlevel', 'qa')`)
+	exec(t, pool, `insert into user_session_templates (id, user_id, name, base_template) values
+		('t1', 'owner', 'T1', 'firefox'), ('t2', null, 'T2', 'firefox')`)
+	exec(t, pool, `insert into template_shares (id, template_id, shared_by, shared_with_user_id, shared_with_team_id, permission_level, revoked_at) values
+		('s1', 't1', 'owner', 'reader', null, 'read', null),
+		('s2', 't1', 'owner', 'both', null, 'read', null),
+		('s3', 't1', 'owner', null, 'devs', 'write', null),
+		('s4', 't1', 'owner', null, 'ops', 'manage', null),
+		('s5', 't1', 'owner', 'revoked', null, 'manage', now()),
+		('s6', 't1', 'owner', null, 'qa', 'owner', null)`)
+}
+
+func TestEffective(t *testing.T) {
 	pool := dbtest.New(t)
+	seedLevels(t, pool)
 	ctx := context.Background()
-	exec(t, pool, `insert into users (id, username) values ('owner','owner'), ('reader','reader'), ('member','member'), ('both','both'), ('stranger','stranger'), ('revoked','revoked')`)
-	exec(t, pool, `insert into teams (id, name) values ('devs', 'devs'), ('ops', 'ops')`)
-	exec(t, pool, `insert into team_members (team_id, user_id) values ('devs', 'member'), ('devs', 'both'), ('ops', 'both')`)
-	exec(t, pool, `insert into user_session_templates (id, user_id, name) values ('t1', 'owner', 'T1')`)
-	exec(t, pool, `insert into template_shares (template_id, shared_by, shared_with_user_id, permission_level) values
-		('t1', 'owner', 'reader', 'read'), ('t1', 'owner', 'both', 'read')`)
-	exec(t, pool, `insert into template_shares (template_id, shared_by, shared_with_team_id, permission_level) values
-		('t1', 'owner', 'devs', 'write'), ('t1', 'owner', 'ops', 'manage')`)
-	exec(t, pool, `insert into template_shares (template_id, shared_by, shared_with_user_id, permission_level, revoked_at, revoked_by) values
-		('t1', 'owner', 'revoked', 'manage', now(), 'owner')`)
 
 	tests := []struct {
-		who  authn.Identity
-		want access.Level
+		name     string
+		who      authn.Identity
+		template string
+		want     access.Level
+		wantErr  errs.Kind
 	}{
-		{user("owner"), access.Manage},
-		{user("reader"), access.Read},
-		{user("member"), access.Write},                                      // through team devs
-		{user("both"), access.Manage},                                       // highest of user read, devs write, ops manage
-		{user("stranger"), access.None},                                     // nothing
-		{user("revoked"), access.None},                                      // revoked shares give nothing
-		{authn.Identity{Subject: "root", Role: authn.Admin}, access.Manage}, // admins manage everything
+		{name: "owner manages", who: user("owner"), template: "t1", want: access.Manage},
+		{name: "direct share", who: user("reader"), template: "t1", want: access.Read},
+		{name: "share to a group the caller is in", who: user("member"), template: "t1", want: access.Write},
+		{name: "highest of a user share and two groups", who: user("both"), template: "t1", want: access.Manage},
+		{name: "no share at all", who: user("stranger"), template: "t1", want: access.None},
+		{name: "a revoked share gives nothing", who: user("revoked"), template: "t1", want: access.None},
+		{name: "a level StreamSpace does not define gives nothing", who: user("oddlevel"), template: "t1", want: access.None},
+		{name: "admins manage everything", who: authn.Identity{Subject: "admin", Role: authn.Admin}, template: "t1", want: access.Manage},
+		{name: "template without owner", who: user("owner"), template: "t2", want: access.None},
+		{name: "admin on a template without owner", who: authn.Identity{Subject: "admin", Role: authn.Admin}, template: "t2", want: access.Manage},
+		{name: "missing template", who: user("owner"), template: "missing", wantErr: errs.NotFound},
+		{name: "missing template for an admin", who: authn.Identity{Subject: "admin", Role: authn.Admin}, template: "missing", wantErr: errs.NotFound},
 	}
 	for _, tc := range tests {
-		got, err := access.Effective(ctx, pool, tc.who, "t1")
-		if err != nil || got != tc.want {
-			t.Errorf("%s: got %v, %v; want %v", tc.who.Subject, got, err, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := access.Effective(ctx, pool, tc.who, tc.template)
+			if tc.wantErr != "" {
+				assert.Equal(t, tc.wantErr, errs.KindOf(err), "error %v", err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
 	}
+}
 
-	if _, err := access.Require(ctx, pool, user("stranger"), "t1", access.Read); errs.KindOf(err) != errs.NotFound {
-		t.Errorf("stranger: got %v, want not_found (never forbidden, so ids cannot be probed)", err)
-	}
-	if _, err := access.Require(ctx, pool, user("reader"), "t1", access.Write); errs.KindOf(err) != errs.Forbidden {
-		t.Errorf("reader wanting write: got %v, want forbidden", err)
-	}
-	if _, err := access.Require(ctx, pool, user("owner"), "missing", access.Read); errs.KindOf(err) != errs.NotFound {
-		t.Errorf("missing template: got %v, want not_found", err)
-	}
+func TestRequire(t *testing.T) {
+	pool := dbtest.New(t)
+	seedLevels(t, pool)
+	ctx := context.Background()
 
-	// Leaving a team removes what the team gave, at once.
-	exec(t, pool, `delete from team_members where team_id = 'devs' and user_id = 'member'`)
-	if got, _ := access.Effective(ctx, pool, user("member"), "t1"); got != access.None {
-		t.Errorf("after leaving devs: %v, want none", got)
+	tests := []struct {
+		name     string
+		who      string
+		template string
+		need     access.Level
+		want     access.Level
+		wantErr  errs.Kind
+		wantMsg  string
+	}{
+		{name: "enough", who: "member", template: "t1", need: access.Write, want: access.Write},
+		{name: "more than enough", who: "owner", template: "t1", need: access.Read, want: access.Manage},
+		// Never forbidden for a caller with no access, so ids cannot be probed.
+		{name: "stranger", who: "stranger", template: "t1", need: access.Read, wantErr: errs.NotFound, wantMsg: `template "t1" not found`},
+		{name: "visible but not enough", who: "reader", template: "t1", need: access.Write, want: access.Read, wantErr: errs.Forbidden, wantMsg: "write access required, you have read"},
+		{name: "missing template", who: "owner", template: "missing", need: access.Read, wantErr: errs.NotFound, wantMsg: `template "missing" not found`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := access.Require(ctx, pool, user(tc.who), tc.template, tc.need)
+			assert.Equal(t, tc.want, got)
+			if tc.wantErr == "" {
+				assert.NoError(t, err)
+				return
+			}
+			assert.Equal(t, tc.wantErr, errs.KindOf(err))
+			assert.Contains(t, errs.Message(err), tc.wantMsg)
+		})
+	}
+}
+
+// TestMembershipChangesApplyAtOnce checks that what a group gives follows
+// group_memberships as StreamSpace changes it: no cache, no copy.
+func TestMembershipChangesApplyAtOnce(t *testing.T) {
+	pool := dbtest.New(t)
+	seedLevels(t, pool)
+	ctx := context.Background()
+
+	tests := []struct {
+		name   string
+		change string
+		who    string
+		want   access.Level
+	}{
+		{name: "leaving a group takes what it gave", change: `delete from group_memberships where id = 'm1'`, who: "member", want: access.None},
+		{name: "joining a group gives what it has", change: `insert into group_memberships (id, user_id, group_id) values ('m9', 'stranger', 'ops')`, who: "stranger", want: access.Manage},
+		{name: "deleting a group takes its shares", change: `delete from groups where id = 'ops'`, who: "both", want: access.Write},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			exec(t, pool, tc.change)
+			got, err := access.Effective(ctx, pool, user(tc.who), "t1")
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
 	}
 }
 
 func TestParseLevel(t *testing.T) {
-	for _, s := range []string{"read", "write", "manage"} {
-		l, err := access.ParseLevel(s)
-		if err != nil || l.String() != s {
-			t.Errorf("ParseLevel(%q) = %v, %v", s, l, err)
-		}
+	tests := []struct {
+		in      string
+		want    access.Level
+		wantErr bool
+	}{
+		{in: "read", want: access.Read},
+		{in: "write", want: access.Write},
+		{in: "manage", want: access.Manage},
+		{in: "", wantErr: true},
+		{in: "none", wantErr: true},
+		{in: "READ", wantErr: true},
+		{in: "admin", wantErr: true},
 	}
-	for _, s := range []string{"", "none", "READ", "admin"} {
-		if _, err := access.ParseLevel(s); errs.KindOf(err) != errs.Invalid {
-			t.Errorf("ParseLevel(%q): got %v, want invalid", s, err)
-		}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%q", tc.in), func(t *testing.T) {
+			got, err := access.ParseLevel(tc.in)
+			if tc.wantErr {
+				assert.Equal(t, errs.Invalid, errs.KindOf(err))
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+			assert.Equal(t, tc.in, got.String())
+		})
 	}
 }
 
-// BenchmarkRequire checks a member's level with 1,000 teams and 10,000
-// shares in the database.
+func TestLevelString(t *testing.T) {
+	tests := []struct {
+		level access.Level
+		want  string
+	}{
+		{access.None, "none"},
+		{access.Read, "read"},
+		{access.Write, "write"},
+		{access.Manage, "manage"},
+		{access.Level(-1), "invalid"},
+		{access.Level(4), "invalid"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.want, func(t *testing.T) {
+			assert.Equal(t, tc.want, tc.level.String())
+		})
+	}
+}
+
+// BenchmarkRequire checks a member's level with 1,000 groups and 10,000
+// shares in StreamSpace's tables.
 func BenchmarkRequire(b *testing.B) {
 	pool := dbtest.New(b)
 	ctx := context.Background()
-	exec(b, pool, `insert into users (id, username) select 'u' || g, 'u' || g from generate_series(1, 5000) g`)
-	exec(b, pool, `insert into teams (id, name) select 'team' || g, 'team' || g from generate_series(1, 1000) g`)
-	exec(b, pool, `insert into team_members (team_id, user_id) select 'team' || (g % 1000 + 1), 'u' || g from generate_series(1, 5000) g`)
-	exec(b, pool, `insert into team_members (team_id, user_id) select 'team' || g, 'u42' from generate_series(1, 1000, 50) g on conflict do nothing`)
-	exec(b, pool, `insert into user_session_templates (id, user_id, name) select 'tpl' || g, 'u' || (g % 5000 + 1), 'T' from generate_series(1, 2000) g`)
-	exec(b, pool, `insert into template_shares (template_id, shared_by, shared_with_team_id, permission_level)
-		select 'tpl' || (g % 2000 + 1), 'u1', 'team' || ((g + g / 2000) % 1000 + 1), (array['read','write','manage'])[g % 3 + 1]
+	exec(b, pool, `insert into users (id, username, email) select 'u' || g, 'u' || g, 'u' || g || '@example.com' from generate_series(1, 5000) g`)
+	exec(b, pool, `insert into groups (id, name) select 'team' || g, 'team' || g from generate_series(1, 1000) g`)
+	exec(b, pool, `insert into group_memberships (id, group_id, user_id) select 'm' || g, 'team' || (g % 1000 + 1), 'u' || g from generate_series(1, 5000) g`)
+	exec(b, pool, `insert into group_memberships (id, group_id, user_id) select 'x' || g, 'team' || g, 'u42' from generate_series(1, 1000, 50) g on conflict do nothing`)
+	exec(b, pool, `insert into user_session_templates (id, user_id, name, base_template) select 'tpl' || g, 'u' || (g % 5000 + 1), 'T', 'firefox' from generate_series(1, 2000) g`)
+	exec(b, pool, `insert into template_shares (id, template_id, shared_by, shared_with_team_id, permission_level)
+		select 'st' || g, 'tpl' || (g % 2000 + 1), 'u1', 'team' || ((g + g / 2000) % 1000 + 1), (array['read','write','manage'])[g % 3 + 1]
 		from generate_series(1, 5000) g on conflict do nothing`)
-	exec(b, pool, `insert into template_shares (template_id, shared_by, shared_with_user_id, permission_level)
-		select 'tpl' || (g % 2000 + 1), 'u1', 'u' || (g % 5000 + 1), 'read'
+	exec(b, pool, `insert into template_shares (id, template_id, shared_by, shared_with_user_id, permission_level)
+		select 'su' || g, 'tpl' || (g % 2000 + 1), 'u1', 'u' || (g % 5000 + 1), 'read'
 		from generate_series(1, 5000) g on conflict do nothing`)
 	exec(b, pool, `analyze`)
-	var shares int
-	pool.QueryRow(ctx, `select count(*) from template_shares`).Scan(&shares)
-	if shares != 10000 {
-		b.Fatalf("%d shares, want 10000", shares)
-	}
+	var shares, groups int
+	require.NoError(b, pool.QueryRow(ctx, `select (select count(*) from template_shares), (select count(*) from groups)`).Scan(&shares, &groups))
+	require.Equal(b, 10000, shares)
+	require.Equal(b, 1001, groups) // and StreamSpace's all-users
 	who := user("u42")
 	i := 0
 	for b.Loop() {
