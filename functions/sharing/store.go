@@ -64,21 +64,28 @@ type querier interface {
 
 // listSQL is one page of a template's active shares, newest first, after
 // the position ($2, $3) when set. It reads one row past the page to learn
-// whether there is a next one. idx_template_shares_active (template_id,
-// where revoked_at is null) finds the rows; StreamSpace leaves created_at
-// nullable, so a null sorts as the epoch rather than breaking the order.
+// whether there is a next one. The page is chosen from template_shares alone
+// (idx_template_shares_active finds a template's active shares) and only its
+// rows are then named, one index lookup each: joined before the limit, a
+// generic plan sized for the average template hash-joined every user for a
+// template with few shares. StreamSpace leaves created_at nullable, so a
+// null sorts as the epoch rather than breaking the order.
 // $1 template, $2 created_at, $3 id, $4 rows.
 const listSQL = `
-	select s.id, coalesce(s.shared_by, ''), s.shared_with_user_id, s.shared_with_team_id,
-		coalesce(u.username, ''), coalesce(g.name, ''),
-		s.permission_level, coalesce(s.created_at, 'epoch')
-	from template_shares s
-	left join users u on u.id = s.shared_with_user_id
-	left join groups g on g.id = s.shared_with_team_id
-	where s.template_id = $1 and s.revoked_at is null
-	  and ($2::timestamp is null or (coalesce(s.created_at, 'epoch'), s.id) < ($2::timestamp, $3::text))
-	order by coalesce(s.created_at, 'epoch') desc, s.id desc
-	limit $4`
+	select p.id, p.shared_by, p.shared_with_user_id, p.shared_with_team_id,
+		coalesce((select u.username from users u where u.id = p.shared_with_user_id), ''),
+		coalesce((select g.name from groups g where g.id = p.shared_with_team_id), ''),
+		p.permission_level, p.created_at
+	from (
+		select s.id, coalesce(s.shared_by, '') as shared_by, s.shared_with_user_id, s.shared_with_team_id,
+			s.permission_level, coalesce(s.created_at, 'epoch') as created_at
+		from template_shares s
+		where s.template_id = $1 and s.revoked_at is null
+		  and ($2::timestamp is null or (coalesce(s.created_at, 'epoch'), s.id) < ($2::timestamp, $3::text))
+		order by coalesce(s.created_at, 'epoch') desc, s.id desc
+		limit $4
+	) as p
+	order by p.created_at desc, p.id desc`
 
 // listShares returns a page of templateID's active shares and, when more
 // follow, the position the next page starts after.
