@@ -214,21 +214,21 @@ func (f *Function) revoke(w http.ResponseWriter, r *http.Request, who authn.Iden
 	return nil
 }
 
-// RevokeVerdict is what canRevoke decides.
-type RevokeVerdict string
+// revokeVerdict is what canRevoke decides.
+type revokeVerdict string
 
 // Revoke verdicts.
 const (
-	// RevokeAllowed: the share is revoked.
-	RevokeAllowed RevokeVerdict = "allowed"
-	// RevokeHidden: the caller has no access to the template and is told
+	// revokeAllowed: the share is revoked.
+	revokeAllowed revokeVerdict = "allowed"
+	// revokeHidden: the caller has no access to the template and is told
 	// it does not exist, whatever the share.
-	RevokeHidden RevokeVerdict = "template_not_found"
-	// RevokeNoShare: the template has no such active share.
-	RevokeNoShare RevokeVerdict = "share_not_found"
-	// RevokeForbidden: the caller sees the template but neither manages
+	revokeHidden revokeVerdict = "template_not_found"
+	// revokeNoShare: the template has no such active share.
+	revokeNoShare revokeVerdict = "share_not_found"
+	// revokeForbidden: the caller sees the template but neither manages
 	// it nor made the share.
-	RevokeForbidden RevokeVerdict = "forbidden"
+	revokeForbidden revokeVerdict = "forbidden"
 )
 
 // canRevoke decides a revoke from the caller's level on the template
@@ -236,16 +236,16 @@ const (
 // template has the active share, and whether the caller is its sharer (the
 // one who last set its level). No access means not found, always: having
 // made a share gives no right over it to someone who lost the template.
-func canRevoke(level access.Level, found, mine bool) RevokeVerdict {
+func canRevoke(level access.Level, found, mine bool) revokeVerdict {
 	switch {
 	case level <= access.None:
-		return RevokeHidden
+		return revokeHidden
 	case !found:
-		return RevokeNoShare
+		return revokeNoShare
 	case level >= access.Manage || mine:
-		return RevokeAllowed
+		return revokeAllowed
 	default:
-		return RevokeForbidden
+		return revokeForbidden
 	}
 }
 
@@ -267,10 +267,10 @@ func applyRevoke(ctx context.Context, tx pgx.Tx, who authn.Identity, templateID,
 		}
 	}
 	switch canRevoke(level, found, found && sh.SharedBy == who.Subject) {
-	case RevokeAllowed:
-	case RevokeNoShare:
+	case revokeAllowed:
+	case revokeNoShare:
 		return c, errs.E(errs.NotFound, "share %q of template %q not found", validate.Quote(shareID), templateID)
-	case RevokeForbidden:
+	case revokeForbidden:
 		return c, errs.E(errs.Forbidden, "template %q: manage access required to revoke a share you did not make, you have %s", templateID, level)
 	default:
 		return c, errs.E(errs.NotFound, "template %q not found", templateID)

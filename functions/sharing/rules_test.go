@@ -22,25 +22,25 @@ func TestCanRevoke(t *testing.T) {
 		level access.Level
 		found bool
 		mine  bool
-		want  RevokeVerdict
+		want  revokeVerdict
 	}{
 		// No access: the template does not exist, whatever the share.
-		{access.None, false, false, RevokeHidden},
-		{access.None, false, true, RevokeHidden},
-		{access.None, true, false, RevokeHidden},
-		{access.None, true, true, RevokeHidden},
-		{access.Read, false, false, RevokeNoShare},
-		{access.Read, false, true, RevokeNoShare},
-		{access.Read, true, false, RevokeForbidden},
-		{access.Read, true, true, RevokeAllowed},
-		{access.Write, false, false, RevokeNoShare},
-		{access.Write, false, true, RevokeNoShare},
-		{access.Write, true, false, RevokeForbidden},
-		{access.Write, true, true, RevokeAllowed},
-		{access.Manage, false, false, RevokeNoShare},
-		{access.Manage, false, true, RevokeNoShare},
-		{access.Manage, true, false, RevokeAllowed},
-		{access.Manage, true, true, RevokeAllowed},
+		{access.None, false, false, revokeHidden},
+		{access.None, false, true, revokeHidden},
+		{access.None, true, false, revokeHidden},
+		{access.None, true, true, revokeHidden},
+		{access.Read, false, false, revokeNoShare},
+		{access.Read, false, true, revokeNoShare},
+		{access.Read, true, false, revokeForbidden},
+		{access.Read, true, true, revokeAllowed},
+		{access.Write, false, false, revokeNoShare},
+		{access.Write, false, true, revokeNoShare},
+		{access.Write, true, false, revokeForbidden},
+		{access.Write, true, true, revokeAllowed},
+		{access.Manage, false, false, revokeNoShare},
+		{access.Manage, false, true, revokeNoShare},
+		{access.Manage, true, false, revokeAllowed},
+		{access.Manage, true, true, revokeAllowed},
 	}
 	for _, tc := range tests {
 		t.Run(fmt.Sprintf("%s found=%t mine=%t", tc.level, tc.found, tc.mine), func(t *testing.T) {

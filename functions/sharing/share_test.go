@@ -143,7 +143,7 @@ func TestShareRejectsBadRequestsAndChangesNothing(t *testing.T) {
 		{"template id too long", "alice", strings.Repeat("t", 256), toUser("bob", "read"), 400, "template id"},
 		{"template id with a control character", "alice", "t%0A1", toUser("bob", "read"), 400, "template id"},
 		{"unknown template", "alice", "t9", toUser("bob", "read"), 404, `template "t9" not found`},
-		{"a reader", "dave", "t1", toUser("bob", "read"), 404, `template "t1" not found`},
+		{"a caller without access", "dave", "t1", toUser("bob", "read"), 404, `template "t1" not found`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
