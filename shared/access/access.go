@@ -2,10 +2,11 @@
 // session templates: may this caller act at this level on this template?
 //
 // Levels are ordered read < write < manage. A caller's effective level is the
-// highest of: owning the template (manage), a share to the caller, and a
-// share to any team the caller belongs to; admins hold manage everywhere.
-// A caller with no access at all is told the template does not exist, so
-// template ids cannot be probed.
+// highest of: owning the template (user_session_templates.user_id, manage),
+// an active template_shares row for the caller, and one for any team the
+// caller belongs to (a StreamSpace group, through group_memberships); admins
+// hold manage everywhere. A caller with no access at all is told the
+// template does not exist, so template ids cannot be probed.
 package access
 
 import (
