@@ -131,7 +131,7 @@ func applyShare(ctx context.Context, tx pgx.Tx, who authn.Identity, templateID s
 	if err != nil {
 		return c, err
 	}
-	if err := checkGrantee(who, templateID, in.Grantee, n); err != nil {
+	if err := checkGrantee(who, templateID, in, n); err != nil {
 		return c, err
 	}
 	c.Share, c.Outcome, c.Previous, err = upsertShare(ctx, tx, who.Subject, templateID, in)
@@ -154,26 +154,20 @@ func applyShare(ctx context.Context, tx pgx.Tx, who authn.Identity, templateID s
 // template notify every member of any group, once per share. The answer is
 // the same 404 as for a team that does not exist, so groups the caller is
 // not in cannot be probed; a team member (or an admin) may then share.
-func checkGrantee(who authn.Identity, templateID string, g Grantee, n names) error {
+func checkGrantee(who authn.Identity, templateID string, in ShareInput, n names) error {
+	g := in.Grantee
 	if g.Type == GranteeUser {
 		switch {
 		case g.ID == who.Subject:
-			return errs.E(errs.Invalid, "%s %q: you cannot share a template with yourself", granteeField(g), validate.Quote(g.ID))
+			return errs.E(errs.Invalid, "%s %q: you cannot share a template with yourself", in.Field, validate.Quote(g.ID))
 		case n.owner != nil && g.ID == *n.owner:
-			return errs.E(errs.Invalid, "%s %q: the user owns template %q and already holds manage", granteeField(g), validate.Quote(g.ID), templateID)
+			return errs.E(errs.Invalid, "%s %q: the user owns template %q and already holds manage", in.Field, validate.Quote(g.ID), templateID)
 		}
 	}
 	if n.grantee == nil || (g.Type == GranteeTeam && !n.member && !who.IsAdmin()) {
 		return errs.E(errs.NotFound, "%s %q not found", g.Type, validate.Quote(g.ID))
 	}
 	return nil
-}
-
-func granteeField(g Grantee) string {
-	if g.Type == GranteeTeam {
-		return "sharedWithTeamId"
-	}
-	return "sharedWithUserId"
 }
 
 // record writes the audit row of c and, when the change tells the

@@ -47,6 +47,8 @@ type Grantee struct {
 type ShareInput struct {
 	Grantee Grantee
 	Level   access.Level
+	// Field is the request field that named the grantee, for messages.
+	Field string
 }
 
 // idIf is g's id when g is of type typ, else nil: the two nullable grantee
@@ -92,7 +94,7 @@ func (r ShareRequest) Validate() (ShareInput, error) {
 	if err := validate.ID(ids[0].field, ids[0].id); err != nil {
 		return in, err
 	}
-	in.Grantee = Grantee{Type: ids[0].typ, ID: ids[0].id}
+	in.Grantee, in.Field = Grantee{Type: ids[0].typ, ID: ids[0].id}, ids[0].field
 	if r.PermissionLevel == "" {
 		return in, errs.E(errs.Invalid, "permissionLevel is required: read, write or manage")
 	}

@@ -85,13 +85,13 @@ func TestShareRequestValidate(t *testing.T) {
 		wantErr string
 	}{
 		{name: "user", req: ShareRequest{SharedWithUserID: ptr("bob"), PermissionLevel: "read"},
-			want: ShareInput{Grantee{GranteeUser, "bob"}, access.Read}},
+			want: ShareInput{Grantee{GranteeUser, "bob"}, access.Read, "sharedWithUserId"}},
 		{name: "team", req: ShareRequest{SharedWithTeamID: ptr("devs"), PermissionLevel: "manage"},
-			want: ShareInput{Grantee{GranteeTeam, "devs"}, access.Manage}},
+			want: ShareInput{Grantee{GranteeTeam, "devs"}, access.Manage, "sharedWithTeamId"}},
 		{name: "short user name", req: ShareRequest{UserID: ptr("bob"), PermissionLevel: "write"},
-			want: ShareInput{Grantee{GranteeUser, "bob"}, access.Write}},
+			want: ShareInput{Grantee{GranteeUser, "bob"}, access.Write, "userId"}},
 		{name: "short team name", req: ShareRequest{TeamID: ptr("devs"), PermissionLevel: "read"},
-			want: ShareInput{Grantee{GranteeTeam, "devs"}, access.Read}},
+			want: ShareInput{Grantee{GranteeTeam, "devs"}, access.Read, "teamId"}},
 		{name: "nobody", req: ShareRequest{PermissionLevel: "read"}, wantErr: "sharedWithUserId or sharedWithTeamId is required"},
 		{name: "user and team", req: ShareRequest{SharedWithUserID: ptr("bob"), SharedWithTeamID: ptr("devs"), PermissionLevel: "read"},
 			wantErr: "sharedWithUserId and sharedWithTeamId: give exactly one"},

@@ -121,7 +121,8 @@ func TestShareRejectsBadRequestsAndChangesNothing(t *testing.T) {
 		wantStatus int
 		wantMsg    string
 	}{
-		{"share with yourself", "alice", "t1", toUser("alice", "read"), 400, "yourself"},
+		{"share with yourself", "alice", "t1", toUser("alice", "read"), 400, `sharedWithUserId "alice": you cannot share a template with yourself`},
+		{"share with yourself, short field name", "alice", "t1", map[string]any{"userId": "alice", "permissionLevel": "read"}, 400, `userId "alice": you cannot`},
 		{"share with the owner", "carol", "t1", toUser("alice", "read"), 400, "owns template"},
 		{"unknown user", "alice", "t1", toUser("nobody", "read"), 404, `user "nobody" not found`},
 		{"unknown team", "alice", "t1", toTeam("nobody", "read"), 404, `team "nobody" not found`},
