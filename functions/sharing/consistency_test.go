@@ -2,6 +2,8 @@ package function_test
 
 import (
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/streamspace-dev/functions/events"
 	function "github.com/streamspace-dev/functions/functions/sharing"
 	"github.com/streamspace-dev/functions/shared/access"
+	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/fntest"
 )
 
@@ -203,4 +206,59 @@ func TestConcurrentSharesAndRevokesKeepOneRow(t *testing.T) {
 			assert.Equal(t, created-revoked, active, "active iff one more creation than revokes")
 		})
 	}
+}
+
+// TestWorksOnRowsStreamSpaceWrote runs the routes over the sample rows of a
+// running StreamSpace (testdata/streamspace/rows.sql): shares its API made,
+// with its ids, one of them revoked.
+func TestWorksOnRowsStreamSpaceWrote(t *testing.T) {
+	h := start(t)
+	rows, err := os.ReadFile(filepath.Join("..", "..", "testdata", "streamspace", "rows.sql"))
+	require.NoError(t, err)
+	exec(t, h, string(rows))
+
+	tests := []struct {
+		name       string
+		as         string
+		method     string
+		path       string
+		body       any
+		wantStatus int
+		check      func(t *testing.T, raw []byte)
+	}{
+		{name: "list: the active share only", as: "u-alice", method: http.MethodGet, path: sharesPath("t-1"), wantStatus: 200,
+			check: func(t *testing.T, raw []byte) {
+				l := decode[function.ShareList](t, raw)
+				require.Len(t, l.Shares, 1)
+				assert.Equal(t, "sh-1", l.Shares[0].ID)
+				assert.Equal(t, "bob", l.Shares[0].SharedWithUserName)
+				assert.Equal(t, "u-alice", l.Shares[0].SharedBy)
+			}},
+		{name: "the grantee reads but may not list", as: "u-bob", method: http.MethodGet, path: sharesPath("t-1"), wantStatus: 403},
+		{name: "re-sharing with the revoked team reactivates StreamSpace's row", as: "u-alice", method: http.MethodPost, path: sharePath("t-1"),
+			body: toTeam("g-eng", "read"), wantStatus: 201,
+			check: func(t *testing.T, raw []byte) {
+				res := decode[function.ShareResult](t, raw)
+				assert.Equal(t, "sh-2", res.ShareID)
+				assert.Equal(t, "engineering", res.Share.SharedWithTeamName)
+				// u-bob is in g-eng; u-alice made the change.
+				assert.Equal(t, 1, h.Count(`select count(*) from notifications where user_id = 'u-bob' and type = $1`, string(function.KindShared)))
+			}},
+		{name: "revoking a share StreamSpace made", as: "u-alice", method: http.MethodDelete, path: revokePath("t-1", "sh-1"), wantStatus: 200,
+			check: func(t *testing.T, raw []byte) {
+				assert.Equal(t, "read", decode[function.RevokeResult](t, raw).Share.PermissionLevel)
+			}},
+		{name: "the team still gives read", as: "u-bob", method: http.MethodGet, path: sharesPath("t-1"), wantStatus: 403},
+		{name: "a team template's owner", as: "u-bob", method: http.MethodGet, path: sharesPath("t-2"), wantStatus: 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, raw := h.Do(tc.method, tc.path, h.Token(tc.as, authn.User), tc.body)
+			require.Equal(t, tc.wantStatus, status, "%s", raw)
+			if tc.check != nil {
+				tc.check(t, raw)
+			}
+		})
+	}
+	assert.Equal(t, 2, h.Count(`select count(*) from template_shares`), "StreamSpace's two rows, no new one")
 }
