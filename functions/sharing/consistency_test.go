@@ -209,8 +209,8 @@ func TestConcurrentSharesAndRevokesKeepOneRow(t *testing.T) {
 }
 
 // TestWorksOnRowsStreamSpaceWrote runs the routes over the sample rows of a
-// running StreamSpace (testdata/streamspace/rows.sql): shares its API made,
-// with its ids, one of them revoked.
+// running StreamSpace (testdata/streamspace/rows.sql), shares its API made
+// with its ids, one of them revoked, with the tokens its API signs.
 func TestWorksOnRowsStreamSpaceWrote(t *testing.T) {
 	h := start(t)
 	rows, err := os.ReadFile(filepath.Join("..", "..", "testdata", "streamspace", "rows.sql"))
@@ -250,10 +250,11 @@ func TestWorksOnRowsStreamSpaceWrote(t *testing.T) {
 			}},
 		{name: "the team still gives read", as: "u-bob", method: http.MethodGet, path: sharesPath("t-1"), wantStatus: 403},
 		{name: "a team template's owner", as: "u-bob", method: http.MethodGet, path: sharesPath("t-2"), wantStatus: 200},
+		{name: "a deactivated user", as: "u-carol", method: http.MethodGet, path: sharesPath("t-1"), wantStatus: 401},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			status, raw := h.Do(tc.method, tc.path, h.Token(tc.as, authn.User), tc.body)
+			status, raw := h.Do(tc.method, tc.path, h.StreamSpaceToken(tc.as, authn.User), tc.body)
 			require.Equal(t, tc.wantStatus, status, "%s", raw)
 			if tc.check != nil {
 				tc.check(t, raw)

@@ -54,6 +54,10 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 // database pool.
 func (f *Function) Stop(ctx context.Context) error { return f.svc.Stop(ctx) }
 
+// Ready reports whether the function can serve: not before Start, nor
+// while event deliveries cannot be authenticated.
+func (f *Function) Ready(ctx context.Context) (bool, error) { return f.svc.Ready(ctx) }
+
 // Handle serves the routes and events; it answers 503 before Start.
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) { f.svc.Handle(w, r) }
 
