@@ -1,6 +1,7 @@
 package function_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -239,14 +240,15 @@ func expired(t *testing.T, h *fntest.Harness) string {
 	return tok
 }
 
-func TestRoutesAreListedForTheAllInOne(t *testing.T) {
+func TestShapeBeforeAndAfterStart(t *testing.T) {
 	tests := []struct {
-		name    string
-		started bool
-		want    []string
+		name      string
+		started   bool
+		wantReady bool
+		want      []string
 	}{
-		{name: "before Start", started: false, want: nil},
-		{name: "after Start", started: true, want: []string{
+		{name: "before Start", started: false, wantReady: false, want: nil},
+		{name: "after Start", started: true, wantReady: true, want: []string{
 			"GET /api/v1/session-templates/{id}/shares",
 			"POST /api/v1/session-templates/{id}/share",
 			"DELETE /api/v1/session-templates/{id}/shares/{shareId}",
@@ -258,7 +260,9 @@ func TestRoutesAreListedForTheAllInOne(t *testing.T) {
 			if tc.started {
 				fntest.Start(t, f, nil)
 			}
-			assert.Equal(t, tc.want, f.Routes())
+			assert.Equal(t, tc.want, f.Routes(), "routes, for the all-in-one")
+			ready, _ := f.Ready(context.Background())
+			assert.Equal(t, tc.wantReady, ready)
 		})
 	}
 }
