@@ -125,9 +125,10 @@ func recordBatch(ctx context.Context, q querier, caller string, res BatchResult)
 }
 
 // The popular-tag queries read the materialized view catalog_tag_counts
-// (migration 002): per category (the empty string for none), each distinct non-blank
-// trimmed tag and how many catalog templates carry it. A template has one
-// category, so summing over categories counts each template once.
+// (migration 002): per category (the empty string for none), each distinct
+// non-blank tag, trimmed of spaces, and how many catalog templates carry it.
+// A template has one category, so summing over categories counts each
+// template once. The sum is over integers: a sum of bigints is a numeric.
 const (
 	popularSQL = `
 		select tag, sum(templates::integer) as n
@@ -198,8 +199,8 @@ func readPopular(ctx context.Context, q querier, category *string, limit int, ma
 //     change the event reports; the view is stale until a refresh begins
 //     after it.
 //
-// Neither row is ever held as a lease (lease_until is set to the time of
-// the write), so they never block db.AcquireLease on other names.
+// lease_until is set to the time of each write: to db.AcquireLease either
+// row is an expired lease, and nothing acquires these names.
 const (
 	refreshJob        = "tags.catalog_tag_counts"
 	refreshRequestJob = "tags.catalog_tag_counts.requested"
