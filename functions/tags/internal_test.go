@@ -19,7 +19,7 @@ import (
 func newTestFunction(tb testing.TB, pool *pgxpool.Pool) *Function {
 	tb.Helper()
 	log := slog.New(slog.DiscardHandler)
-	ob, err := outbox.New(pool, Name, "", log)
+	ob, err := outbox.New(pool, Name, "", 20, log)
 	require.NoError(tb, err)
 	return &Function{
 		svc:          &service.Service{Name: Name, Pool: pool, Outbox: ob, Log: log},
