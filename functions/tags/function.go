@@ -90,6 +90,10 @@ func (f *Function) Stop(ctx context.Context) error { return f.svc.Stop(ctx) }
 // Handle serves the routes and events; it answers 503 until Start is done.
 func (f *Function) Handle(w http.ResponseWriter, r *http.Request) { f.svc.Handle(w, r) }
 
+// Ready reports whether the function can serve: false until Start is done,
+// and while event deliveries cannot be authenticated.
+func (f *Function) Ready(ctx context.Context) (bool, error) { return f.svc.Ready(ctx) }
+
 // Routes lists the REST patterns served, for the all-in-one function.
 func (f *Function) Routes() []string { return f.svc.Routes() }
 

@@ -512,6 +512,59 @@ func TestRoutesRequireAToken(t *testing.T) {
 	}
 }
 
+// TestStreamSpaceTokens: the tokens StreamSpace's own API signs work on
+// both routes, and a batch is scoped by the role in the users row, not the
+// token's claim.
+func TestStreamSpaceTokens(t *testing.T) {
+	h := start(t, nil)
+	seedSessions(t, h, "bob", []string{"keep"}, "b1")
+	h.AddUser("carol", authn.User)
+	seedSessions(t, h, "carol", []string{}, "c1")
+	h.AddUser("dave", authn.User)
+	_, err := h.Pool.Exec(context.Background(), `update users set active = false where id = 'dave'`)
+	require.NoError(t, err)
+	h.AddUser("root", authn.Admin)
+
+	tests := []struct {
+		name        string
+		token       string
+		wantStatus  int
+		wantResults []function.SessionResult
+	}{
+		{
+			name: "an active user", token: h.StreamSpaceToken("carol", authn.User), wantStatus: http.StatusOK,
+			wantResults: []function.SessionResult{{SessionID: "c1", Outcome: function.Updated}, {SessionID: "b1", Outcome: function.NotFound}},
+		},
+		{
+			name: "a user whose token claims admin", token: h.StreamSpaceToken("carol", authn.Admin), wantStatus: http.StatusOK,
+			wantResults: []function.SessionResult{{SessionID: "c1", Outcome: function.Updated}, {SessionID: "b1", Outcome: function.NotFound}},
+		},
+		{
+			name: "an admin", token: h.StreamSpaceToken("root", authn.Admin), wantStatus: http.StatusOK,
+			wantResults: []function.SessionResult{{SessionID: "c1", Outcome: function.Updated}, {SessionID: "b1", Outcome: function.Updated}},
+		},
+		{name: "an inactive user", token: h.StreamSpaceToken("dave", authn.User), wantStatus: http.StatusUnauthorized},
+		{name: "a user StreamSpace does not have", token: h.StreamSpaceToken("erin", authn.User), wantStatus: http.StatusUnauthorized},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := h.Do(http.MethodPost, batchPath, tc.token,
+				map[string]any{"operation": "add", "sessionIds": []string{"c1", "b1"}, "tags": []string{"ss"}})
+			require.Equal(t, tc.wantStatus, status, "%s", body)
+			pstatus, pbody := h.Do(http.MethodGet, popularPath, tc.token, nil)
+			assert.Equal(t, tc.wantStatus, pstatus, "%s", pbody)
+			if tc.wantStatus != http.StatusOK {
+				code, _ := fntest.ErrorBody(t, body)
+				assert.Equal(t, "unauthenticated", code)
+				return
+			}
+			var res function.BatchResult
+			require.NoError(t, json.Unmarshal(body, &res))
+			assert.Equal(t, tc.wantResults, res.Results)
+		})
+	}
+}
+
 // catalogRow is a catalog template as StreamSpace stores it; a nil tags is
 // SQL null, and the text[] literal may hold nulls.
 type catalogRow struct {
