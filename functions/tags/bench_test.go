@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"os"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/db"
@@ -18,17 +19,20 @@ const benchSessions = 10000
 
 var benchTags = []string{"dev", "gpu", "team-a", "long-running", "eu-west"}
 
-func benchStore(b *testing.B) *Store {
+// benchSessionsDB is a StreamSpace database with user alice owning
+// benchSessions sessions tagged ["base"].
+func benchSessionsDB(b *testing.B) *pgxpool.Pool {
 	b.Helper()
 	pool := dbtest.New(b)
+	seedUsers(b, pool, "alice")
 	_, err := pool.Exec(context.Background(), `
-		insert into sessions (id, user_id, template_id, state, tags)
+		insert into sessions (id, user_id, template_name, state, tags)
 		select 'bench-' || g, 'alice', 'firefox', 'running', '["base"]'::jsonb
 		from generate_series(1, $1::int) as g`, benchSessions)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return &Store{Pool: pool}
+	require.NoError(b, err)
+	_, err = pool.Exec(context.Background(), `analyze sessions`)
+	require.NoError(b, err)
+	return pool
 }
 
 func benchIDs() []string {
@@ -39,59 +43,56 @@ func benchIDs() []string {
 	return ids
 }
 
-func resetTags(b *testing.B, s *Store) {
+func resetTags(b *testing.B, pool *pgxpool.Pool) {
 	b.Helper()
 	b.StopTimer()
-	if _, err := s.Pool.Exec(context.Background(), `update sessions set tags = '["base"]'`); err != nil {
-		b.Fatal(err)
-	}
+	_, err := pool.Exec(context.Background(), `update sessions set tags = '["base"]'`)
+	require.NoError(b, err)
 	b.StartTimer()
 }
 
-// BenchmarkBatchAdd adds 5 tags to 10,000 sessions with the one-statement
-// batch the route uses.
+// BenchmarkBatchAdd adds 5 tags to 10,000 sessions as the route does: one
+// statement, the batch_operations row and the queued event, one transaction.
 func BenchmarkBatchAdd(b *testing.B) {
-	s := benchStore(b)
+	pool := benchSessionsDB(b)
+	f := newTestFunction(b, pool)
 	batch := Batch{Operation: OpAdd, SessionIDs: benchIDs(), Tags: benchTags}
 	who := authn.Identity{Subject: "alice", Role: authn.User}
-	noop := func(context.Context, pgx.Tx, BatchResult) error { return nil }
 	for b.Loop() {
-		resetTags(b, s)
-		res, err := s.Apply(context.Background(), who, batch, noop)
-		if err != nil || res.Updated != benchSessions {
-			b.Fatalf("updated %d: %v", res.Updated, err)
-		}
+		resetTags(b, pool)
+		res, err := f.apply(context.Background(), who, batch)
+		require.NoError(b, err)
+		require.Equal(b, benchSessions, res.Updated)
 	}
 }
 
-// BenchmarkBatchAddPerSessionLoop is the baseline: the original StreamSpace
+// BenchmarkBatchAddPerSessionLoop is the baseline: StreamSpace's own
 // handler's loop, one autocommitted UPDATE per session plus one progress
 // update of the batch_operations row.
 func BenchmarkBatchAddPerSessionLoop(b *testing.B) {
-	s := benchStore(b)
+	pool := benchSessionsDB(b)
 	ids := benchIDs()
 	ctx := context.Background()
 	tagsJSON := `["dev","gpu","team-a","long-running","eu-west"]`
-	var job string
-	if err := s.Pool.QueryRow(ctx, `
-		insert into batch_operations (user_id, operation_type, resource_type, status, total_items)
-		values ('alice', 'tags.add', 'session', 'running', $1) returning id::text`, len(ids)).Scan(&job); err != nil {
-		b.Fatal(err)
-	}
+	job := "batchjob-bench"
+	_, err := pool.Exec(ctx, `
+		insert into batch_operations (id, user_id, operation_type, resource_type, status, total_items)
+		values ($1, 'alice', 'update_tags', 'sessions', 'running', $2)`, job, len(ids))
+	require.NoError(b, err)
 	for b.Loop() {
-		resetTags(b, s)
+		resetTags(b, pool)
 		for i, id := range ids {
-			tag, err := s.Pool.Exec(ctx, `
+			tag, err := pool.Exec(ctx, `
 				update sessions set tags = (
 					select jsonb_agg(distinct elem) from jsonb_array_elements(tags || $1::jsonb) elem),
-					updated_at = now()
+					updated_at = current_timestamp
 				where id = $2 and user_id = $3`, tagsJSON, id, "alice")
-			if err != nil || tag.RowsAffected() != 1 {
-				b.Fatalf("session %s: %v", id, err)
-			}
-			if _, err := s.Pool.Exec(ctx, `update batch_operations set success_count = $1 where id = $2`, i+1, job); err != nil {
-				b.Fatal(err)
-			}
+			require.NoError(b, err)
+			require.EqualValues(b, 1, tag.RowsAffected(), "session %s", id)
+			_, err = pool.Exec(ctx, `
+				update batch_operations set processed_items = processed_items + 1, success_count = $1
+				where id = $2`, i+1, job)
+			require.NoError(b, err)
 		}
 	}
 }
@@ -99,17 +100,17 @@ func BenchmarkBatchAddPerSessionLoop(b *testing.B) {
 // BenchmarkBatchAddPerSessionLoopInTx is the loop at its best: the same
 // UPDATEs in one transaction, no progress writes.
 func BenchmarkBatchAddPerSessionLoopInTx(b *testing.B) {
-	s := benchStore(b)
+	pool := benchSessionsDB(b)
 	ids := benchIDs()
 	ctx := context.Background()
 	for b.Loop() {
-		resetTags(b, s)
-		err := db.InTx(ctx, s.Pool, func(tx pgx.Tx) error {
+		resetTags(b, pool)
+		err := db.InTx(ctx, pool, func(tx pgx.Tx) error {
 			for _, id := range ids {
 				tag, err := tx.Exec(ctx, `
 					update sessions set tags = (
 						select jsonb_agg(distinct elem) from jsonb_array_elements(tags || to_jsonb($1::text[])) elem),
-						updated_at = now()
+						updated_at = current_timestamp
 					where id = $2 and user_id = $3`, benchTags, id, "alice")
 				if err != nil {
 					return err
@@ -120,57 +121,66 @@ func BenchmarkBatchAddPerSessionLoopInTx(b *testing.B) {
 			}
 			return nil
 		})
-		if err != nil {
-			b.Fatal(err)
-		}
+		require.NoError(b, err)
 	}
 }
 
-func benchCatalog(b *testing.B, rows int) *Store {
+// benchCatalog is a StreamSpace database holding rows catalog templates
+// from testdata/catalog_zipf.sql.
+func benchCatalog(b *testing.B, rows int) *pgxpool.Pool {
 	b.Helper()
 	pool := dbtest.New(b)
 	gen, err := os.ReadFile("../../testdata/catalog_zipf.sql")
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, err)
 	ctx := context.Background()
-	if _, err := pool.Exec(ctx, string(gen), rows); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `analyze catalog_templates`); err != nil {
-		b.Fatal(err)
-	}
-	return &Store{Pool: pool}
+	_, err = pool.Exec(ctx, string(gen), rows)
+	require.NoError(b, err)
+	_, err = pool.Exec(ctx, `analyze catalog_templates`)
+	require.NoError(b, err)
+	return pool
 }
 
-// BenchmarkPopularTags measures the aggregation over 100,000 catalog
-// templates with Zipf-distributed tags, uncached and cached.
+// BenchmarkPopularTags measures popular tags over 100,000 catalog templates
+// with Zipf-distributed text[] tags: a refresh of catalog_tag_counts, and
+// reads of it uncached (through the staleness check, as a cache miss does),
+// uncached in one category, and cached.
 func BenchmarkPopularTags(b *testing.B) {
-	s := benchCatalog(b, 100000)
+	pool := benchCatalog(b, 100000)
+	f := newTestFunction(b, pool)
 	ctx := context.Background()
+	outcome, err := f.refresh(ctx, false)
+	require.NoError(b, err)
+	require.Equal(b, Refreshed, outcome)
+	_, err = pool.Exec(ctx, `analyze catalog_tag_counts`)
+	require.NoError(b, err)
 	category := "category-1"
+
+	b.Run("refresh", func(b *testing.B) {
+		for b.Loop() {
+			outcome, err := f.refresh(ctx, false)
+			require.NoError(b, err)
+			require.Equal(b, Refreshed, outcome)
+		}
+	})
 	b.Run("uncached", func(b *testing.B) {
 		for b.Loop() {
-			tags, err := s.PopularTags(ctx, nil, DefaultPopularLimit)
-			if err != nil || len(tags) != DefaultPopularLimit {
-				b.Fatalf("%d tags: %v", len(tags), err)
-			}
+			tags, err := f.loadPopular(ctx, nil, DefaultPopularLimit)
+			require.NoError(b, err)
+			require.Len(b, tags, DefaultPopularLimit)
 		}
 	})
 	b.Run("uncached-category", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := s.PopularTags(ctx, &category, DefaultPopularLimit); err != nil {
-				b.Fatal(err)
-			}
+			tags, err := f.loadPopular(ctx, &category, DefaultPopularLimit)
+			require.NoError(b, err)
+			require.Len(b, tags, DefaultPopularLimit)
 		}
 	})
 	b.Run("cached", func(b *testing.B) {
-		c := newPopularCache(time.Minute)
-		if _, err := c.get(ctx, nil, DefaultPopularLimit, s.PopularTags); err != nil {
-			b.Fatal(err)
-		}
+		_, err := f.cache.get(ctx, nil, DefaultPopularLimit, f.loadPopular)
+		require.NoError(b, err)
 		for b.Loop() {
-			if _, err := c.get(ctx, nil, DefaultPopularLimit, s.PopularTags); err != nil {
+			if _, err := f.cache.get(ctx, nil, DefaultPopularLimit, f.loadPopular); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -3,40 +3,46 @@ package function
 import (
 	"bytes"
 	"context"
+	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
-// TestBinaryDrainsOnSIGTERM runs the real tags binary and stops it the way
-// Kubernetes does: SIGTERM, then an exit 0 after the drain.
-func TestBinaryDrainsOnSIGTERM(t *testing.T) {
+// TestBinaryDrainsOnSignal runs the real tags binary and stops it the way
+// Kubernetes (SIGTERM) and a developer (Ctrl-C) do: an exit 0 after the
+// drain.
+func TestBinaryDrainsOnSignal(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
 	bin, env := buildBinary(t)
-	port := freePort(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin)
-	cmd.Env = append(env, "PORT="+port)
-	var logs bytes.Buffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name   string
+		signal os.Signal
+	}{
+		{"SIGTERM", syscall.SIGTERM},
+		{"SIGINT", os.Interrupt},
 	}
-	waitReady(t, "http://127.0.0.1:"+port+"/health/readiness")
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
-	}
-	for _, want := range []string{`"msg":"function ready"`, `"msg":"draining"`} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("log lacks %s:\n%s", want, logs.String())
-		}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			port := freePort(t)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin)
+			cmd.Env = append(env, "PORT="+port)
+			var logs bytes.Buffer
+			cmd.Stderr = &logs
+			require.NoError(t, cmd.Start())
+			waitReady(t, "http://127.0.0.1:"+port+"/health/readiness")
+			require.NoError(t, cmd.Process.Signal(tc.signal))
+			require.NoError(t, cmd.Wait(), "exit after %s:\n%s", tc.name, logs.String())
+			assert.Contains(t, logs.String(), `"msg":"function ready"`)
+			assert.Contains(t, logs.String(), `"msg":"draining"`)
+		})
 	}
 }

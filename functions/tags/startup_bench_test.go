@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/streamspace-dev/functions/shared/db/dbtest"
 )
 
@@ -26,9 +28,7 @@ func BenchmarkStartup(b *testing.B) {
 		port := freePort(b)
 		cmd := exec.Command(bin)
 		cmd.Env = append(env, "PORT="+port)
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
+		require.NoError(b, cmd.Start())
 		return cmd, "http://127.0.0.1:" + port + "/health/readiness"
 	}
 	stop := func(cmd *exec.Cmd) {
@@ -57,9 +57,8 @@ func buildBinary(tb testing.TB) (string, []string) {
 	tb.Helper()
 	bin := filepath.Join(tb.TempDir(), "tags")
 	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/tags")
-	if out, err := build.CombinedOutput(); err != nil {
-		tb.Fatalf("build: %v\n%s", err, out)
-	}
+	out, err := build.CombinedOutput()
+	require.NoError(tb, err, "build:\n%s", out)
 	pool := dbtest.New(tb)
 	return bin, append(os.Environ(),
 		"DATABASE_URL="+dbtest.URL(tb, pool),
@@ -69,43 +68,37 @@ func buildBinary(tb testing.TB) (string, []string) {
 	)
 }
 
-func waitReady(b testing.TB, url string) {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+// waitReady polls url until it answers 200. The generous limit only ends a
+// test whose binary never gets ready; a ready one is seen within a poll.
+func waitReady(tb testing.TB, url string) {
+	tb.Helper()
+	require.Eventually(tb, func() bool {
 		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(500 * time.Microsecond)
-	}
-	b.Fatal("not ready after 10s")
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, time.Minute, 500*time.Microsecond, "%s not ready", url)
 }
 
-func freePort(b testing.TB) string {
+func freePort(tb testing.TB) string {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(tb, err)
 	defer ln.Close()
 	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 }
 
 func rssMB(b *testing.B, pid int) float64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
+	require.NoError(b, err)
 	defer f.Close()
 	s := bufio.NewScanner(f)
 	for s.Scan() {
 		if v, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
 			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			if err != nil {
-				b.Fatal(err)
-			}
+			require.NoError(b, err)
 			return float64(kb) / 1024
 		}
 	}
