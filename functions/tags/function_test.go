@@ -621,14 +621,14 @@ func TestPopularTagCounts(t *testing.T) {
 	h := start(t, nil)
 	seedCatalog(t, h,
 		catalogRow{"firefox", ptr("browsers"), ptr(`{web,dev}`)},
-		catalogRow{"chrome", ptr("browsers"), ptr(`{web,web,gpu}`)},             // a repeat counts once
-		catalogRow{"vscode", ptr("ides"), ptr(`{dev," dev ",""," ",NULL}`)},     // padding, blanks, nulls
-		catalogRow{"idea", ptr("ides"), nil},                                    // null array
-		catalogRow{"vim", ptr("ides"), ptr(`{}`)},                               // empty array
-		catalogRow{"gimp", nil, ptr(`{graphics,gpu}`)},                          // no category
-		catalogRow{"blender", ptr(""), ptr(`{graphics}`)},                       // empty category
-		catalogRow{"Web IDE", ptr("ides"), ptr(`{Web}`)},                        // case is kept apart
-		catalogRow{"kate", ptr("ides"), ptr(`{"dev ","dev","  dev","dev   "}`)}, // all one tag
+		catalogRow{"chrome", ptr("browsers"), ptr(`{web,web,gpu}`)},                        // a repeat counts once
+		catalogRow{"vscode", ptr("ides"), ptr(`{dev," dev ",""," ",NULL}`)},                // padding, blanks, nulls
+		catalogRow{"idea", ptr("ides"), nil},                                               // null array
+		catalogRow{"vim", ptr("ides"), ptr(`{}`)},                                          // empty array
+		catalogRow{"gimp", nil, ptr(`{graphics,gpu}`)},                                     // no category
+		catalogRow{"blender", ptr(""), ptr(`{graphics}`)},                                  // empty category
+		catalogRow{"Web IDE", ptr("ides"), ptr(`{Web}`)},                                   // case is kept apart
+		catalogRow{"kate", ptr("ides"), ptr("{\"dev \",\"dev\",\"  dev\",\"\tdev\r\n\"}")}, // all one tag
 	)
 	deliver(t, h, refreshPing(t, "seed"))
 

@@ -14,13 +14,14 @@ alter table user_session_template_versions add column if not exists restored_fro
 
 -- Popular catalog tags: how many catalog templates carry each tag, per
 -- category ('' for none). catalog_templates.tags is StreamSpace's text[]; a
--- template counts once per distinct non-blank tag. The tags function
+-- template counts once per distinct tag, trimmed of spaces, tabs and line
+-- breaks; a blank one is no tag. The tags function
 -- refreshes it concurrently (readers never wait) on template.updated, on the
 -- tags-refresh PingSource and when it is older than TAGS_MAX_STALENESS.
 create materialized view if not exists catalog_tag_counts as
     select coalesce(t.category, '') as category, g.tag, count(*) as templates
     from catalog_templates t
-    cross join lateral (select distinct btrim(x) as tag from unnest(t.tags) as x) as g
+    cross join lateral (select distinct btrim(x, E' \t\r\n') as tag from unnest(t.tags) as x) as g
     where g.tag <> ''
     group by 1, 2
 with data;
