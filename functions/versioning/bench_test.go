@@ -132,12 +132,7 @@ func BenchmarkListVersions(b *testing.B) {
 	for _, tc := range tests {
 		b.Run(tc.name, func(b *testing.B) {
 			for b.Loop() {
-				var page []Version
-				var more bool
-				err := db.InTx(ctx, pool, func(tx pgx.Tx) (err error) {
-					page, more, _, err = listVersions(ctx, tx, benchOwner, "tpl", tc.q)
-					return err
-				})
+				page, more, _, err := listVersions(ctx, pool, benchOwner, "tpl", tc.q)
 				if err != nil || len(page) != 50 || !more {
 					b.Fatalf("%d versions, more %v: %v", len(page), more, err)
 				}
@@ -165,7 +160,7 @@ func BenchmarkDiff(b *testing.B) {
 			a, c := make(map[string]int, tc.keys), make(map[string]int, tc.keys)
 			for i := range tc.keys {
 				k := "key" + strconv.Itoa(i)
-				a[k], c[k] = i, -i
+				a[k], c[k] = i+1, -(i + 1)
 			}
 			from, err := json.Marshal(map[string]any{"configuration": a})
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/runtime"
 )
 
@@ -100,12 +101,9 @@ func (f *Function) listVersions(w http.ResponseWriter, r *http.Request, who auth
 		more  bool
 		total int
 	)
-	err = f.svc.Commit(r.Context(), func(tx pgx.Tx) ([]cloudevents.Event, error) {
-		page, more, total, err = listVersions(r.Context(), tx, who, template, q)
-		return nil, err
-	})
+	page, more, total, err = listVersions(r.Context(), f.svc.Pool, who, template, q)
 	if err != nil {
-		return err
+		return db.Classify(err)
 	}
 	res := ListResult{Versions: page, Count: len(page), TotalCount: total, Limit: q.Limit}
 	if more {
@@ -157,13 +155,9 @@ func (f *Function) diffVersion(w http.ResponseWriter, r *http.Request, who authn
 	if err != nil {
 		return err
 	}
-	var from, to []byte
-	err = f.svc.Commit(r.Context(), func(tx pgx.Tx) ([]cloudevents.Event, error) {
-		from, to, err = documents(r.Context(), tx, who, template, n, against)
-		return nil, err
-	})
+	from, to, err := documents(r.Context(), f.svc.Pool, who, template, n, against)
 	if err != nil {
-		return err
+		return db.Classify(err)
 	}
 	d, err := Compare(from, to)
 	if err != nil {

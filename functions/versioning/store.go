@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -176,30 +177,46 @@ func createVersion(ctx context.Context, tx pgx.Tx, rules Rules, who authn.Identi
 	return insertVersion(ctx, tx, rules, who, template, in.Description, in.Tags, nil)
 }
 
-// listSQL is one page of a template's versions, newest first, from below $2
-// when set. It reads one row past the page to learn whether there is a next
-// one. The unique (template_id, version_number) index serves it. The exists
-// test ties the read to the template in the same snapshot, so versions whose
-// template is gone are never listed.
+// listSQL is one page of a template's versions, newest first, below
+// version $2. It reads one row past the page to learn whether there is a
+// next one. The unique (template_id, version_number) index serves it: the
+// first page passes the largest int for $2 rather than a null, since a
+// condition like "$2 is null or version_number < $2" cannot bound the index
+// scan in a generic plan, and a page deep in the list would then read every
+// newer row first. The exists test ties the read to the template in the
+// same snapshot, so versions whose template is gone are never listed.
 const listSQL = `
 	select v.id, v.version_number, coalesce(v.description, ''), coalesce(v.tags, '{}'),
 	       coalesce(v.created_by, ''), v.created_at, v.restored_from, v.template_data
 	from user_session_template_versions v
-	where v.template_id = $1 and ($2::int is null or v.version_number < $2)
+	where v.template_id = $1 and v.version_number < $2
 	  and exists (select 1 from user_session_templates t where t.id = $1)
 	order by v.version_number desc
 	limit $3`
 
+// Querier runs the statements of a read: a pool, where each statement sees
+// the database as it is when it starts, or a transaction. Reads need no
+// transaction of their own: the statement that reads versions checks in the
+// same snapshot that their template exists.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
 // listVersions returns a page of template's versions, newest first, whether
 // more follow, and how many versions the template has. who needs read
 // access.
-func listVersions(ctx context.Context, tx pgx.Tx, who authn.Identity, template string, q ListQuery) (page []Version, more bool, total int, err error) {
-	if _, err := access.Require(ctx, tx, who, template, access.Read); err != nil {
+func listVersions(ctx context.Context, conn Querier, who authn.Identity, template string, q ListQuery) (page []Version, more bool, total int, err error) {
+	if _, err := access.Require(ctx, conn, who, template, access.Read); err != nil {
 		return nil, false, 0, err
 	}
 	page = make([]Version, 0, q.Limit+1)
 	b := &pgx.Batch{}
-	b.Queue(listSQL, template, q.Before, q.Limit+1).Query(func(rows pgx.Rows) error {
+	below := math.MaxInt32
+	if q.Before != nil {
+		below = *q.Before
+	}
+	b.Queue(listSQL, template, below, q.Limit+1).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			v := Version{TemplateID: template}
 			if err := rows.Scan(&v.ID, &v.Number, &v.Description, &v.Tags, &v.CreatedBy, &v.CreatedAt, &v.RestoredFrom, &v.Data); err != nil {
@@ -210,7 +227,7 @@ func listVersions(ctx context.Context, tx pgx.Tx, who authn.Identity, template s
 		return rows.Err()
 	})
 	b.Queue(countSQL, template).QueryRow(func(row pgx.Row) error { return row.Scan(&total) })
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return nil, false, 0, fmt.Errorf("list versions of %q: %w", template, err)
 	}
 	if len(page) > q.Limit {
@@ -239,12 +256,12 @@ const documentsSQL = `
 // documents returns the saved content of version n and of version against
 // (the template's content as it is now when against is nil). who needs read
 // access.
-func documents(ctx context.Context, tx pgx.Tx, who authn.Identity, template string, n int, against *int) (from, to []byte, err error) {
-	if _, err := access.Require(ctx, tx, who, template, access.Read); err != nil {
+func documents(ctx context.Context, conn Querier, who authn.Identity, template string, n int, against *int) (from, to []byte, err error) {
+	if _, err := access.Require(ctx, conn, who, template, access.Read); err != nil {
 		return nil, nil, err
 	}
 	var exists bool
-	if err := tx.QueryRow(ctx, documentsSQL, template, n, against).Scan(&from, &to, &exists); err != nil {
+	if err := conn.QueryRow(ctx, documentsSQL, template, n, against).Scan(&from, &to, &exists); err != nil {
 		return nil, nil, fmt.Errorf("load versions of %q: %w", template, err)
 	}
 	switch {
