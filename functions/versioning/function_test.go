@@ -223,19 +223,30 @@ func TestListPagesNewestFirst(t *testing.T) {
 		template   string
 		query      string
 		wantCount  int
+		wantFirst  int
+		wantPage   int
 		wantCursor bool
 	}{
-		{"default page", "tpl", "", function.DefaultLimit, true},
-		{"largest page", "tpl", "?limit=100", 45, false},
-		{"template without versions", "empty", "", 0, false},
+		{"default page", "tpl", "", function.DefaultLimit, 45, 0, true},
+		{"largest page", "tpl", "?limit=100", 45, 45, 0, false},
+		{"template without versions", "empty", "", 0, 0, 0, false},
+		// StreamSpace's own API pages by number; its clients keep working.
+		{"page 1 by number", "tpl", "?page=1&limit=10", 10, 45, 1, true},
+		{"page 2 by number", "tpl", "?page=2&limit=10", 10, 35, 2, true},
+		{"last page by number", "tpl", "?page=5&limit=10", 5, 5, 5, false},
+		{"past the last page", "tpl", "?page=6&limit=10", 0, 0, 6, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			res := list(t, h, alice, tc.template, tc.query)
-			assert.Len(t, res.Versions, tc.wantCount)
+			require.Len(t, res.Versions, tc.wantCount)
 			assert.Equal(t, tc.wantCount, res.Count)
+			assert.Equal(t, tc.wantPage, res.Page)
 			assert.Equal(t, tc.wantCursor, res.NextCursor != "")
 			assert.NotNil(t, res.Versions, "versions is [] when empty")
+			if tc.wantCount > 0 {
+				assert.Equal(t, tc.wantFirst, res.Versions[0].Number)
+			}
 		})
 	}
 
@@ -289,6 +300,10 @@ func TestListRejectsBadQueries(t *testing.T) {
 		{"truncated cursor", "tpl", "?cursor=" + cursor[:len(cursor)-2]},
 		{"long cursor", "tpl", "?cursor=" + strings.Repeat("A", 100)},
 		{"another template's cursor", "other", "?cursor=" + cursor},
+		{"page zero", "tpl", "?page=0"},
+		{"page not a number", "tpl", "?page=two"},
+		{"page too large", "tpl", "?page=10001"},
+		{"page and cursor", "tpl", "?page=2&cursor=" + cursor},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

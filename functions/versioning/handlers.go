@@ -15,15 +15,17 @@ import (
 )
 
 // ListResult is the response of GET …/versions: StreamSpace's list shape
-// (versions, count, totalCount, limit) with a cursor for the next page in
-// place of its page number.
+// (versions, count, totalCount, page, limit), and a cursor for the next
+// page.
 type ListResult struct {
 	Versions []Version `json:"versions"`
 	// Count is the number of versions on this page.
 	Count int `json:"count"`
 	// TotalCount is the number of versions the template has.
 	TotalCount int `json:"totalCount"`
-	Limit      int `json:"limit"`
+	// Page is the page number asked for; absent when paging by cursor.
+	Page  int `json:"page,omitempty"`
+	Limit int `json:"limit"`
 	// NextCursor, when set, fetches the next page (?cursor=).
 	NextCursor string `json:"nextCursor,omitempty"`
 }
@@ -105,7 +107,7 @@ func (f *Function) listVersions(w http.ResponseWriter, r *http.Request, who auth
 	if err != nil {
 		return db.Classify(err)
 	}
-	res := ListResult{Versions: page, Count: len(page), TotalCount: total, Limit: q.Limit}
+	res := ListResult{Versions: page, Count: len(page), TotalCount: total, Page: q.Page, Limit: q.Limit}
 	if more {
 		res.NextCursor = encodeCursor(template, page[len(page)-1].Number)
 	}

@@ -98,15 +98,32 @@ func parseVersion(name, s string) (int, error) {
 	return n, nil
 }
 
+// MaxPage bounds the page number of offset paging, so an offset stays
+// within what a template can hold.
+const MaxPage = 10000
+
 // ListQuery is a validated GET …/versions query.
 type ListQuery struct {
 	Limit int
 	// Before, when set, starts the page below this version number.
 	Before *int
+	// Page is the 1-based page number of StreamSpace's offset paging; 0
+	// when the query pages by cursor.
+	Page int
 }
 
-// parseListQuery reads limit (1-100, default 20) and cursor (as issued by
-// an earlier page of the same template; empty means the first page).
+// Offset is how many versions, newest first, come before the page.
+func (q ListQuery) Offset() int {
+	if q.Page < 2 {
+		return 0
+	}
+	return (q.Page - 1) * q.Limit
+}
+
+// parseListQuery reads limit (1-100, default 20) and either cursor (as
+// issued by an earlier page of the same template; empty means the first
+// page) or page (1-MaxPage, the offset paging StreamSpace's own API and its
+// clients use).
 func parseListQuery(r *http.Request, template string) (ListQuery, error) {
 	q := r.URL.Query()
 	var lq ListQuery
@@ -114,12 +131,23 @@ func parseListQuery(r *http.Request, template string) (ListQuery, error) {
 	if lq.Limit, err = validate.Limit(q, DefaultLimit, MaxLimit); err != nil {
 		return lq, err
 	}
+	if q.Has("cursor") && q.Has("page") {
+		return lq, errs.E(errs.Invalid, "cursor and page: use one or the other")
+	}
 	if c := q.Get("cursor"); c != "" {
 		n, err := decodeCursor(template, c)
 		if err != nil {
 			return lq, err
 		}
 		lq.Before = &n
+	}
+	if q.Has("page") {
+		p := q.Get("page")
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > MaxPage {
+			return lq, errs.E(errs.Invalid, "page %q: want an integer from 1 to %d", validate.Quote(p), MaxPage)
+		}
+		lq.Page = n
 	}
 	return lq, nil
 }

@@ -178,8 +178,8 @@ func createVersion(ctx context.Context, tx pgx.Tx, rules Rules, who authn.Identi
 }
 
 // listSQL is one page of a template's versions, newest first, below
-// version $2. It reads one row past the page to learn whether there is a
-// next one. The unique (template_id, version_number) index serves it: the
+// version $2, after skipping $4 (StreamSpace's offset paging). It reads one
+// row past the page to learn whether there is a next one. The unique (template_id, version_number) index serves it: the
 // first page passes the largest int for $2 rather than a null, since a
 // condition like "$2 is null or version_number < $2" cannot bound the index
 // scan in a generic plan, and a page deep in the list would then read every
@@ -192,7 +192,7 @@ const listSQL = `
 	where v.template_id = $1 and v.version_number < $2
 	  and exists (select 1 from user_session_templates t where t.id = $1)
 	order by v.version_number desc
-	limit $3`
+	limit $3 offset $4`
 
 // Querier runs the statements of a read: a pool, where each statement sees
 // the database as it is when it starts, or a transaction. Reads need no
@@ -216,7 +216,7 @@ func listVersions(ctx context.Context, conn Querier, who authn.Identity, templat
 	if q.Before != nil {
 		below = *q.Before
 	}
-	b.Queue(listSQL, template, below, q.Limit+1).Query(func(rows pgx.Rows) error {
+	b.Queue(listSQL, template, below, q.Limit+1, q.Offset()).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			v := Version{TemplateID: template}
 			if err := rows.Scan(&v.ID, &v.Number, &v.Description, &v.Tags, &v.CreatedBy, &v.CreatedAt, &v.RestoredFrom, &v.Data); err != nil {
