@@ -561,6 +561,14 @@ func TestVersionsOfADeletedTemplate(t *testing.T) {
 		assert.Equal(t, []int{}, numbers(t, h, "tpl"))
 		assert.Equal(t, []int{1, 2}, numbers(t, h, "other"), "versions of a live template stay")
 	})
+	t.Run("a new template with the same id starts its own history", func(t *testing.T) {
+		seedTemplate(t, h, "tpl", "bob", "New", `{}`)
+		bob := h.Token("bob", authn.User)
+		assert.Empty(t, list(t, h, bob, "tpl", "").Versions)
+		status, v := create(t, h, bob, "tpl", map[string]any{})
+		require.Equal(t, http.StatusCreated, status)
+		assert.Equal(t, 1, v.Number)
+	})
 }
 
 func TestRetentionKeepsNewestTaggedAndRecentBackups(t *testing.T) {

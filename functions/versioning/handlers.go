@@ -76,6 +76,7 @@ func (f *Function) createVersion(w http.ResponseWriter, r *http.Request, who aut
 	}
 	var v Version
 	err = f.svc.Commit(r.Context(), func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		var err error
 		if v, err = createVersion(r.Context(), tx, f.rules, who, template, in); err != nil {
 			return nil, err
 		}
@@ -98,12 +99,7 @@ func (f *Function) listVersions(w http.ResponseWriter, r *http.Request, who auth
 	if err != nil {
 		return err
 	}
-	var (
-		page  []Version
-		more  bool
-		total int
-	)
-	page, more, total, err = listVersions(r.Context(), f.svc.Pool, who, template, q)
+	page, more, total, err := listVersions(r.Context(), f.svc.Pool, who, template, q)
 	if err != nil {
 		return db.Classify(err)
 	}
@@ -126,6 +122,7 @@ func (f *Function) restoreVersion(w http.ResponseWriter, r *http.Request, who au
 	}
 	var res Restored
 	err = f.svc.Commit(r.Context(), func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		var err error
 		if res, err = restoreVersion(r.Context(), tx, f.rules, who, template, n, clientIP(r)); err != nil {
 			return nil, err
 		}

@@ -162,7 +162,7 @@ func insertVersion(ctx context.Context, tx pgx.Tx, rules Rules, who authn.Identi
 	}
 	if count > rules.Limit {
 		return Version{}, errs.E(errs.Conflict,
-			"template %q already has %d versions, the most it may keep (VERSION_LIMIT), and none can be pruned: the others are tagged or recent auto-backups",
+			"template %q already has %d versions, the most it may keep (VERSION_LIMIT), and none can be pruned: the older ones are tagged or recent auto-backups",
 			template, rules.Limit)
 	}
 	return v, nil
@@ -179,12 +179,13 @@ func createVersion(ctx context.Context, tx pgx.Tx, rules Rules, who authn.Identi
 
 // listSQL is one page of a template's versions, newest first, below
 // version $2, after skipping $4 (StreamSpace's offset paging). It reads one
-// row past the page to learn whether there is a next one. The unique (template_id, version_number) index serves it: the
-// first page passes the largest int for $2 rather than a null, since a
-// condition like "$2 is null or version_number < $2" cannot bound the index
-// scan in a generic plan, and a page deep in the list would then read every
-// newer row first. The exists test ties the read to the template in the
-// same snapshot, so versions whose template is gone are never listed.
+// row past the page to learn whether there is a next one. The unique
+// (template_id, version_number) index serves it. The first page passes the
+// largest int for $2 rather than a null: "$2 is null or version_number < $2"
+// cannot bound the index scan in a generic plan, and a page deep in the list
+// would then read every newer row first. The exists test ties the read to
+// the template in the same snapshot, so versions whose template is gone are
+// never listed.
 const listSQL = `
 	select v.id, v.version_number, coalesce(v.description, ''), coalesce(v.tags, '{}'),
 	       coalesce(v.created_by, ''), v.created_at, v.restored_from, v.template_data
