@@ -498,7 +498,8 @@ func TestRestoreOfDataThatNoLongerFitsIsAConflict(t *testing.T) {
 	seedTemplate(t, h, "tpl", "alice", "T", `{}`)
 	exec(t, h, `insert into user_session_template_versions (template_id, version_number, template_data, created_by)
 		values ('tpl', 1, '{"name": null}', 'alice'), ('tpl', 2, jsonb_build_object('version', repeat('9', 51)), 'alice'),
-		       ('tpl', 3, '{"name": "Old", "unknown": 1}', 'alice')`)
+		       ('tpl', 3, '{"name": "Old", "unknown": 1, "is_default": "not a boolean", "usage_count": "many", "team_id": 7}', 'alice'),
+		       ('tpl', 4, '[1, 2]', 'alice')`)
 	before := templateNow(t, h, "tpl")
 	tests := []struct {
 		name       string
@@ -508,8 +509,10 @@ func TestRestoreOfDataThatNoLongerFitsIsAConflict(t *testing.T) {
 	}{
 		{"a NULL name the column refuses", 1, http.StatusConflict, before},
 		{"a value longer than the column", 2, http.StatusConflict, before},
-		// A version saved before a column was versioned restores what it has.
-		{"a version with fewer keys", 3, http.StatusOK, []byte(strings.Replace(string(before), `"name": "T"`, `"name": "Old"`, 1))},
+		{"data that is not an object", 4, http.StatusConflict, before},
+		// A version saved before a column was versioned restores what it
+		// has; keys that are not content are ignored whatever they hold.
+		{"a version with fewer keys and others", 3, http.StatusOK, []byte(strings.Replace(string(before), `"name": "T"`, `"name": "Old"`, 1))},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -518,7 +521,7 @@ func TestRestoreOfDataThatNoLongerFitsIsAConflict(t *testing.T) {
 			assertSameJSON(t, tc.wantNow, templateNow(t, h, "tpl"))
 		})
 	}
-	assert.Equal(t, []int{1, 2, 3, 4}, numbers(t, h, "tpl"), "only the successful restore left a backup")
+	assert.Equal(t, []int{1, 2, 3, 4, 5}, numbers(t, h, "tpl"), "only the successful restore left a backup")
 }
 
 // TestVersionsOfADeletedTemplate: StreamSpace deletes a template and leaves

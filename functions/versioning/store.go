@@ -71,16 +71,22 @@ const snapshotSQL = `jsonb_build_object(
 	'environment', t.environment, 'version', t.version)`
 
 // restoreSQL writes a version's data ($2) back into the content columns of
-// template $1 and nothing else. jsonb_populate_record starts from the current
-// row, so a key the version lacks (one saved before a column was versioned)
-// keeps the current value, and keys that are not content are ignored.
+// template $1 and nothing else. Only the content keys are taken from the
+// data, so a key for another column (StreamSpace's own snapshots carry
+// visibility and is_default) is never even type-checked. jsonb_populate_record
+// starts from the current row, so a content key the version lacks (one saved
+// before a column was versioned) keeps the current value.
 const restoreSQL = `
 	update user_session_templates t
 	set (name, description, icon, category, tags, base_template,
 	     configuration, resources, environment, version, updated_at) = (
 		select r.name, r.description, r.icon, r.category, r.tags, r.base_template,
 		       r.configuration, r.resources, r.environment, r.version, localtimestamp
-		from jsonb_populate_record(t, $2::jsonb) r)
+		from jsonb_populate_record(t, (
+			select coalesce(jsonb_object_agg(e.key, e.value), '{}')
+			from jsonb_each($2::jsonb) e
+			where e.key = any ('{name,description,icon,category,tags,base_template,configuration,resources,environment,version}'::text[])
+		)) r)
 	where t.id = $1
 	returning ` + snapshotSQL
 
