@@ -31,7 +31,7 @@ type Version struct {
 	// RestoredFrom is set on the auto-backup a restore made: the version that
 	// restore brought back.
 	RestoredFrom *int `json:"restoredFrom,omitempty"`
-	// Data is the template's content as the version saved it (contentColumns).
+	// Data is the template's content as the version saved it (snapshotSQL).
 	Data json.RawMessage `json:"templateData"`
 }
 
@@ -43,12 +43,14 @@ type Rules struct {
 	Limit           int
 }
 
+// snapshotSQL is a template row t's content as a version's template_data.
+//
 // The content of a template is what a version saves and a restore writes
 // back: name, description, icon, category, tags, base_template,
 // configuration, resources, environment and version — the columns of
-// StreamSpace's user_session_templates that say what the template is, and
-// the keys its own snapshots use. The other columns say whose it is, who
-// may see it or how it is used, and a version never changes them:
+// StreamSpace's user_session_templates that say what the template is, under
+// the keys StreamSpace's own snapshots use. The other columns say whose it
+// is, who may see it or how it is used, and a version never changes them:
 //
 //   - id, user_id: the template's identity and owner;
 //   - team_id, visibility: who may see it. A restore needs only write
@@ -62,8 +64,6 @@ type Rules struct {
 //
 // Versions that StreamSpace's API saved carry visibility and is_default
 // keys too; a restore ignores them.
-//
-// snapshotSQL is a template row t's content as a version's template_data.
 const snapshotSQL = `jsonb_build_object(
 	'name', t.name, 'description', t.description, 'icon', t.icon,
 	'category', t.category, 'tags', t.tags, 'base_template', t.base_template,
