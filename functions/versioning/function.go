@@ -99,6 +99,10 @@ func (f *Function) Handle(w http.ResponseWriter, r *http.Request) { f.svc.Handle
 // Routes lists the REST patterns served, for the all-in-one function.
 func (f *Function) Routes() []string { return f.svc.Routes() }
 
+// Ready is false before Start, and while event authentication is configured
+// but its issuer's keys cannot be fetched.
+func (f *Function) Ready(ctx context.Context) (bool, error) { return f.svc.Ready(ctx) }
+
 // prune is the processed-events-prune PingSource's handler: the records of
 // processed events past their retention go, and so do versions whose
 // template StreamSpace deleted (store.go, orphansSQL).

@@ -914,3 +914,24 @@ func TestStartRefusesABadConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestReady(t *testing.T) {
+	tests := []struct {
+		name  string
+		start bool
+		want  bool
+	}{
+		{"before Start", false, false},
+		{"started", true, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := function.New()
+			if tc.start {
+				fntest.Start(t, f, nil)
+			}
+			ok, _ := f.Ready(context.Background())
+			assert.Equal(t, tc.want, ok)
+		})
+	}
+}
