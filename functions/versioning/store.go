@@ -43,7 +43,8 @@ type Rules struct {
 	Limit           int
 }
 
-// snapshotSQL is a template row t's content as a version's template_data.
+// snapshotSQL is a template row t's content as a version's template_data
+// (docs/data.md).
 //
 // The content of a template is what a version saves and a restore writes
 // back: name, description, icon, category, tags, base_template,
