@@ -8,7 +8,14 @@ import (
 	"strings"
 
 	"github.com/wI2L/jsondiff"
+
+	"github.com/streamspace-dev/functions/shared/errs"
 )
+
+// MaxOperations is the most operations a diff returns. Two templates that
+// differ in more are refused with 422: such a patch is no use to a person
+// reading it, and its size would be the client's to choose.
+const MaxOperations = 10000
 
 // Diff is the change from one saved template to another.
 type Diff struct {
@@ -74,6 +81,10 @@ func Compare(from, to []byte) (Diff, error) {
 	if err != nil {
 		return Diff{}, err
 	}
+	if len(patch) > MaxOperations {
+		return Diff{}, errs.E(errs.Unprocessable,
+			"the versions differ in %d places, more than the %d a diff returns; compare versions closer together", len(patch), MaxOperations)
+	}
 	ops := make([]Operation, 0, len(patch))
 	for _, op := range patch {
 		switch op.Type {
@@ -99,26 +110,24 @@ func decodeJSON(b []byte) (any, error) {
 
 // summarize names the field each operation of patch touches, walking its
 // path through src (the document the patch applies to) to tell object keys
-// from array indexes.
+// from array indexes. Each list is collected in a set, so a patch of n
+// operations costs n log n, not n².
 func summarize(src any, patch []Operation) Summary {
-	s := Summary{Added: []string{}, Removed: []string{}, Changed: []string{}}
+	added, removed, changed := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for _, op := range patch {
 		field, inArray := fieldOf(src, op.Path)
-		list := &s.Changed
 		switch {
 		case inArray:
+			changed[field] = true
 		case op.Op == jsondiff.OperationAdd:
-			list = &s.Added
+			added[field] = true
 		case op.Op == jsondiff.OperationRemove:
-			list = &s.Removed
-		}
-		if !slices.Contains(*list, field) {
-			*list = append(*list, field)
+			removed[field] = true
+		default:
+			changed[field] = true
 		}
 	}
-	slices.Sort(s.Added)
-	slices.Sort(s.Removed)
-	slices.Sort(s.Changed)
+	s := Summary{Added: sortedKeys(added), Removed: sortedKeys(removed), Changed: sortedKeys(changed)}
 	var parts []string
 	for _, p := range []struct {
 		verb   string
@@ -133,6 +142,17 @@ func summarize(src any, patch []Operation) Summary {
 		s.Text = strings.Join(parts, "; ")
 	}
 	return s
+}
+
+// sortedKeys returns set's members in order; never nil, so an empty list is
+// written [].
+func sortedKeys(set map[string]bool) []string {
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // fieldOf returns the dotted object-key path of pointer in doc, cut at the

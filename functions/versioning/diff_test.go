@@ -1,17 +1,18 @@
 package function_test
 
 import (
-	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 
-	jsonpatch "github.com/evanphx/json-patch/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	function "github.com/streamspace-dev/functions/functions/versioning"
+	"github.com/streamspace-dev/functions/shared/errs"
 )
 
 // diffCase is one file of testdata/diff: two documents, and the patch and
@@ -27,87 +28,86 @@ type diffCase struct {
 
 func TestCompareMatchesHandWrittenPatches(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("testdata", "diff", "*.json"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no golden cases: %v", err)
+	require.NoError(t, err)
+	require.NotEmpty(t, files, "no golden cases")
+	tests := make([]struct{ name, file string }, len(files))
+	for i, f := range files {
+		tests[i].name, tests[i].file = strings.TrimSuffix(filepath.Base(f), ".json"), f
 	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".json"), func(t *testing.T) {
-			raw, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var tc diffCase
-			if err := json.Unmarshal(raw, &tc); err != nil {
-				t.Fatalf("%s: %v", file, err)
-			}
-			d, err := function.Compare(tc.From, tc.To)
-			if err != nil {
-				t.Fatal(err)
-			}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			raw, err := os.ReadFile(tc.file)
+			require.NoError(t, err)
+			var c diffCase
+			require.NoError(t, json.Unmarshal(raw, &c), tc.file)
+			d, err := function.Compare(c.From, c.To)
+			require.NoError(t, err)
 			got, err := json.Marshal(d.Patch)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !sameJSON(t, got, tc.Patch) {
-				t.Errorf("patch\n got %s\nwant %s", got, compact(t, tc.Patch))
-			}
-			if !reflect.DeepEqual(d.Summary, tc.Summary) {
-				t.Errorf("summary\n got %+v\nwant %+v", d.Summary, tc.Summary)
-			}
+			require.NoError(t, err)
+			assertSameJSON(t, c.Patch, got, "patch")
+			assert.Equal(t, c.Summary, d.Summary, "summary")
 			// Both the computed and the hand-written patch, applied by an
 			// independent RFC 6902 implementation, turn from into to.
-			for name, p := range map[string][]byte{"computed": got, "expected": tc.Patch} {
-				if out := applyPatch(t, tc.From, p); !sameJSON(t, out, tc.To) {
-					t.Errorf("%s patch applied to from gives %s, want %s", name, out, compact(t, tc.To))
-				}
-			}
+			assertSameJSON(t, c.To, applyPatch(t, c.From, got), "computed patch applied")
+			assertSameJSON(t, c.To, applyPatch(t, c.From, c.Patch), "hand-written patch applied")
 		})
 	}
 }
 
 func TestCompareRefusesWhatIsNotJSON(t *testing.T) {
-	for _, tc := range []struct{ from, to string }{{`{`, `{}`}, {`{}`, `nope`}} {
-		if _, err := function.Compare([]byte(tc.from), []byte(tc.to)); err == nil {
-			t.Errorf("Compare(%q, %q): no error", tc.from, tc.to)
-		}
+	tests := []struct{ name, from, to string }{
+		{"first side", `{`, `{}`},
+		{"second side", `{}`, `nope`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := function.Compare([]byte(tc.from), []byte(tc.to))
+			assert.Error(t, err)
+		})
 	}
 }
 
-func applyPatch(t *testing.T, doc, patch []byte) []byte {
-	t.Helper()
-	p, err := jsonpatch.DecodePatch(patch)
-	if err != nil {
-		t.Fatalf("decode patch %s: %v", patch, err)
+// objects returns two documents whose configuration objects differ in n
+// keys, each key's value changed.
+func objects(n int) (from, to []byte) {
+	a, b := make(map[string]int, n), make(map[string]int, n)
+	for i := range n {
+		k := fmt.Sprintf("key%06d", i)
+		a[k], b[k] = i+1, -(i + 1)
 	}
-	out, err := p.Apply(doc)
-	if err != nil {
-		t.Fatalf("apply %s to %s: %v", patch, doc, err)
-	}
-	return out
+	from, _ = json.Marshal(map[string]any{"configuration": a})
+	to, _ = json.Marshal(map[string]any{"configuration": b})
+	return from, to
 }
 
-// sameJSON compares two JSON texts as values, numbers by their digits.
-func sameJSON(t *testing.T, a, b []byte) bool {
-	t.Helper()
-	return reflect.DeepEqual(decode(t, a), decode(t, b))
-}
-
-func decode(t *testing.T, b []byte) any {
-	t.Helper()
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("decode %s: %v", b, err)
+// TestCompareCapsTheOperations: a diff of up to MaxOperations operations is
+// returned with one summary entry per field; one more is Unprocessable.
+func TestCompareCapsTheOperations(t *testing.T) {
+	tests := []struct {
+		name     string
+		changes  int
+		wantKind errs.Kind
+	}{
+		{"at the cap", function.MaxOperations, ""},
+		{"one over the cap", function.MaxOperations + 1, errs.Unprocessable},
+		{"the 40,000 changed keys of the review", 40000, errs.Unprocessable},
 	}
-	return v
-}
-
-func compact(t *testing.T, b []byte) string {
-	t.Helper()
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, b); err != nil {
-		t.Fatal(err)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			from, to := objects(tc.changes)
+			d, err := function.Compare(from, to)
+			if tc.wantKind != "" {
+				require.Error(t, err)
+				assert.Equal(t, tc.wantKind, errs.KindOf(err))
+				assert.Contains(t, errs.Message(err), fmt.Sprintf("differ in %d places", tc.changes))
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.changes, len(d.Patch), "operations")
+			assert.Equal(t, tc.changes, len(d.Summary.Changed), "each changed field once")
+			assert.Equal(t, "configuration.key000000", d.Summary.Changed[0], "sorted")
+			assert.Empty(t, d.Summary.Added)
+			assert.Empty(t, d.Summary.Removed)
+		})
 	}
-	return buf.String()
 }

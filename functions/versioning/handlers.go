@@ -1,21 +1,55 @@
 package function
 
 import (
-	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/runtime"
 )
 
-// ListResult is the response of GET …/versions.
+// ListResult is the response of GET …/versions: StreamSpace's list shape
+// (versions, count, totalCount, page, limit), and a cursor for the next
+// page.
 type ListResult struct {
-	Versions   []Version `json:"versions"`
-	NextCursor string    `json:"nextCursor,omitempty"`
+	Versions []Version `json:"versions"`
+	// Count is the number of versions on this page.
+	Count int `json:"count"`
+	// TotalCount is the number of versions the template has.
+	TotalCount int `json:"totalCount"`
+	// Page is the page number asked for; absent when paging by cursor.
+	Page  int `json:"page,omitempty"`
+	Limit int `json:"limit"`
+	// NextCursor, when set, fetches the next page (?cursor=).
+	NextCursor string `json:"nextCursor,omitempty"`
+}
+
+// CreateResult is the response of POST …/versions: the new version, with
+// the message and versionId that StreamSpace's API answers.
+type CreateResult struct {
+	Message   string `json:"message"`
+	VersionID int    `json:"versionId"`
+	Version
+}
+
+// RestoreResult is the response of a restore: StreamSpace's message and
+// version, the auto-backup saved first, and the template's content after
+// the restore.
+type RestoreResult struct {
+	Message    string `json:"message"`
+	TemplateID string `json:"templateId"`
+	// Version is the version the template now matches.
+	Version int `json:"version"`
+	// Backup is the version saved of the content the restore replaced.
+	Backup Version `json:"backup"`
+	// Template is the template's content after the restore.
+	Template json.RawMessage `json:"template"`
 }
 
 // DiffResult is the response of GET …/versions/{version}/diff.
@@ -36,27 +70,24 @@ func (f *Function) createVersion(w http.ResponseWriter, r *http.Request, who aut
 	if err := runtime.DecodeJSON(r, &req); err != nil {
 		return err
 	}
-	description, tags, err := req.Validate()
+	in, err := req.Validate()
 	if err != nil {
 		return err
 	}
-	v, err := f.store.Create(r.Context(), who, template, description, tags, f.queueCreated)
-	if err != nil {
-		return err
-	}
-	f.Outbox.Kick() // the relay sends after commit; the response does not wait
-	runtime.WriteJSON(w, http.StatusCreated, v)
-	return nil
-}
-
-func (f *Function) queueCreated(ctx context.Context, tx pgx.Tx, v Version) error {
-	e, err := events.New(Name, events.TemplateVersionCreated, events.TemplateVersionCreatedData{
-		TemplateID: v.TemplateID, Version: v.Number, CreatedBy: v.CreatedBy, Tags: v.Tags,
+	var v Version
+	err = f.svc.Commit(r.Context(), func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		var err error
+		if v, err = createVersion(r.Context(), tx, f.rules, who, template, in); err != nil {
+			return nil, err
+		}
+		e, err := versionCreated(v, who.Subject)
+		return []cloudevents.Event{e}, err
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("create version of %q: %w", template, err)
 	}
-	return f.Outbox.Add(ctx, tx, e)
+	runtime.WriteJSON(w, http.StatusCreated, CreateResult{Message: "Version created successfully", VersionID: v.ID, Version: v})
+	return nil
 }
 
 func (f *Function) listVersions(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
@@ -68,11 +99,11 @@ func (f *Function) listVersions(w http.ResponseWriter, r *http.Request, who auth
 	if err != nil {
 		return err
 	}
-	page, more, err := f.store.List(r.Context(), who, template, q)
+	page, more, total, err := listVersions(r.Context(), f.svc.Pool, who, template, q)
 	if err != nil {
-		return err
+		return db.Classify(err)
 	}
-	res := ListResult{Versions: page}
+	res := ListResult{Versions: page, Count: len(page), TotalCount: total, Page: q.Page, Limit: q.Limit}
 	if more {
 		res.NextCursor = encodeCursor(template, page[len(page)-1].Number)
 	}
@@ -89,31 +120,25 @@ func (f *Function) restoreVersion(w http.ResponseWriter, r *http.Request, who au
 	if err != nil {
 		return err
 	}
-	res, err := f.store.Restore(r.Context(), who, template, n, func(ctx context.Context, tx pgx.Tx, res RestoreResult) error {
-		return f.queueRestored(ctx, tx, who, res)
+	var res Restored
+	err = f.svc.Commit(r.Context(), func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		var err error
+		if res, err = restoreVersion(r.Context(), tx, f.rules, who, template, n, clientIP(r)); err != nil {
+			return nil, err
+		}
+		return restoredEvents(res, who.Subject)
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("restore version %d of %q: %w", n, template, err)
 	}
-	f.Outbox.Kick() // the relay sends after commit; the response does not wait
-	runtime.WriteJSON(w, http.StatusOK, res)
+	runtime.WriteJSON(w, http.StatusOK, RestoreResult{
+		Message:    "Version restored successfully",
+		TemplateID: res.TemplateID,
+		Version:    res.Version,
+		Backup:     res.Backup,
+		Template:   res.Template,
+	})
 	return nil
-}
-
-func (f *Function) queueRestored(ctx context.Context, tx pgx.Tx, who authn.Identity, res RestoreResult) error {
-	restored, err := events.New(Name, events.TemplateVersionRestored, events.TemplateVersionRestoredData{
-		TemplateID: res.TemplateID, Version: res.Restored, BackupVersion: res.Backup.Number, RestoredBy: who.Subject,
-	})
-	if err != nil {
-		return err
-	}
-	updated, err := events.New(Name, events.TemplateUpdated, events.TemplateUpdatedData{
-		TemplateID: res.TemplateID, UserID: who.Subject, Change: "restored",
-	})
-	if err != nil {
-		return err
-	}
-	return f.Outbox.Add(ctx, tx, restored, updated)
 }
 
 func (f *Function) diffVersion(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
@@ -129,9 +154,9 @@ func (f *Function) diffVersion(w http.ResponseWriter, r *http.Request, who authn
 	if err != nil {
 		return err
 	}
-	from, to, err := f.store.Documents(r.Context(), who, template, n, against)
+	from, to, err := documents(r.Context(), f.svc.Pool, who, template, n, against)
 	if err != nil {
-		return err
+		return db.Classify(err)
 	}
 	d, err := Compare(from, to)
 	if err != nil {

@@ -20,6 +20,7 @@ const (
 	NotFound        Kind = "not_found"
 	Conflict        Kind = "conflict"
 	TooLarge        Kind = "too_large"
+	Unprocessable   Kind = "unprocessable" // well-formed, but the answer would exceed a limit (a diff too large to return)
 	Unavailable     Kind = "unavailable"
 	Internal        Kind = "internal"
 )
@@ -94,6 +95,7 @@ var table = map[Kind]statuses{
 	NotFound:        {http.StatusNotFound, http.StatusBadRequest},
 	Conflict:        {http.StatusConflict, http.StatusBadRequest},
 	TooLarge:        {http.StatusRequestEntityTooLarge, http.StatusRequestEntityTooLarge},
+	Unprocessable:   {http.StatusUnprocessableEntity, http.StatusUnprocessableEntity},
 	Unavailable:     {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	Internal:        {http.StatusInternalServerError, http.StatusInternalServerError},
 }

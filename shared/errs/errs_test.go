@@ -23,6 +23,7 @@ func TestStatusTable(t *testing.T) {
 		{errs.E(errs.NotFound, "x"), 404, 400, false},
 		{errs.E(errs.Conflict, "x"), 409, 400, false},
 		{errs.E(errs.TooLarge, "x"), 413, 413, false},
+		{errs.E(errs.Unprocessable, "x"), 422, 422, false},
 		{errs.E(errs.Unavailable, "x"), 503, 503, true},
 		{errs.E(errs.Internal, "x"), 500, 500, true},
 		{errors.New("plain"), 500, 500, true},
