@@ -6,126 +6,116 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
-	"strings"
 	"testing"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/errs"
 )
 
-// dataTypes maps every event type to its Go struct.
-var dataTypes = map[string]any{
-	events.Ping:                     events.PingData{},
-	events.SessionCreated:           events.SessionCreatedData{},
-	events.SessionTerminated:        events.SessionTerminatedData{},
-	events.SessionTagsUpdated:       events.SessionTagsUpdatedData{},
-	events.AutoscaleScaled:          events.AutoscaleScaledData{},
-	events.AutoscaleFailed:          events.AutoscaleFailedData{},
-	events.SnapshotRequested:        events.SnapshotRequestedData{},
-	events.SnapshotProgress:         events.SnapshotProgressData{},
-	events.SnapshotCompleted:        events.SnapshotCompletedData{},
-	events.SnapshotFailed:           events.SnapshotFailedData{},
-	events.RestoreRequested:         events.RestoreRequestedData{},
-	events.RestoreProgress:          events.RestoreProgressData{},
-	events.RestoreCompleted:         events.RestoreCompletedData{},
-	events.RestoreFailed:            events.RestoreFailedData{},
-	events.TemplateUpdated:          events.TemplateUpdatedData{},
-	events.TemplateShared:           events.TemplateSharedData{},
-	events.TemplateShareRevoked:     events.TemplateShareRevokedData{},
-	events.TemplateVersionCreated:   events.TemplateVersionCreatedData{},
-	events.TemplateVersionRestored:  events.TemplateVersionRestoredData{},
-	events.NotificationCreated:      events.NotificationCreatedData{},
-	events.IntegrationTested:        events.IntegrationTestedData{},
-	events.IntegrationHealthChanged: events.IntegrationHealthChangedData{},
-	events.UserLogin:                events.UserLoginData{},
+// eventTypes is the table of every event type (the subtest name) and its Go
+// struct; the tests below run one subtest per row.
+var eventTypes = []struct {
+	name string // the event type
+	zero any    // its data struct, zero-valued
+}{
+	{name: events.Ping, zero: events.PingData{}},
+	{name: events.SessionCreated, zero: events.SessionCreatedData{}},
+	{name: events.SessionTerminated, zero: events.SessionTerminatedData{}},
+	{name: events.SessionTagsUpdated, zero: events.SessionTagsUpdatedData{}},
+	{name: events.AutoscaleScaled, zero: events.AutoscaleScaledData{}},
+	{name: events.AutoscaleFailed, zero: events.AutoscaleFailedData{}},
+	{name: events.SnapshotRequested, zero: events.SnapshotRequestedData{}},
+	{name: events.SnapshotProgress, zero: events.SnapshotProgressData{}},
+	{name: events.SnapshotCompleted, zero: events.SnapshotCompletedData{}},
+	{name: events.SnapshotFailed, zero: events.SnapshotFailedData{}},
+	{name: events.RestoreRequested, zero: events.RestoreRequestedData{}},
+	{name: events.RestoreProgress, zero: events.RestoreProgressData{}},
+	{name: events.RestoreCompleted, zero: events.RestoreCompletedData{}},
+	{name: events.RestoreFailed, zero: events.RestoreFailedData{}},
+	{name: events.TemplateUpdated, zero: events.TemplateUpdatedData{}},
+	{name: events.TemplateShared, zero: events.TemplateSharedData{}},
+	{name: events.TemplateShareRevoked, zero: events.TemplateShareRevokedData{}},
+	{name: events.TemplateVersionCreated, zero: events.TemplateVersionCreatedData{}},
+	{name: events.TemplateVersionRestored, zero: events.TemplateVersionRestoredData{}},
+	{name: events.NotificationCreated, zero: events.NotificationCreatedData{}},
+	{name: events.IntegrationTested, zero: events.IntegrationTestedData{}},
+	{name: events.IntegrationHealthChanged, zero: events.IntegrationHealthChangedData{}},
+	{name: events.UserLogin, zero: events.UserLoginData{}},
 }
 
 func load(t *testing.T, path string) cloudevents.Event {
 	t.Helper()
 	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var e cloudevents.Event
-	if err := json.Unmarshal(raw, &e); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
+	require.NoError(t, json.Unmarshal(raw, &e), path)
 	return e
 }
 
 func TestEveryTypeHasSchemaStructAndSamples(t *testing.T) {
 	types := events.Types()
 	slices.Sort(types)
-	var want []string
-	for typ := range dataTypes {
-		want = append(want, typ)
+	var structs []string
+	for _, tc := range eventTypes {
+		structs = append(structs, tc.name)
 	}
-	slices.Sort(want)
-	if !slices.Equal(types, want) {
-		t.Fatalf("schemas cover %v, structs cover %v", types, want)
-	}
-	for _, typ := range types {
-		for _, dir := range []string{"../testdata/events", "../testdata/events/invalid"} {
-			if _, err := os.Stat(filepath.Join(dir, typ+".json")); err != nil {
-				t.Errorf("%s: no sample in %s", typ, dir)
-			}
-		}
-	}
-}
+	slices.Sort(structs)
+	require.Equal(t, structs, types, "schemas (got) must cover exactly the types with a struct (want)")
 
-func TestSamplesValidateAndRoundTrip(t *testing.T) {
-	for typ, zero := range dataTypes {
-		t.Run(typ, func(t *testing.T) {
-			e := load(t, filepath.Join("../testdata/events", typ+".json"))
-			if err := events.Validate(e); err != nil {
-				t.Fatalf("sample refused: %v", err)
-			}
-			if got, want := e.DataSchema(), events.SchemaURI(typ); got != want {
-				t.Errorf("dataschema %q, want %q", got, want)
-			}
-			// Data → struct → JSON must give back the same document.
-			ptr := reflect.New(reflect.TypeOf(zero))
-			if err := json.Unmarshal(e.Data(), ptr.Interface()); err != nil {
-				t.Fatal(err)
-			}
-			again, err := json.Marshal(ptr.Interface())
-			if err != nil {
-				t.Fatal(err)
-			}
-			var a, b any
-			json.Unmarshal(e.Data(), &a)
-			json.Unmarshal(again, &b)
-			if !reflect.DeepEqual(a, b) {
-				t.Errorf("round trip changed data:\n got  %s\n want %s", again, e.Data())
-			}
-			// And New builds a valid event from the struct.
-			built, err := events.New("test", typ, ptr.Elem().Interface())
-			if err != nil {
-				t.Fatalf("New: %v", err)
-			}
-			if built.Source() != "/streamspace/functions/test" || built.ID() == "" || built.Time().IsZero() {
-				t.Errorf("New left attributes unset: %s", built)
+	tests := []struct {
+		name string
+		dir  string
+	}{
+		{name: "valid sample", dir: "../testdata/events"},
+		{name: "invalid sample", dir: "../testdata/events/invalid"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, typ := range types {
+				assert.FileExists(t, filepath.Join(tc.dir, typ+".json"), "%s: no sample in %s", typ, tc.dir)
 			}
 		})
 	}
 }
 
+func TestSamplesValidateAndRoundTrip(t *testing.T) {
+	tests := eventTypes
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := load(t, filepath.Join("../testdata/events", tc.name+".json"))
+			require.NoError(t, events.Validate(e), "sample refused")
+			assert.Equal(t, events.SchemaURI(tc.name), e.DataSchema(), "dataschema")
+
+			// Data → struct → JSON must give back the same document.
+			ptr := reflect.New(reflect.TypeOf(tc.zero))
+			require.NoError(t, json.Unmarshal(e.Data(), ptr.Interface()))
+			again, err := json.Marshal(ptr.Interface())
+			require.NoError(t, err)
+			assert.JSONEq(t, string(e.Data()), string(again), "round trip changed data")
+
+			// And New builds a valid event from the struct.
+			built, err := events.New("test", tc.name, ptr.Elem().Interface())
+			require.NoError(t, err, "New")
+			assert.Equal(t, "/streamspace/functions/test", built.Source(), "New left source unset: %s", built)
+			assert.NotEmpty(t, built.ID(), "New left id unset: %s", built)
+			assert.False(t, built.Time().IsZero(), "New left time unset: %s", built)
+		})
+	}
+}
+
 func TestInvalidSamplesAreRefusedNamingTheField(t *testing.T) {
-	for typ := range dataTypes {
-		t.Run(typ, func(t *testing.T) {
-			e := load(t, filepath.Join("../testdata/events/invalid", typ+".json"))
+	tests := eventTypes
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := load(t, filepath.Join("../testdata/events/invalid", tc.name+".json"))
 			err := events.Validate(e)
-			if err == nil {
-				t.Fatal("invalid sample accepted")
-			}
-			if k := errs.KindOf(err); k != errs.Invalid {
-				t.Errorf("kind %q, want invalid", k)
-			}
-			if !strings.Contains(err.Error(), "/") {
-				t.Errorf("message %q names no field", err)
-			}
+			require.Error(t, err, "invalid sample accepted")
+			assert.Equal(t, errs.Invalid, errs.KindOf(err), "kind")
+			assert.Contains(t, err.Error(), "/", "message names no field")
 		})
 	}
 }
@@ -137,37 +127,43 @@ func TestValidateRefuses(t *testing.T) {
 		mutate func(*cloudevents.Event)
 		want   string
 	}{
-		{"unknown type", func(e *cloudevents.Event) { e.SetType("io.streamspace.nope.v1") }, "unknown event type"},
-		{"no data", func(e *cloudevents.Event) { e.DataEncoded = nil }, "data of"},
-		{"not json", func(e *cloudevents.Event) { e.DataEncoded = []byte("{") }, "not JSON"},
-		{"xml content type", func(e *cloudevents.Event) { e.SetDataContentType("application/xml") }, "datacontenttype"},
-		{"missing id", func(e *cloudevents.Event) { e.SetID("") }, "invalid cloudevent"},
-		{"missing field", func(e *cloudevents.Event) { e.DataEncoded = []byte(`{"change":"updated"}`) }, "templateId"},
+		{name: "unknown type", mutate: func(e *cloudevents.Event) { e.SetType("io.streamspace.nope.v1") }, want: "unknown event type"},
+		{name: "no data", mutate: func(e *cloudevents.Event) { e.DataEncoded = nil }, want: "data of"},
+		{name: "not json", mutate: func(e *cloudevents.Event) { e.DataEncoded = []byte("{") }, want: "not JSON"},
+		{name: "xml content type", mutate: func(e *cloudevents.Event) { e.SetDataContentType("application/xml") }, want: "datacontenttype"},
+		{name: "missing id", mutate: func(e *cloudevents.Event) { e.SetID("") }, want: "invalid cloudevent"},
+		{name: "missing field", mutate: func(e *cloudevents.Event) { e.DataEncoded = []byte(`{"change":"updated"}`) }, want: "templateId"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := good.Clone()
 			tc.mutate(&e)
-			err := events.Validate(e)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("got %v, want error containing %q", err, tc.want)
-			}
+			assert.ErrorContains(t, events.Validate(e), tc.want)
 		})
 	}
 }
 
 func TestNewRefusesInvalidData(t *testing.T) {
-	_, err := events.New("tags", events.TemplateUpdated, events.TemplateUpdatedData{Change: "updated"})
-	if err == nil {
-		t.Fatal("New accepted data without templateId")
+	tests := []struct {
+		name string
+		typ  string
+		data any
+	}{
+		{name: "no templateId", typ: events.TemplateUpdated, data: events.TemplateUpdatedData{Change: "updated"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := events.New("tags", tc.typ, tc.data)
+			assert.Error(t, err, "New accepted invalid data")
+		})
 	}
 }
 
 func TestEveryRoutedTypeHasASchema(t *testing.T) {
 	types := events.Types()
 	for _, r := range events.Routes {
-		if !slices.Contains(types, r.Type) {
-			t.Errorf("route %+v: no schema", r)
-		}
+		t.Run(r.Type+" to "+r.Function, func(t *testing.T) {
+			assert.Contains(t, types, r.Type, "route %+v: no schema", r)
+		})
 	}
 }

@@ -7,54 +7,59 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+
 	"github.com/streamspace-dev/functions/shared/errs"
 )
 
 func TestStatusTable(t *testing.T) {
+	// Knative retries 404, 408, 409 and 429: no final outcome may use them.
+	knativeRetries := []int{http.StatusNotFound, http.StatusRequestTimeout, http.StatusConflict, http.StatusTooManyRequests}
+
 	tests := []struct {
+		name        string
 		err         error
 		rest, event int
 		retry       bool
 	}{
-		{errs.E(errs.Invalid, "x"), 400, 400, false},
-		{errs.E(errs.Unauthenticated, "x"), 401, 401, false},
-		{errs.E(errs.Forbidden, "x"), 403, 403, false},
+		{name: "invalid", err: errs.E(errs.Invalid, "x"), rest: 400, event: 400, retry: false},
+		{name: "unauthenticated", err: errs.E(errs.Unauthenticated, "x"), rest: 401, event: 401, retry: false},
+		{name: "forbidden", err: errs.E(errs.Forbidden, "x"), rest: 403, event: 403, retry: false},
 		// Knative retries 404 and 409: on the event path they are final 400s.
-		{errs.E(errs.NotFound, "x"), 404, 400, false},
-		{errs.E(errs.Conflict, "x"), 409, 400, false},
-		{errs.E(errs.TooLarge, "x"), 413, 413, false},
-		{errs.E(errs.Unprocessable, "x"), 422, 422, false},
-		{errs.E(errs.Unavailable, "x"), 503, 503, true},
-		{errs.E(errs.Internal, "x"), 500, 500, true},
-		{errors.New("plain"), 500, 500, true},
-		{context.DeadlineExceeded, 503, 503, true},
-		{fmt.Errorf("wrapped: %w", errs.E(errs.NotFound, "x")), 404, 400, false},
+		{name: "not found", err: errs.E(errs.NotFound, "x"), rest: 404, event: 400, retry: false},
+		{name: "conflict", err: errs.E(errs.Conflict, "x"), rest: 409, event: 400, retry: false},
+		{name: "too large", err: errs.E(errs.TooLarge, "x"), rest: 413, event: 413, retry: false},
+		{name: "unprocessable", err: errs.E(errs.Unprocessable, "x"), rest: 422, event: 422, retry: false},
+		{name: "unavailable", err: errs.E(errs.Unavailable, "x"), rest: 503, event: 503, retry: true},
+		{name: "internal", err: errs.E(errs.Internal, "x"), rest: 500, event: 500, retry: true},
+		{name: "plain error", err: errors.New("plain"), rest: 500, event: 500, retry: true},
+		{name: "deadline exceeded", err: context.DeadlineExceeded, rest: 503, event: 503, retry: true},
+		{name: "wrapped not found", err: fmt.Errorf("wrapped: %w", errs.E(errs.NotFound, "x")), rest: 404, event: 400, retry: false},
 	}
 	for _, tc := range tests {
-		if got := errs.HTTPStatus(tc.err); got != tc.rest {
-			t.Errorf("HTTPStatus(%v) = %d, want %d", tc.err, got, tc.rest)
-		}
-		if got := errs.EventStatus(tc.err); got != tc.event {
-			t.Errorf("EventStatus(%v) = %d, want %d", tc.err, got, tc.event)
-		}
-		if got := errs.Retryable(tc.err); got != tc.retry {
-			t.Errorf("Retryable(%v) = %v, want %v", tc.err, got, tc.retry)
-		}
-		// Knative retries 404, 408, 409 and 429: no final outcome may use them.
-		if s := errs.EventStatus(tc.err); s < 500 && (s == http.StatusNotFound || s == http.StatusRequestTimeout || s == http.StatusConflict || s == http.StatusTooManyRequests) {
-			t.Errorf("EventStatus(%v) = %d, which Knative would retry", tc.err, s)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.rest, errs.HTTPStatus(tc.err), "HTTPStatus(%v)", tc.err)
+			assert.Equal(t, tc.event, errs.EventStatus(tc.err), "EventStatus(%v)", tc.err)
+			assert.Equal(t, tc.retry, errs.Retryable(tc.err), "Retryable(%v)", tc.err)
+			s := errs.EventStatus(tc.err)
+			assert.NotContains(t, knativeRetries, s, "EventStatus(%v) = %d, which Knative would retry", tc.err, s)
+		})
 	}
 }
 
 func TestMessagesKeepInternalsInside(t *testing.T) {
-	if got := errs.Message(errors.New("pq: password authentication failed for user app")); got != "internal error" {
-		t.Errorf("internal error shown as %q", got)
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{name: "a plain error shows as internal", err: errors.New("pq: password authentication failed for user app"), want: "internal error"},
+		{name: "a client error shows its message without the cause", err: errs.Wrap(errs.Invalid, errors.New("secret cause"), "tags[0]: too long"), want: "tags[0]: too long"},
+		{name: "an Internal error's message does not leak", err: errs.Wrap(errs.Internal, errors.New("secret"), "boom"), want: "internal error"},
 	}
-	if got := errs.Message(errs.Wrap(errs.Invalid, errors.New("secret cause"), "tags[0]: too long")); got != "tags[0]: too long" {
-		t.Errorf("got %q, want the client message without the cause", got)
-	}
-	if got := errs.Message(errs.Wrap(errs.Internal, errors.New("secret"), "boom")); got != "internal error" {
-		t.Errorf("an Internal error's message leaked: %q", got)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, errs.Message(tc.err))
+		})
 	}
 }
