@@ -20,9 +20,11 @@ import (
 	"sync"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -60,14 +62,40 @@ type overlay struct {
 	// ingress: the REST routes come in through a Kubernetes Ingress on
 	// StreamSpace's host instead of the Gateway API HTTPRoute.
 	ingress bool
+	// pgbouncer: the overlay built with the PgBouncer component, as an
+	// operator turns it on (withPgBouncer); dir is then the overlay folder.
+	pgbouncer bool
+	dir       string
 }
 
-// overlays are every overlay under deploy/overlays.
+// overlays are every overlay under deploy/overlays, each also with the
+// PgBouncer component.
 var overlays = []overlay{
 	{name: "functions"},
 	{name: "all-in-one", allInOne: true},
 	{name: "ingress", ingress: true},
 	{name: "all-in-one-ingress", allInOne: true, ingress: true},
+	{name: "functions+pgbouncer", dir: "functions", pgbouncer: true},
+	{name: "all-in-one+pgbouncer", dir: "all-in-one", allInOne: true, pgbouncer: true},
+	{name: "ingress+pgbouncer", dir: "ingress", ingress: true, pgbouncer: true},
+	{name: "all-in-one-ingress+pgbouncer", dir: "all-in-one-ingress", allInOne: true, ingress: true, pgbouncer: true},
+}
+
+// folder is the overlay's folder under deploy/overlays.
+func (ov overlay) folder() string {
+	if ov.dir != "" {
+		return ov.dir
+	}
+	return ov.name
+}
+
+// functionsDatabaseKey is the key of Secret streamspace-database the
+// function Services read DATABASE_URL from.
+func (ov overlay) functionsDatabaseKey() string {
+	if ov.pgbouncer {
+		return pooledDatabaseKey
+	}
+	return databaseKey
 }
 
 // kinds maps apiVersion/kind to the Go type every document of that kind is
@@ -80,6 +108,8 @@ var kinds = map[string]func() any{
 	"v1/Service":                                       func() any { return &corev1.Service{} },
 	"v1/ServiceAccount":                                func() any { return &corev1.ServiceAccount{} },
 	"batch/v1/Job":                                     func() any { return &batchv1.Job{} },
+	"apps/v1/Deployment":                               func() any { return &appsv1.Deployment{} },
+	"policy/v1/PodDisruptionBudget":                    func() any { return &policyv1.PodDisruptionBudget{} },
 	"networking.k8s.io/v1/NetworkPolicy":               func() any { return &networkingv1.NetworkPolicy{} },
 	"networking.k8s.io/v1/Ingress":                     func() any { return &networkingv1.Ingress{} },
 	"rbac.authorization.k8s.io/v1/Role":                func() any { return &rbacv1.Role{} },
@@ -107,6 +137,7 @@ var kubeAccess = map[string][]rbacv1.PolicyRule{
 // configKeys are the keys of the shared ConfigMap (docs/runtime.md).
 var configKeys = []string{
 	"AUTH_AUDIENCE", "AUTH_ISSUER", "AUTH_JWKS_URL", "AUTH_ROLE_CLAIM",
+	"DATABASE_LOCK_TIMEOUT", "DATABASE_POOL_IDLE", "DATABASE_POOL_MAX", "DATABASE_POOL_MIN", "DATABASE_STATEMENT_TIMEOUT",
 	"S3_BUCKET", "S3_ENDPOINT", "S3_FORCE_PATH_STYLE", "S3_REGION",
 	"STREAMSPACE_NAMESPACE",
 }
@@ -115,6 +146,8 @@ const (
 	configMapName  = "streamspace-functions"
 	databaseSecret = "streamspace-database"
 	databaseKey    = "url"
+	// The functions' DATABASE_URL through PgBouncer, with its component.
+	pooledDatabaseKey = "pgbouncer-url"
 	componentLabel = "app.kubernetes.io/component"
 	functionComp   = "function"
 	deadLetterComp = "dead-letter"
@@ -174,7 +207,11 @@ func loadOverlay(t *testing.T, ov overlay) *build {
 		return b
 	}
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	resMap, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join("overlays", ov.name))
+	fs, dir := filesys.MakeFsOnDisk(), filepath.Join("overlays", ov.name)
+	if ov.pgbouncer {
+		fs, dir = withPgBouncer(t), filepath.Join(pgbouncerRoot, "overlays", ov.folder())
+	}
+	resMap, err := k.Run(fs, dir)
 	require.NoError(t, err, "kustomize build overlays/%s", ov.name)
 	b := &build{overlay: ov}
 	for _, r := range resMap.Resources() {
@@ -439,15 +476,28 @@ func TestObjects(t *testing.T) {
 				assert.Equal(t, "streamspace", meta.GetLabels()["app.kubernetes.io/part-of"], "%s: label app.kubernetes.io/part-of", o)
 			}
 			assert.Len(t, all[*corev1.Namespace](b), 1, "want one Namespace")
-			cms := all[*corev1.ConfigMap](b)
-			require.Len(t, cms, 1)
-			require.Equal(t, configMapName, cms[0].Name)
+			cms := map[string]*corev1.ConfigMap{}
+			for _, cm := range all[*corev1.ConfigMap](b) {
+				cms[cm.Name] = cm
+			}
+			require.Contains(t, cms, configMapName)
 			var keys []string
-			for k := range cms[0].Data {
+			for k := range cms[configMapName].Data {
 				keys = append(keys, k)
 			}
 			sort.Strings(keys)
 			assert.Equal(t, configKeys, keys, "ConfigMap keys")
+			delete(cms, configMapName)
+			if ov.pgbouncer {
+				// pgbouncer.ini, from the component's generator.
+				require.Len(t, cms, 1, "ConfigMaps besides %s", configMapName)
+				for name, cm := range cms {
+					assert.True(t, strings.HasPrefix(name, pgbouncerName+"-"), "ConfigMap %s", name)
+					assert.Contains(t, cm.Data, pgbouncerIni, "ConfigMap %s", name)
+				}
+			} else {
+				assert.Empty(t, cms, "ConfigMaps besides %s", configMapName)
+			}
 		})
 	}
 }
@@ -877,7 +927,7 @@ func TestServices(t *testing.T) {
 				if s.Labels[componentLabel] == functionComp {
 					assert.True(t, c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path == readinessPath, "%s: readiness probe must GET %s", where, readinessPath)
 					assert.True(t, c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path == livenessPath, "%s: liveness probe must GET %s", where, livenessPath)
-					checkFunctionEnv(t, where, c)
+					checkFunctionEnv(t, where, c, ov.functionsDatabaseKey())
 				}
 			}
 			jobs := all[*batchv1.Job](b)
@@ -887,8 +937,36 @@ func TestServices(t *testing.T) {
 				assert.True(t, spec.ServiceAccountName != "" && sas[spec.ServiceAccountName] != nil, "Job %s: needs its own ServiceAccount", j.Name)
 				for _, c := range spec.Containers {
 					checkContainer(t, "Job "+j.Name, c, false)
-					assert.True(t, hasDatabaseURL(c), "Job %s: DATABASE_URL must come from Secret %s key %s", j.Name, databaseSecret, databaseKey)
+					// Migrations hold a session-level advisory lock: always
+					// straight to PostgreSQL, PgBouncer or not.
+					assert.True(t, hasDatabaseURL(c, databaseKey), "Job %s: DATABASE_URL must come from Secret %s key %s", j.Name, databaseSecret, databaseKey)
 				}
+			}
+			deployments := all[*appsv1.Deployment](b)
+			if ov.pgbouncer {
+				assert.Len(t, deployments, 1, "want the one PgBouncer Deployment")
+			} else {
+				assert.Empty(t, deployments, "no Deployment without the PgBouncer component")
+			}
+			for _, d := range deployments {
+				where := "Deployment " + d.Name
+				spec := d.Spec.Template.Spec
+				saName := spec.ServiceAccountName
+				assert.True(t, saName != "" && saName != "default" && sas[saName] != nil && usedBy[saName] == "", "%s: needs a ServiceAccount of its own", where)
+				usedBy[saName] = d.Name
+				psc := spec.SecurityContext
+				// A non-ko image names its user; the kubelet can only hold
+				// runAsNonRoot against a number.
+				assert.True(t, psc != nil && psc.RunAsNonRoot != nil && *psc.RunAsNonRoot && psc.RunAsUser != nil && *psc.RunAsUser > 0 &&
+					psc.SeccompProfile != nil && psc.SeccompProfile.Type == corev1.SeccompProfileTypeRuntimeDefault,
+					"%s: pod securityContext %+v: want runAsNonRoot with a numeric runAsUser and RuntimeDefault seccomp", where, psc)
+				require.Len(t, spec.Containers, 1, where)
+				assert.Empty(t, spec.InitContainers, where)
+				c := spec.Containers[0]
+				checkRestricted(t, where, c)
+				assert.True(t, pinnedImage(c.Image), "%s: image %q must name a version (a tag other than latest, or a digest)", where, c.Image)
+				assert.NotNil(t, c.ReadinessProbe, "%s: readiness probe", where)
+				assert.NotNil(t, c.LivenessProbe, "%s: liveness probe", where)
 			}
 
 			// RBAC: each ServiceAccount gets exactly the rules of the
@@ -940,6 +1018,26 @@ func checkContainer(t *testing.T, where string, c corev1.Container, knative bool
 	t.Helper()
 	// What resolveKo made of ko://.
 	assert.True(t, strings.HasPrefix(c.Image, "registry.example.com/streamspace/"), "%s: image %q must be a ko:// import path", where, c.Image)
+	checkRestricted(t, where, c)
+	if knative {
+		assert.True(t, len(c.Ports) == 1 && c.Ports[0].ContainerPort == 8080, "%s: want the one port 8080 (Knative passes it as PORT)", where)
+	}
+}
+
+// pinnedImage says whether an image reference names a version: a digest,
+// or a tag other than latest.
+func pinnedImage(ref string) bool {
+	if _, digest, ok := strings.Cut(ref, "@sha256:"); ok {
+		return regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(digest)
+	}
+	slash := strings.LastIndex(ref, "/")
+	colon := strings.LastIndex(ref, ":")
+	return colon > slash && ref[colon+1:] != "" && ref[colon+1:] != "latest"
+}
+
+// checkRestricted: requests and limits, and the restricted securityContext.
+func checkRestricted(t *testing.T, where string, c corev1.Container) {
+	t.Helper()
 	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
 		assert.Contains(t, c.Resources.Requests, r, "%s: request", where)
 		assert.Contains(t, c.Resources.Limits, r, "%s: limit", where)
@@ -952,23 +1050,22 @@ func checkContainer(t *testing.T, where string, c corev1.Container, knative bool
 		sc.SeccompProfile != nil && sc.SeccompProfile.Type == corev1.SeccompProfileTypeRuntimeDefault &&
 		(sc.Privileged == nil || !*sc.Privileged),
 		"%s: securityContext %+v is not restricted (runAsNonRoot, readOnlyRootFilesystem, no privilege escalation, drop ALL, RuntimeDefault seccomp)", where, sc)
-	if knative {
-		assert.True(t, len(c.Ports) == 1 && c.Ports[0].ContainerPort == 8080, "%s: want the one port 8080 (Knative passes it as PORT)", where)
-	}
 }
 
 // literalEnv are the only variables a function Service may set literally,
 // because their value belongs to its own volumes or to the event-auth
-// component; all other configuration is in the ConfigMap.
+// component, or is its own share of the connection budget; all other
+// configuration is in the ConfigMap.
 var literalEnv = []string{
 	jwtSecretEnv, "EVENT_AUTH_ISSUER", "EVENT_AUTH_AUDIENCE", "EVENT_AUTH_JWKS_URL", "EVENT_AUTH_SUBJECTS", "SSL_CERT_DIR",
+	poolMaxEnv,
 }
 
-func checkFunctionEnv(t *testing.T, where string, c corev1.Container) {
+func checkFunctionEnv(t *testing.T, where string, c corev1.Container, key string) {
 	t.Helper()
 	assert.True(t, len(c.EnvFrom) == 1 && c.EnvFrom[0].ConfigMapRef != nil && c.EnvFrom[0].ConfigMapRef.Name == configMapName,
 		"%s: environment must come from ConfigMap %s", where, configMapName)
-	assert.True(t, hasDatabaseURL(c), "%s: DATABASE_URL must come from Secret %s key %s", where, databaseSecret, databaseKey)
+	assert.True(t, hasDatabaseURL(c, key), "%s: DATABASE_URL must come from Secret %s key %s", where, databaseSecret, key)
 	for _, e := range c.Env {
 		if e.Value != "" {
 			assert.Contains(t, literalEnv, e.Name, "%s: literal env %s: configuration belongs in the ConfigMap", where, e.Name)
@@ -976,11 +1073,13 @@ func checkFunctionEnv(t *testing.T, where string, c corev1.Container) {
 	}
 }
 
-func hasDatabaseURL(c corev1.Container) bool {
+// hasDatabaseURL says whether the container's DATABASE_URL comes from that
+// key of Secret streamspace-database.
+func hasDatabaseURL(c corev1.Container, key string) bool {
 	for _, e := range c.Env {
 		if e.Name == "DATABASE_URL" {
 			return e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil &&
-				e.ValueFrom.SecretKeyRef.Name == databaseSecret && e.ValueFrom.SecretKeyRef.Key == databaseKey
+				e.ValueFrom.SecretKeyRef.Name == databaseSecret && e.ValueFrom.SecretKeyRef.Key == key
 		}
 	}
 	return false
@@ -1011,6 +1110,12 @@ func TestStreamSpaceSecret(t *testing.T) {
 			}
 			for _, s := range all[*servingv1.Service](b) {
 				containers = append(containers, s.Spec.Template.Spec.Containers...)
+			}
+			for _, d := range all[*appsv1.Deployment](b) {
+				containers = append(containers, d.Spec.Template.Spec.Containers...)
+				for _, v := range d.Spec.Template.Spec.Volumes {
+					assert.False(t, v.Secret != nil && v.Secret.SecretName == jwtSecretName, "Deployment %s mounts the JWT Secret", d.Name)
+				}
 			}
 			for _, c := range containers {
 				for _, e := range c.Env {
@@ -1111,9 +1216,16 @@ func TestNetworkPolicy(t *testing.T) {
 	for _, ov := range overlays {
 		t.Run(ov.name, func(t *testing.T) {
 			b := loadOverlay(t, ov)
-			nps := all[*networkingv1.NetworkPolicy](b)
-			require.Len(t, nps, 1)
-			np := nps[0]
+			var np *networkingv1.NetworkPolicy
+			for _, p := range all[*networkingv1.NetworkPolicy](b) {
+				if p.Name == functionsPolicy {
+					np = p
+				} else {
+					// PgBouncer's own, checked in TestPgBouncer.
+					assert.True(t, ov.pgbouncer && p.Name == pgbouncerPolicy, "NetworkPolicy %s", p.Name)
+				}
+			}
+			require.NotNil(t, np, "NetworkPolicy %s", functionsPolicy)
 			assert.Equal(t, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}, np.Spec.PolicyTypes)
 			sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 			require.NoError(t, err)
@@ -1185,21 +1297,27 @@ func TestImagesAreMainPackages(t *testing.T) {
 	assert.Equal(t, paths, listed, "go list reports one package for each image")
 }
 
-// TestEveryOverlayIsChecked: each folder under overlays/ is in overlays, so
-// none is deployed unchecked.
+// TestEveryOverlayIsChecked: each folder under overlays/ is in overlays,
+// with and without PgBouncer, so none is deployed unchecked.
 func TestEveryOverlayIsChecked(t *testing.T) {
 	entries, err := os.ReadDir("overlays")
 	require.NoError(t, err)
-	var dirs, checked []string
+	var dirs, direct, pooled []string
 	for _, e := range entries {
 		if e.IsDir() {
 			dirs = append(dirs, e.Name())
 		}
 	}
 	for _, ov := range overlays {
-		checked = append(checked, ov.name)
+		if ov.pgbouncer {
+			pooled = append(pooled, ov.folder())
+		} else {
+			direct = append(direct, ov.name)
+		}
 	}
 	sort.Strings(dirs)
-	sort.Strings(checked)
-	assert.Equal(t, dirs, checked)
+	sort.Strings(direct)
+	sort.Strings(pooled)
+	assert.Equal(t, dirs, direct, "overlays")
+	assert.Equal(t, dirs, pooled, "overlays with PgBouncer")
 }
