@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -759,5 +761,123 @@ func TestPgBouncer(t *testing.T) {
 			}
 			assert.True(t, pdb, "no PodDisruptionBudget for the PgBouncer pods")
 		})
+	}
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// setIni sets key in the [pgbouncer] section of an ini text it occurs in.
+func setIni(t *testing.T, text, key, value string) string {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(key) + `\s*=.*$`)
+	require.Len(t, re.FindAllString(text, -1), 1, "%s in %s", key, pgbouncerIni)
+	return re.ReplaceAllLiteralString(text, key+" = "+value)
+}
+
+// TestPgBouncerConfigLoads: Debian's PgBouncer (1.18, the version the
+// functions' tests run through) starts on the component's pgbouncer.ini as
+// it is, with only the paths and the port moved into a temporary
+// directory, and reports no error or warning about it.
+func TestPgBouncerConfigLoads(t *testing.T) {
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		bin, err = exec.LookPath("/usr/sbin/pgbouncer")
+	}
+	if err != nil {
+		t.Skip("Debian's pgbouncer package is not installed (apt-get install pgbouncer)")
+	}
+	b := loadOverlay(t, overlayNamed(t, "functions+pgbouncer"))
+	var d *appsv1.Deployment
+	cms := map[string]*corev1.ConfigMap{}
+	for _, o := range b.objects {
+		switch v := o.obj.(type) {
+		case *appsv1.Deployment:
+			d = v
+		case *corev1.ConfigMap:
+			cms[v.Name] = v
+		}
+	}
+	require.NotNil(t, d)
+	var text string
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.ConfigMap != nil && cms[v.ConfigMap.Name] != nil {
+			text = cms[v.ConfigMap.Name].Data[pgbouncerIni]
+		}
+	}
+	require.NotEmpty(t, text)
+
+	// PgBouncer refuses to run as root; it runs as nobody then, so the
+	// directory and its files must be readable to all.
+	dir := t.TempDir()
+	require.NoError(t, os.Chmod(filepath.Dir(dir), 0o755))
+	require.NoError(t, os.Chmod(dir, 0o755))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+	tests := []struct{ key, value string }{
+		{"listen_addr", "127.0.0.1"},
+		{"listen_port", strconv.Itoa(port)},
+		{"auth_file", filepath.Join(dir, userlistKey)},
+	}
+	for _, tc := range tests {
+		text = setIni(t, text, tc.key, tc.value)
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, userlistKey), []byte(`"streamspace" "not-a-secret"`+"\n"), 0o644))
+	ini := filepath.Join(dir, pgbouncerIni)
+	require.NoError(t, os.WriteFile(ini, []byte(text), 0o644))
+
+	args := []string{bin, ini}
+	if os.Geteuid() == 0 {
+		args = append([]string{"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	require.Eventually(t, func() bool {
+		select {
+		case err := <-exited:
+			exited <- err
+			return true
+		default:
+		}
+		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			_ = c.Close()
+		}
+		return err == nil
+	}, 30*time.Second, 50*time.Millisecond)
+	select {
+	case err := <-exited:
+		exited <- err
+		require.Failf(t, "pgbouncer exited", "%v:\n%s", err, out.String())
+	default:
+	}
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), "process up") }, 30*time.Second, 50*time.Millisecond, out.String())
+	for _, bad := range []string{"WARNING", "ERROR", "FATAL"} {
+		assert.NotContains(t, out.String(), bad)
 	}
 }

@@ -148,10 +148,10 @@ const (
 	databaseKey    = "url"
 	// The functions' DATABASE_URL through PgBouncer, with its component.
 	pooledDatabaseKey = "pgbouncer-url"
-	componentLabel = "app.kubernetes.io/component"
-	functionComp   = "function"
-	deadLetterComp = "dead-letter"
-	koPrefix       = "ko://"
+	componentLabel    = "app.kubernetes.io/component"
+	functionComp      = "function"
+	deadLetterComp    = "dead-letter"
+	koPrefix          = "ko://"
 
 	// StreamSpace's chart keeps JWT_SECRET in the Secret <release>-secrets,
 	// key jwt-secret; REST-serving functions mount it as a file.
@@ -703,6 +703,71 @@ func TestNothingPublic(t *testing.T) {
 			require.Empty(t, ingresses)
 			require.Len(t, routes, 1)
 			checkHTTPRoute(t, b, routes[0])
+		})
+	}
+}
+
+// TestInternalPathsNotRouted: what a function serves only inside the
+// cluster matches no rule of the HTTPRoute or the Ingress: /metrics, which
+// Prometheus scrapes from the pod, the /health probes of Knative's
+// queue-proxy, and the event path.
+func TestInternalPathsNotRouted(t *testing.T) {
+	tests := []struct{ name, path string }{
+		{"metrics", "/metrics"},
+		{"metrics with a slash", "/metrics/"},
+		{"health", "/health"},
+		{"readiness", "/health/readiness"},
+		{"liveness", "/health/liveness"},
+		{"event path", "/"},
+		{"all-in-one event path", "/events/tags"},
+	}
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
+			var routed []*regexp.Regexp
+			for _, r := range all[*gatewayv1.HTTPRoute](b) {
+				for _, rule := range r.Spec.Rules {
+					if len(rule.Matches) == 0 {
+						routed = append(routed, regexp.MustCompile(".*")) // a rule without matches takes every path
+					}
+					for _, m := range rule.Matches {
+						if m.Path == nil || m.Path.Type == nil || m.Path.Value == nil {
+							routed = append(routed, regexp.MustCompile(".*"))
+							continue
+						}
+						re, err := regexp.Compile(pathMatchRegexp(PathMatch{Type: string(*m.Path.Type), Value: *m.Path.Value}))
+						require.NoError(t, err)
+						routed = append(routed, re)
+					}
+				}
+			}
+			for _, ing := range all[*networkingv1.Ingress](b) {
+				if ing.Spec.DefaultBackend != nil {
+					routed = append(routed, regexp.MustCompile(".*"))
+				}
+				for _, rule := range ing.Spec.Rules {
+					if rule.HTTP == nil {
+						continue
+					}
+					for _, p := range rule.HTTP.Paths {
+						typ := "ImplementationSpecific"
+						if p.PathType != nil {
+							typ = string(*p.PathType)
+						}
+						re, err := regexp.Compile(templateRegexp(ingressPath{Type: typ, Value: p.Path}))
+						require.NoError(t, err)
+						routed = append(routed, re)
+					}
+				}
+			}
+			require.NotEmpty(t, routed, "no HTTPRoute or Ingress rules")
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					for _, re := range routed {
+						assert.False(t, re.MatchString(tc.path), "%s is routed from outside by %s", tc.path, re)
+					}
+				})
+			}
 		})
 	}
 }
