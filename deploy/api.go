@@ -2,8 +2,11 @@
 // Functions (kustomize: base/, functions/<name>/, overlays/) and the tests
 // that keep them honest: every document is decoded strictly into the
 // Knative and Kubernetes Go types and run through Knative's own SetDefaults
-// and Validate, the Triggers match the routing table in events/, and no
-// function's event path is reachable from outside the cluster.
+// and Validate, the Triggers match the routing table in events/, no
+// function's event path, /metrics or /health is reachable from outside the
+// cluster, and the PostgreSQL connections the functions may open fit the
+// budget on the ConfigMap in base/config.yaml, with and without the
+// PgBouncer component (components/pgbouncer).
 //
 // Some files are generated from the routing table and from APIPaths below:
 // each function folder's triggers.yaml, each overlay's Triggers, HTTPRoute

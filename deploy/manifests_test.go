@@ -761,6 +761,8 @@ func TestInternalPathsNotRouted(t *testing.T) {
 				}
 			}
 			require.NotEmpty(t, routed, "no HTTPRoute or Ingress rules")
+			// The control: the same matching sees a REST route.
+			require.True(t, anyMatch(routed, "/api/v1/search/filters/tags"), "the REST route of tags is not matched")
 			for _, tc := range tests {
 				t.Run(tc.name, func(t *testing.T) {
 					for _, re := range routed {
