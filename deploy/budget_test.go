@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/stretchr/testify/assert"
@@ -879,5 +880,41 @@ func TestPgBouncerConfigLoads(t *testing.T) {
 	require.Eventually(t, func() bool { return strings.Contains(out.String(), "process up") }, 30*time.Second, 50*time.Millisecond, out.String())
 	for _, bad := range []string{"WARNING", "ERROR", "FATAL"} {
 		assert.NotContains(t, out.String(), bad)
+	}
+}
+
+// TestPgBouncerPatchChecksItsTarget: the component's patch replaces the
+// Secret key of a Service's first variable only after testing that it is
+// DATABASE_URL, so a Service whose env starts otherwise fails the build
+// instead of being silently patched elsewhere.
+func TestPgBouncerPatchChecksItsTarget(t *testing.T) {
+	tests := []struct {
+		name, file, old, new string
+		wantErr              string
+	}{
+		{"as it is", "functions/tags/service.yaml", "", "", ""},
+		{"another variable first", "functions/tags/service.yaml",
+			"          env:\n            - name: DATABASE_URL\n",
+			"          env:\n            - name: PORT_NAME\n              value: http1\n            - name: DATABASE_URL\n",
+			"testing value /spec/template/spec/containers/0/env/0/name failed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mem, err := newPgBouncerFS()
+			require.NoError(t, err)
+			p := filepath.Join(pgbouncerRoot, tc.file)
+			data, err := mem.ReadFile(p)
+			require.NoError(t, err)
+			require.Contains(t, string(data), tc.old)
+			require.NoError(t, mem.WriteFile(p, []byte(strings.Replace(string(data), tc.old, tc.new, 1))))
+			k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+			_, err = k.Run(mem, filepath.Join(pgbouncerRoot, "overlays", "functions"))
+			if tc.wantErr == "" {
+				assert.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.wantErr)
+		})
 	}
 }
