@@ -392,6 +392,37 @@ func (o *Outbox) Run(ctx context.Context, every time.Duration) {
 	}
 }
 
+// Stats is what an operator watches of a function's outbox.
+type Stats struct {
+	// Queued is how many events wait in event_outbox.
+	Queued int64
+	// OldestAge is how long the oldest of them has waited; 0 when none.
+	OldestAge time.Duration
+	// DeadLetters is how many events are in event_dead_letters.
+	DeadLetters int64
+}
+
+// readStats counts a function's queued events, the age in seconds of the
+// oldest, and its dead letters, in one round trip. The tables hold only
+// what is in flight or awaits an operator, so the scans stay small.
+const readStats = `
+	select q.queued, q.oldest, d.dead
+	from (select count(*) as queued,
+	             coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as oldest
+	      from event_outbox where function = $1) as q,
+	     (select count(*) as dead from event_dead_letters where function = $1) as d`
+
+// Stats reads the function's backlog and dead letters, for /metrics.
+func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
+	var s Stats
+	var oldest float64
+	if err := o.pool.QueryRow(ctx, readStats, o.function).Scan(&s.Queued, &oldest, &s.DeadLetters); err != nil {
+		return Stats{}, fmt.Errorf("read outbox stats: %w", db.Classify(err))
+	}
+	s.OldestAge = time.Duration(oldest * float64(time.Second))
+	return s, nil
+}
+
 // tokenTransport adds the bearer token in file to every request; with no
 // file, the request goes without one. The token is never logged.
 type tokenTransport struct {

@@ -44,7 +44,7 @@ func BenchmarkNoopEvent(b *testing.B) {
 		mux.On("io.test.noop.v1", func(context.Context, cloudevents.Event) error { return nil })
 		var started atomic.Bool
 		started.Store(true)
-		h := runtime.Handler(noopFn{mux}, &started, logging.New(io.Discard, slog.LevelInfo), runtime.DefaultMaxBodyBytes)
+		h := runtime.Handler(noopFn{mux}, &started, logging.New(io.Discard, slog.LevelInfo), runtime.DefaultMaxBodyBytes, nil)
 		b.ReportAllocs()
 		for b.Loop() {
 			w := httptest.NewRecorder()

@@ -7,6 +7,8 @@ import (
 	"runtime/debug"
 	"sync"
 	"time"
+
+	"github.com/streamspace-dev/functions/shared/metrics"
 )
 
 // requestLog collects what handlers learn about a request (event id, type,
@@ -14,6 +16,9 @@ import (
 type requestLog struct {
 	mu    sync.Mutex
 	attrs []slog.Attr
+	// function and route name the REST route that served the request, if
+	// one did; the request is counted under them.
+	function, route string
 }
 
 type logKey struct{}
@@ -52,12 +57,14 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // middleware bounds the body, turns a panic into a 500 with the stack in the
-// log, and writes one log line per request.
-func middleware(next http.Handler, log *slog.Logger, maxBody int64) http.Handler {
+// log, writes one log line per request, and counts REST requests in reg,
+// which it passes on to the handlers in the request's context.
+func middleware(next http.Handler, log *slog.Logger, maxBody int64, reg *metrics.Registry) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rl := &requestLog{}
-		r = r.WithContext(context.WithValue(r.Context(), logKey{}, rl))
+		ctx := context.WithValue(r.Context(), logKey{}, rl)
+		r = r.WithContext(WithMetrics(ctx, reg))
 		sw := &statusWriter{ResponseWriter: w}
 		r.Body = http.MaxBytesReader(sw, r.Body, maxBody)
 
@@ -87,7 +94,11 @@ func middleware(next http.Handler, log *slog.Logger, maxBody int64) http.Handler
 			}
 			rl.mu.Lock()
 			attrs = append(attrs, rl.attrs...)
+			function, route := rl.function, rl.route
 			rl.mu.Unlock()
+			if route != "" {
+				reg.Request(function, route, sw.status)
+			}
 			log.LogAttrs(r.Context(), level, "request", attrs...)
 		}()
 		next.ServeHTTP(sw, r)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/metrics"
 )
 
 // Authenticator tells who sent a REST request.
@@ -60,6 +61,7 @@ func (m *Mux) Route(pattern string, h RouteHandler) {
 	m.patterns = append(m.patterns, pattern)
 	m.routes.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		AddLogAttrs(r.Context(), slog.String("function", m.function))
+		setRoute(r.Context(), m.function, pattern)
 		who, err := m.auth.Authenticate(r)
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="streamspace"`)
@@ -149,7 +151,7 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 				check.err = err
 				return
 			}
-			WriteEventError(w, r, err)
+			m.refuse(w, r, metrics.UnknownEventType, err)
 			return
 		}
 		AddLogAttrs(ctx, slog.String("sender", who.Subject))
@@ -157,16 +159,42 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 	if checking {
 		return
 	}
+	d := &delivery{}
+	r = r.WithContext(context.WithValue(ctx, deliveryKey{}, d))
+	typ, err := m.deliver(r)
+	if err != nil {
+		m.refuse(w, r, typ, err)
+		return
+	}
+	outcome := metrics.Handled
+	if d.duplicate {
+		outcome = metrics.Duplicate
+	}
+	// The log keeps "handled" with duplicate=true, as it always has.
+	AddLogAttrs(ctx, slog.String("outcome", string(metrics.Handled)))
+	Metrics(ctx).Event(m.function, typ, outcome)
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// refuse answers a delivery that failed and counts it under eventType.
+func (m *Mux) refuse(w http.ResponseWriter, r *http.Request, eventType string, err error) {
+	Metrics(r.Context()).Event(m.function, eventType, eventOutcome(err))
+	WriteEventError(w, r, err)
+}
+
+// deliver decodes the CloudEvent in r and runs its handler. It returns the
+// event's type when m has a handler for it, and UnknownEventType otherwise,
+// so the metrics' type label takes only the types m registered.
+func (m *Mux) deliver(r *http.Request) (string, error) {
+	ctx := r.Context()
 	msg := cehttp.NewMessageFromHttpRequest(r)
 	defer msg.Finish(nil)
 	if msg.ReadEncoding() == binding.EncodingBatch {
-		WriteEventError(w, r, errs.E(errs.Invalid, "batched CloudEvents are not accepted"))
-		return
+		return metrics.UnknownEventType, errs.E(errs.Invalid, "batched CloudEvents are not accepted")
 	}
 	e, err := binding.ToEvent(ctx, msg)
 	if err != nil {
-		WriteEventError(w, r, classifyBody(errs.Wrap(errs.Invalid, err, "malformed CloudEvent: %v", err)))
-		return
+		return metrics.UnknownEventType, classifyBody(errs.Wrap(errs.Invalid, err, "malformed CloudEvent: %v", err))
 	}
 	AddLogAttrs(ctx,
 		slog.String("eventId", e.ID()),
@@ -181,30 +209,28 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 	}
 	h, ok := m.handler(e)
 	if !ok {
-		WriteEventError(w, r, errs.E(errs.Invalid, "function %s does not handle event type %q from %q", m.function, e.Type(), e.Source()))
-		return
+		return metrics.UnknownEventType, errs.E(errs.Invalid, "function %s does not handle event type %q from %q", m.function, e.Type(), e.Source())
 	}
 	if err := m.validate(*e); err != nil {
-		WriteEventError(w, r, err)
-		return
+		return e.Type(), err
 	}
-	if err := h(ctx, *e); err != nil {
-		WriteEventError(w, r, err)
-		return
+	return e.Type(), h(ctx, *e)
+}
+
+// eventOutcome is the outcome of a delivery that failed with err: a retry
+// when the broker is asked to deliver it again, else a rejection.
+func eventOutcome(err error) metrics.EventOutcome {
+	if errs.Retryable(err) {
+		return metrics.Retry
 	}
-	AddLogAttrs(ctx, slog.String("outcome", "handled"))
-	w.WriteHeader(http.StatusAccepted)
+	return metrics.Rejected
 }
 
 // WriteEventError answers a CloudEvent delivery that failed, with the
 // event-path status of err's kind: under 500 tells the broker the event is
 // final, 5xx asks for a retry. The outcome goes to the request's log line.
 func WriteEventError(w http.ResponseWriter, r *http.Request, err error) {
-	outcome := "rejected"
-	if errs.Retryable(err) {
-		outcome = "retry"
-	}
-	AddLogAttrs(r.Context(), slog.String("outcome", outcome), slog.String("error", err.Error()))
+	AddLogAttrs(r.Context(), slog.String("outcome", string(eventOutcome(err))), slog.String("error", err.Error()))
 	writeErrorBody(w, errs.EventStatus(err), err)
 }
 

@@ -1,7 +1,7 @@
 // Package runtime serves a function: knative func's instanced shape (New,
 // Handle, and optional Start, Stop, Ready, Alive) behind one HTTP server with
-// health endpoints, a request body limit, panic recovery, one JSON log line
-// per request, and a graceful drain on SIGTERM.
+// health endpoints, Prometheus metrics, a request body limit, panic
+// recovery, one JSON log line per request, and a graceful drain on SIGTERM.
 package runtime
 
 import (
@@ -20,6 +20,7 @@ import (
 
 	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/logging"
+	"github.com/streamspace-dev/functions/shared/metrics"
 )
 
 // Function is the one method every function has.
@@ -68,6 +69,9 @@ type Options struct {
 	DrainTimeout time.Duration
 	// OnReady, when set, is called once the function is ready.
 	OnReady func(addr net.Addr)
+	// Metrics is served at MetricsPath and passed to Start; nil means a
+	// new registry for this Serve.
+	Metrics *metrics.Registry
 }
 
 // Main serves f until SIGTERM or SIGINT and exits non-zero on failure. It is
@@ -99,6 +103,10 @@ func Serve(ctx context.Context, f Function, o Options) error {
 	if o.DrainTimeout == 0 {
 		o.DrainTimeout = 25 * time.Second
 	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	ctx = WithMetrics(ctx, o.Metrics)
 	ln := o.Listener
 	if ln == nil {
 		port := o.Env["PORT"]
@@ -112,7 +120,7 @@ func Serve(ctx context.Context, f Function, o Options) error {
 	}
 
 	var started atomic.Bool
-	srv := newServer(ctx, Handler(f, &started, o.Logger, o.MaxBodyBytes), o.Logger)
+	srv := newServer(ctx, Handler(f, &started, o.Logger, o.MaxBodyBytes, o.Metrics), o.Logger)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
@@ -185,10 +193,15 @@ func newServer(ctx context.Context, h http.Handler, log *slog.Logger) *http.Serv
 	}
 }
 
-// Handler wraps f with the health endpoints and the per-request middleware.
-// started reports whether Start has finished.
-func Handler(f Function, started *atomic.Bool, log *slog.Logger, maxBody int64) http.Handler {
+// Handler wraps f with the health endpoints, reg's metrics endpoint and the
+// per-request middleware. started reports whether Start has finished; a nil
+// reg is a new registry.
+func Handler(f Function, started *atomic.Bool, log *slog.Logger, maxBody int64, reg *metrics.Registry) http.Handler {
+	if reg == nil {
+		reg = metrics.New()
+	}
 	mux := http.NewServeMux()
+	mux.Handle("GET "+MetricsPath, reg.Handler())
 	mux.HandleFunc("GET "+ReadinessPath, func(w http.ResponseWriter, r *http.Request) {
 		ok := started.Load()
 		var err error
@@ -212,7 +225,7 @@ func Handler(f Function, started *atomic.Bool, log *slog.Logger, maxBody int64) 
 			return
 		}
 		f.Handle(w, r)
-	}), log, maxBody))
+	}), log, maxBody, reg))
 	return mux
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/metrics"
 	"github.com/streamspace-dev/functions/shared/outbox"
 	"github.com/streamspace-dev/functions/shared/runtime"
 )
@@ -214,6 +215,8 @@ type Service struct {
 	Mux    *runtime.Mux
 	Log    *slog.Logger
 
+	metrics       *metrics.Registry    // nil when not served by runtime.Serve
+	forget        func()               // unregisters the pool and outbox collectors
 	eventAuth     *authn.Verifier      // nil without EVENT_AUTH_*
 	eventAuthDown atomic.Bool          // the last readiness check failed on it
 	sessions      *authn.RedisSessions // nil without STREAMSPACE_REDIS_URL
@@ -274,6 +277,13 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		pool.Close()
 		return nil, err
 	}
+	reg := runtime.Metrics(ctx)
+	forget, err := reg.Register(name, metrics.Pool(pool), metrics.Outbox(outboxStats(ob)))
+	if err != nil {
+		closeSessions()
+		pool.Close()
+		return nil, fmt.Errorf("%s: metrics: %w", name, err)
+	}
 	mux := runtime.NewMux(name, verifier, validate)
 	if eventAuth != nil {
 		mux.RequireEventAuth(senders{eventAuth, b.EventAuthSubjects})
@@ -290,6 +300,8 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		Outbox:    ob,
 		Mux:       mux,
 		Log:       log,
+		metrics:   reg,
+		forget:    forget,
 		eventAuth: eventAuth,
 		sessions:  sessions,
 		retention: b.ProcessedRetention,
@@ -342,6 +354,7 @@ func (s *Service) Stop(ctx context.Context) error {
 	if _, err := s.Outbox.Drain(fctx); err != nil {
 		s.Log.Warn("final outbox flush failed; events stay queued", "err", err)
 	}
+	s.forget()
 	s.Pool.Close()
 	if s.sessions != nil {
 		if err := s.sessions.Close(); err != nil {
@@ -349,6 +362,19 @@ func (s *Service) Stop(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Job returns the metrics of this function's long job named job (its
+// active and failed counts at /metrics): Start when one begins, Done with
+// its error when it ends.
+func (s *Service) Job(job string) *metrics.JobMetrics { return s.metrics.Job(s.Name, job) }
+
+// outboxStats reads ob's numbers for the metrics.
+func outboxStats(ob *outbox.Outbox) func(context.Context) (metrics.OutboxStats, error) {
+	return func(ctx context.Context) (metrics.OutboxStats, error) {
+		st, err := ob.Stats(ctx)
+		return metrics.OutboxStats(st), err
+	}
 }
 
 // Handle serves the function's events and REST routes; it answers 503 until
@@ -431,7 +457,7 @@ func (s *Service) Once(ctx context.Context, e cloudevents.Event, effect Work) (d
 		return false, err
 	}
 	if !done {
-		runtime.AddLogAttrs(ctx, slog.Bool("duplicate", true))
+		runtime.MarkDuplicate(ctx)
 	}
 	return done, nil
 }
