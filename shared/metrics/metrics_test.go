@@ -3,9 +3,13 @@ package metrics_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strconv"
 	"testing"
 	"time"
 
@@ -35,9 +39,16 @@ const (
 
 // probe is a function with one handler per delivery outcome and a route
 // that runs a long job.
-type probe struct{ svc *service.Service }
+type probe struct {
+	svc     *service.Service
+	poolMax int // when set, the pool's size
+}
 
 func (p *probe) Start(ctx context.Context, env map[string]string) error {
+	if p.poolMax > 0 {
+		env = maps.Clone(env)
+		env["DATABASE_URL"] = withPoolMax(env["DATABASE_URL"], p.poolMax)
+	}
 	var cfg service.Base
 	svc, err := service.Start(ctx, "probe", env, &cfg, func(cloudevents.Event) error { return nil })
 	if err != nil {
@@ -81,6 +92,17 @@ func (p *probe) Start(ctx context.Context, env map[string]string) error {
 }
 func (p *probe) Stop(ctx context.Context) error                { return p.svc.Stop(ctx) }
 func (p *probe) Handle(w http.ResponseWriter, r *http.Request) { p.svc.Handle(w, r) }
+
+// withPoolMax is the connection string conn with pgx's pool_max_conns set.
+func withPoolMax(conn string, n int) string {
+	if u, err := url.Parse(conn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		q := u.Query()
+		q.Set("pool_max_conns", strconv.Itoa(n))
+		u.RawQuery = q.Encode()
+		return u.String()
+	}
+	return fmt.Sprintf("%s pool_max_conns=%d", conn, n)
+}
 
 func event(id, typ string) cloudevents.Event {
 	e := cloudevents.NewEvent()
@@ -277,6 +299,49 @@ func TestPoolAndJobSeries(t *testing.T) {
 			assert.True(t, got.Has(name, of()), "%s is not in the scrape", name)
 		}
 	})
+}
+
+func TestAnExhaustedPoolShowsInTheScrape(t *testing.T) {
+	p := &probe{poolMax: 1}
+	h := fntest.Start(t, p, map[string]string{"DATABASE_POOL_MAX": "1"})
+	ctx := context.Background()
+	before := h.Scrape()
+	require.Equal(t, 1.0, before.Value(metrics.PoolMaxConns, of()))
+
+	// With no connection left, the next acquire has to open one: an
+	// acquire that found the pool empty, and time spent waiting.
+	p.svc.Pool.Reset()
+	conn, err := p.svc.Pool.Acquire(ctx)
+	require.NoError(t, err)
+	held := h.Scrape() // its outbox query waits for the held connection, then gives up
+	conn.Release()
+	after := h.Scrape()
+
+	tests := []struct {
+		name  string
+		check func(t *testing.T)
+	}{
+		{"the only connection in use", func(t *testing.T) {
+			assert.Equal(t, 1.0, held.Value(metrics.PoolAcquiredConns, of()))
+		}},
+		{"the outbox query timed out: up 0, the scrape answered", func(t *testing.T) {
+			assert.Equal(t, 0.0, held.Value(metrics.OutboxStatsUp, of()))
+			assert.False(t, held.Has(metrics.OutboxQueuedEvents, of()))
+		}},
+		{"the query's acquire was given up", func(t *testing.T) {
+			assert.Greater(t, after.Value(metrics.PoolCanceledAcquires, of()), before.Value(metrics.PoolCanceledAcquires, of()))
+		}},
+		{"an acquire found the pool empty and waited", func(t *testing.T) {
+			assert.Greater(t, after.Value(metrics.PoolEmptyAcquires, of()), before.Value(metrics.PoolEmptyAcquires, of()))
+			assert.Greater(t, after.Value(metrics.PoolEmptyAcquireWait, of()), before.Value(metrics.PoolEmptyAcquireWait, of()))
+		}},
+		{"released: the query answers again", func(t *testing.T) {
+			assert.Equal(t, 1.0, after.Value(metrics.OutboxStatsUp, of()))
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, tc.check)
+	}
 }
 
 func TestJobMetricsCountActiveAndFailed(t *testing.T) {
