@@ -1,7 +1,7 @@
 // Package metrics is what an operator watches of a function: events handled
 // by outcome, REST requests, the outbox backlog and its dead letters, the
 // database pool, and long jobs, in Prometheus's text format at /metrics
-// (docs/runtime.md, README "Metrics and alerts"). Each process has its own
+// (README "Metrics and alerts"). Each process has its own
 // Registry, which the runtime serves; nothing is registered globally, so
 // tests and the all-in-one's members never share state by accident.
 package metrics
