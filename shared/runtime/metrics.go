@@ -30,10 +30,14 @@ func Metrics(ctx context.Context) *metrics.Registry {
 
 type deliveryKey struct{}
 
-// delivery is what an event handler reports about one delivery to one
-// function, beyond its error. The all-in-one hands one request to several
+// delivery is what is known of one delivery to one function beyond its
+// error: its type, once a handler takes it, and whether the handler found
+// it processed before. The all-in-one hands one request to several
 // functions, so this is per Mux, not per request.
-type delivery struct{ duplicate bool }
+type delivery struct {
+	typ       string
+	duplicate bool
+}
 
 // MarkDuplicate records that the event being handled was processed before
 // and had no second effect: the log line says so and the delivery counts as

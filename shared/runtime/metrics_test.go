@@ -29,6 +29,7 @@ func TestMetricsCountEveryDeliveryByOutcome(t *testing.T) {
 		{"handled again", "io.test.ping.v1", http.StatusAccepted, "io.test.ping.v1", metrics.Handled, 2},
 		{"transient failure: retry", "io.test.down.v1", http.StatusServiceUnavailable, "io.test.down.v1", metrics.Retry, 1},
 		{"final failure: rejected", "io.test.gone.v1", http.StatusBadRequest, "io.test.gone.v1", metrics.Rejected, 1},
+		{"a panic: a 500, retried", "io.test.panic.v1", http.StatusInternalServerError, "io.test.panic.v1", metrics.Retry, 1},
 		{"a type without a handler is counted as unknown, not by its name", "io.test.whatever.v1", http.StatusBadRequest, metrics.UnknownEventType, metrics.Rejected, 1},
 		{"another one adds to unknown", "io.test.other.v1", http.StatusBadRequest, metrics.UnknownEventType, metrics.Rejected, 2},
 	}
@@ -44,7 +45,7 @@ func TestMetricsCountEveryDeliveryByOutcome(t *testing.T) {
 	}
 	t.Run("only registered types and unknown are labels", func(t *testing.T) {
 		got := fntest.ScrapeURL(t, s.url+runtime.MetricsPath)
-		assert.Equal(t, []string{"io.test.down.v1", "io.test.gone.v1", "io.test.ping.v1", metrics.UnknownEventType},
+		assert.Equal(t, []string{"io.test.down.v1", "io.test.gone.v1", "io.test.panic.v1", "io.test.ping.v1", metrics.UnknownEventType},
 			got.Labels(metrics.EventsTotal, "type"))
 	})
 }

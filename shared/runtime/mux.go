@@ -159,11 +159,18 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 	if checking {
 		return
 	}
-	d := &delivery{}
+	d := &delivery{typ: metrics.UnknownEventType}
 	r = r.WithContext(context.WithValue(ctx, deliveryKey{}, d))
-	typ, err := m.deliver(r)
-	if err != nil {
-		m.refuse(w, r, typ, err)
+	defer func() {
+		// A handler that panicked is answered with a 500 by the middleware,
+		// which the broker retries.
+		if p := recover(); p != nil {
+			Metrics(ctx).Event(m.function, d.typ, metrics.Retry)
+			panic(p)
+		}
+	}()
+	if err := m.deliver(r, d); err != nil {
+		m.refuse(w, r, d.typ, err)
 		return
 	}
 	outcome := metrics.Handled
@@ -172,7 +179,7 @@ func (m *Mux) serveEvent(w http.ResponseWriter, r *http.Request) {
 	}
 	// The log keeps "handled" with duplicate=true, as it always has.
 	AddLogAttrs(ctx, slog.String("outcome", string(metrics.Handled)))
-	Metrics(ctx).Event(m.function, typ, outcome)
+	Metrics(ctx).Event(m.function, d.typ, outcome)
 	w.WriteHeader(http.StatusAccepted)
 }
 
@@ -182,19 +189,19 @@ func (m *Mux) refuse(w http.ResponseWriter, r *http.Request, eventType string, e
 	WriteEventError(w, r, err)
 }
 
-// deliver decodes the CloudEvent in r and runs its handler. It returns the
-// event's type when m has a handler for it, and UnknownEventType otherwise,
-// so the metrics' type label takes only the types m registered.
-func (m *Mux) deliver(r *http.Request) (string, error) {
+// deliver decodes the CloudEvent in r and runs its handler. It sets d.typ
+// to the event's type once m has a handler for it, so the metrics' type
+// label takes only the types m registered.
+func (m *Mux) deliver(r *http.Request, d *delivery) error {
 	ctx := r.Context()
 	msg := cehttp.NewMessageFromHttpRequest(r)
 	defer msg.Finish(nil)
 	if msg.ReadEncoding() == binding.EncodingBatch {
-		return metrics.UnknownEventType, errs.E(errs.Invalid, "batched CloudEvents are not accepted")
+		return errs.E(errs.Invalid, "batched CloudEvents are not accepted")
 	}
 	e, err := binding.ToEvent(ctx, msg)
 	if err != nil {
-		return metrics.UnknownEventType, classifyBody(errs.Wrap(errs.Invalid, err, "malformed CloudEvent: %v", err))
+		return classifyBody(errs.Wrap(errs.Invalid, err, "malformed CloudEvent: %v", err))
 	}
 	AddLogAttrs(ctx,
 		slog.String("eventId", e.ID()),
@@ -209,12 +216,13 @@ func (m *Mux) deliver(r *http.Request) (string, error) {
 	}
 	h, ok := m.handler(e)
 	if !ok {
-		return metrics.UnknownEventType, errs.E(errs.Invalid, "function %s does not handle event type %q from %q", m.function, e.Type(), e.Source())
+		return errs.E(errs.Invalid, "function %s does not handle event type %q from %q", m.function, e.Type(), e.Source())
 	}
+	d.typ = e.Type()
 	if err := m.validate(*e); err != nil {
-		return e.Type(), err
+		return err
 	}
-	return e.Type(), h(ctx, *e)
+	return h(ctx, *e)
 }
 
 // eventOutcome is the outcome of a delivery that failed with err: a retry

@@ -94,6 +94,7 @@ func newFn() *fn {
 	f.mux.On("io.test.gone.v1", func(context.Context, cloudevents.Event) error {
 		return errs.E(errs.NotFound, "no such session")
 	})
+	f.mux.On("io.test.panic.v1", func(context.Context, cloudevents.Event) error { panic("boom") })
 	return f
 }
 
