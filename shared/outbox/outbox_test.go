@@ -528,3 +528,58 @@ func TestSendsCarryTheSinkToken(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+func TestStatsCountOnlyTheFunctionsOwnEvents(t *testing.T) {
+	pool, sink, o := newOutbox(t, 0, quiet())
+	other, err := outbox.New(pool, "other", sink.URL, 0, quiet())
+	require.NoError(t, err)
+	ctx := context.Background()
+	// The steps run in order against one database; want is o's stats after
+	// each. Nothing flushes, so what is queued stays.
+	tests := []struct {
+		name string
+		step func(t *testing.T)
+		want outbox.Stats
+	}{
+		{"empty", func(*testing.T) {}, outbox.Stats{}},
+		{"another function's events are not ours", func(t *testing.T) {
+			queue(t, pool, other, newEvent(1), newEvent(2))
+			_, err := pool.Exec(ctx, `
+				insert into event_dead_letters (id, function, event, attempts, last_error, queued_at)
+				values ($1, 'other', '{}', 1, 'refused', now())`, uuid.NewString())
+			require.NoError(t, err)
+		}, outbox.Stats{}},
+		{"two queued, the oldest an hour ago", func(t *testing.T) {
+			queue(t, pool, o, newEvent(3), newEvent(4))
+			_, err := pool.Exec(ctx, `
+				update event_outbox set created_at = now() - interval '1 hour'
+				where id = (select id from event_outbox where function = 'test' limit 1)`)
+			require.NoError(t, err)
+		}, outbox.Stats{Queued: 2, OldestAge: time.Hour}},
+		{"one dead letter", func(t *testing.T) {
+			_, err := pool.Exec(ctx, `
+				insert into event_dead_letters (id, function, event, attempts, last_error, queued_at)
+				values ($1, 'test', '{}', 20, 'refused', now())`, uuid.NewString())
+			require.NoError(t, err)
+		}, outbox.Stats{Queued: 2, OldestAge: time.Hour, DeadLetters: 1}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.step(t)
+			got, err := o.Stats(ctx)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want.Queued, got.Queued)
+			assert.Equal(t, tc.want.DeadLetters, got.DeadLetters)
+			// The age grows while the test runs; a minute is far more than
+			// it takes.
+			assert.GreaterOrEqual(t, got.OldestAge, tc.want.OldestAge)
+			assert.Less(t, got.OldestAge, tc.want.OldestAge+time.Minute)
+		})
+	}
+	t.Run("a cancelled query is an error, not zeros", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_, err := o.Stats(cctx)
+		assert.Error(t, err)
+	})
+}
