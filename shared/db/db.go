@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -21,12 +22,22 @@ import (
 // instead of after the pool's two-minute default.
 const connectTimeout = 10 * time.Second
 
-// Open returns a pool for the database at connString, a PostgreSQL URL or
-// keyword/value string. An empty connString takes everything from the libpq
-// environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, ...).
-// It pings once, so bad settings fail at start-up rather than on the first
-// request. No error it returns contains the connection string or password.
+// Open is OpenWith and the default Settings.
 func Open(ctx context.Context, connString string) (*pgxpool.Pool, error) {
+	return OpenWith(ctx, connString, Defaults())
+}
+
+// OpenWith returns a pool for the database at connString, a PostgreSQL URL
+// or keyword/value string, sized by s. An empty connString takes everything
+// from the libpq environment (PGHOST, PGPORT, PGUSER, PGPASSWORD,
+// PGDATABASE, ...). The pool works through PgBouncer in transaction mode as
+// well as straight to PostgreSQL (docs/data.md). It pings once, so bad
+// settings fail at start-up rather than on the first request. No error it
+// returns contains the connection string or password.
+func OpenWith(ctx context.Context, connString string, s Settings) (*pgxpool.Pool, error) {
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
 	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
 		// pgx redacts passwords in parse errors only on a best-effort basis
@@ -36,6 +47,20 @@ func Open(ctx context.Context, connString string) (*pgxpool.Pool, error) {
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = connectTimeout
 	}
+	// pgx's default mode prepares named statements on the server and reuses
+	// them by name. PgBouncer 1.18 in transaction mode hands each
+	// transaction whichever server connection is free, where that name does
+	// not exist. cache_describe only caches, in this client, what a
+	// statement takes and returns, and sends each statement unnamed with its
+	// text, so any server connection runs it; arguments keep their binary
+	// encodings and exact types.
+	cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+	cfg.MaxConns = int32(s.PoolMax)
+	cfg.MinConns = int32(s.PoolMin)
+	cfg.MaxConnIdleTime = s.PoolIdle
+	// Idle connections are closed by the pool's health check, so it runs
+	// often enough for PoolIdle to hold within half of it again.
+	cfg.HealthCheckPeriod = max(s.PoolIdle/2, minHealthCheck)
 	forms := secretForms(connString, cfg.ConnConfig.Password)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -47,6 +72,10 @@ func Open(ctx context.Context, connString string) (*pgxpool.Pool, error) {
 	}
 	return pool, nil
 }
+
+// minHealthCheck keeps a tiny DATABASE_POOL_IDLE from making the health
+// check spin.
+const minHealthCheck = 100 * time.Millisecond
 
 // secretForms are the ways password can show in a message: as it is, as
 // written in the connection string conn (where an @, : or / in it is

@@ -49,8 +49,8 @@ func AcquireLease(ctx context.Context, pool *pgxpool.Pool, name, owner string, t
 	}
 	sent := time.Now()
 	var until time.Time
-	err = pool.QueryRow(ctx,
-		`insert into job_leases (name, owner, lease_until, heartbeat_at)
+	err = InTx(ctx, pool, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `insert into job_leases (name, owner, lease_until, heartbeat_at)
 		 values ($1, $2, now() + make_interval(secs => $3), now())
 		 on conflict (name) do update
 		    set owner = excluded.owner,
@@ -58,7 +58,8 @@ func AcquireLease(ctx context.Context, pool *pgxpool.Pool, name, owner string, t
 		        heartbeat_at = excluded.heartbeat_at
 		  where job_leases.lease_until < now() or job_leases.owner = excluded.owner
 		 returning lease_until`,
-		name, owner, ttl.Seconds()).Scan(&until)
+			name, owner, ttl.Seconds()).Scan(&until)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, false, nil
 	}
@@ -88,12 +89,13 @@ func (l *Lease) Lost() <-chan struct{} { return l.lost }
 func (l *Lease) Heartbeat(ctx context.Context) error {
 	sent := time.Now()
 	var until time.Time
-	err := l.pool.QueryRow(ctx,
-		`update job_leases
+	err := InTx(ctx, l.pool, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `update job_leases
 		    set lease_until = now() + make_interval(secs => $3), heartbeat_at = now()
 		  where name = $1 and owner = $2
 		 returning lease_until`,
-		l.Name, l.Owner, l.TTL.Seconds()).Scan(&until)
+			l.Name, l.Owner, l.TTL.Seconds()).Scan(&until)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		l.markLost()
 		return errs.E(errs.Conflict, "lease %s lost: another owner took it over", l.Name)
@@ -109,8 +111,10 @@ func (l *Lease) Heartbeat(ctx context.Context) error {
 // expire. It deletes the row only while this owner still holds it, so a
 // release after a takeover changes nothing.
 func (l *Lease) Release(ctx context.Context) error {
-	_, err := l.pool.Exec(ctx,
-		`delete from job_leases where name = $1 and owner = $2`, l.Name, l.Owner)
+	err := InTx(ctx, l.pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `delete from job_leases where name = $1 and owner = $2`, l.Name, l.Owner)
+		return err
+	})
 	if err != nil {
 		return Classify(fmt.Errorf("release lease %s: %w", l.Name, err))
 	}

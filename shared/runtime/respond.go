@@ -42,8 +42,18 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	writeErrorBody(w, errs.HTTPStatus(err), err)
 }
 
-// writeErrorBody writes err's ErrorBody with status.
+// retryAfter is the Retry-After of every 503, in seconds: what makes one
+// (a lock or statement timeout, a database out of connections, a function
+// still starting) usually clears within a second or two, and a client or
+// the broker that waits that long is not adding to it.
+const retryAfter = "1"
+
+// writeErrorBody writes err's ErrorBody with status; a 503 says when to
+// try again.
 func writeErrorBody(w http.ResponseWriter, status int, err error) {
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", retryAfter)
+	}
 	WriteJSON(w, status, ErrorBody{Error: http.StatusText(status), Message: errs.Message(err), Code: errs.KindOf(err)})
 }
 

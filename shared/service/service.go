@@ -34,6 +34,11 @@ import (
 type Base struct {
 	// DatabaseURL is the PostgreSQL connection string.
 	DatabaseURL string `env:"DATABASE_URL,required"`
+	// Settings size the pool (DATABASE_POOL_MAX, DATABASE_POOL_MIN,
+	// DATABASE_POOL_IDLE) and bound every transaction
+	// (DATABASE_STATEMENT_TIMEOUT, DATABASE_LOCK_TIMEOUT); their defaults
+	// are db.Defaults.
+	db.Settings
 	// Sink is where emitted events go; Knative's SinkBinding sets it.
 	Sink string `env:"K_SINK"`
 	// AuthIssuer is the expected iss of an identity provider's bearer
@@ -98,6 +103,11 @@ type hasBase interface{ base() *Base }
 // Load parses env into cfg, a pointer to a struct that embeds Base. A
 // missing or unparsable variable is an error that names it.
 func Load(environ map[string]string, cfg any) error {
+	// A variable that is unset leaves its field as it is, so the database
+	// settings start from the defaults shared/db keeps in one place.
+	if b, ok := cfg.(hasBase); ok {
+		b.base().Settings = db.Defaults()
+	}
 	err := env.ParseWithOptions(cfg, env.Options{Environment: environ})
 	if err == nil {
 		return nil
@@ -221,6 +231,7 @@ type Service struct {
 	eventAuthDown atomic.Bool          // the last readiness check failed on it
 	sessions      *authn.RedisSessions // nil without STREAMSPACE_REDIS_URL
 	retention     time.Duration
+	timeouts      db.Timeouts // every transaction's bounds
 	stop          context.CancelFunc
 	relayed       chan struct{}
 }
@@ -245,6 +256,9 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 	if b.OutboxMaxAttempts < 1 {
 		return nil, fmt.Errorf("%s: config: OUTBOX_MAX_ATTEMPTS is %d: want at least 1", name, b.OutboxMaxAttempts)
 	}
+	if err := b.Settings.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	eventAuth, err := b.eventVerifier(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -258,7 +272,7 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 			sessions.Close()
 		}
 	}
-	pool, err := db.Open(ctx, b.DatabaseURL)
+	pool, err := db.OpenWith(ctx, b.DatabaseURL, b.Settings)
 	if err != nil {
 		closeSessions()
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -305,6 +319,7 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		eventAuth: eventAuth,
 		sessions:  sessions,
 		retention: b.ProcessedRetention,
+		timeouts:  b.Settings.Timeouts(),
 		stop:      stop,
 		relayed:   relayed,
 	}, nil
@@ -384,7 +399,8 @@ func (s *Service) Handle(w http.ResponseWriter, r *http.Request) {
 		runtime.WriteError(w, r, errs.E(errs.Unavailable, "function is starting"))
 		return
 	}
-	s.Mux.ServeHTTP(w, r)
+	// Every transaction a handler begins gets the configured bounds.
+	s.Mux.ServeHTTP(w, r.WithContext(db.WithTimeouts(r.Context(), s.timeouts)))
 }
 
 // Routes lists the REST patterns the function serves, for the all-in-one;
@@ -410,7 +426,12 @@ func (s *Service) DrainOutbox(ctx context.Context, _ cloudevents.Event) error {
 // deletes this function's records of events processed longer ago than
 // PROCESSED_EVENTS_RETENTION, so the table stays bounded.
 func (s *Service) PruneProcessed(ctx context.Context, _ cloudevents.Event) error {
-	n, err := db.PruneProcessed(ctx, s.Pool, s.Name, s.retention)
+	var n int64
+	err := db.InTx(db.WithTimeouts(ctx, s.timeouts), s.Pool, func(tx pgx.Tx) error {
+		var err error
+		n, err = db.PruneProcessed(ctx, tx, s.Name, s.retention)
+		return err
+	})
 	runtime.AddLogAttrs(ctx, slog.Int64("pruned", n))
 	return err
 }
@@ -425,6 +446,9 @@ type Work func(tx pgx.Tx) ([]cloudevents.Event, error)
 // leave without the caller waiting on the sink (docs/runtime.md).
 func (s *Service) Commit(ctx context.Context, work Work) error {
 	var queued int
+	// A unit of work run outside Handle (a background job) gets the
+	// configured bounds too.
+	ctx = db.WithTimeouts(ctx, s.timeouts)
 	err := db.InTx(ctx, s.Pool, func(tx pgx.Tx) error {
 		evs, err := work(tx)
 		if err != nil {
