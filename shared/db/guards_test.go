@@ -2,9 +2,6 @@ package db_test
 
 import (
 	"context"
-	"fmt"
-	"net/url"
-	"strings"
 	"testing"
 	"time"
 
@@ -320,7 +317,7 @@ func TestTransientErrorsAreRetryable(t *testing.T) {
 // client. Superusers are exempt from the limit, so the role is an ordinary
 // one, created for the test.
 func tooManyConnections(ctx context.Context, t *testing.T, pool *pgxpool.Pool) error {
-	role := LimitedRole(t, pool, 1)
+	role := dbtest.LimitedRole(t, pool, 1)
 	first, err := db.Open(ctx, role)
 	require.NoError(t, err)
 	defer first.Close()
@@ -332,34 +329,4 @@ func tooManyConnections(ctx context.Context, t *testing.T, pool *pgxpool.Pool) e
 		second.Close()
 	}
 	return err
-}
-
-// LimitedRole creates a login role allowed limit connections, with every
-// privilege on pool's database, and returns a connection string for it
-// there. The role is dropped when the test ends.
-func LimitedRole(t *testing.T, pool *pgxpool.Pool, limit int) string {
-	t.Helper()
-	ctx := context.Background()
-	name := "limited_" + strings.ToLower(strings.ReplaceAll(pool.Config().ConnConfig.Database, "test_", ""))
-	if len(name) > 60 {
-		name = name[:60]
-	}
-	password := "pw-" + name
-	role := pgx.Identifier{name}.Sanitize()
-	mustExec(t, pool, fmt.Sprintf(`create role %s login password '%s' connection limit %d`, role, password, limit))
-	t.Cleanup(func() {
-		// The role's privileges go with the test's database; its
-		// connections are closed by then.
-		_, _ = pool.Exec(ctx, `drop owned by `+role)
-		_, _ = pool.Exec(ctx, `drop role if exists `+role)
-	})
-	mustExec(t, pool, `grant all on all tables in schema public to `+role)
-	base := dbtest.URL(t, pool)
-	if strings.HasPrefix(base, "postgres://") || strings.HasPrefix(base, "postgresql://") {
-		u, err := url.Parse(base)
-		require.NoError(t, err)
-		u.User = url.UserPassword(name, password)
-		return u.String()
-	}
-	return base + " user=" + name + " password=" + password
 }

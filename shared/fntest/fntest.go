@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -26,6 +27,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jws"
@@ -66,14 +68,36 @@ type Harness struct {
 	secret []byte // StreamSpace's JWT_SECRET, as STREAMSPACE_JWT_SECRET_FILE holds it
 }
 
+// PgBouncerEnv names PgBouncer's connection string (keyword/value or URL,
+// its database is replaced), set by `make test`'s second pass
+// (scripts/with-pgbouncer). When it is set, every function the harness
+// starts reaches its database through PgBouncer in transaction mode, as
+// behind the deploy's pooler; the harness's own Pool, like StreamSpace's
+// API and the migrations, stays on PostgreSQL directly.
+const PgBouncerEnv = "TEST_PGBOUNCER_URL"
+
 // Start serves f with a fresh database and returns once it is ready, however
 // long a busy machine takes (a Start that fails ends the test). env adds to
 // or overrides the harness's environment.
 func Start(tb testing.TB, f runtime.Function, env map[string]string) *Harness {
 	tb.Helper()
+	return StartOn(tb, dbtest.New(tb), f, env)
+}
+
+// StartOn is Start on pool's database (from dbtest), for a test that
+// prepares the database first, such as a role the function connects as.
+func StartOn(tb testing.TB, pool *pgxpool.Pool, f runtime.Function, env map[string]string) *Harness {
+	tb.Helper()
 	h := &Harness{tb: tb, Logs: &Buffer{}, Sink: NewSink(tb)}
-	h.Pool = dbtest.New(tb)
+	h.Pool = pool
 	h.DatabaseURL = dbtest.URL(tb, h.Pool)
+	if bouncer := os.Getenv(PgBouncerEnv); bouncer != "" {
+		u, err := dbtest.WithDatabase(bouncer, h.Pool.Config().ConnConfig.Database)
+		if err != nil {
+			tb.Fatalf("fntest: %s: %v", PgBouncerEnv, err)
+		}
+		h.DatabaseURL = u
+	}
 
 	jwks := httptest.NewServer(nil)
 	tb.Cleanup(jwks.Close)
@@ -145,7 +169,66 @@ func Start(tb testing.TB, f runtime.Function, env map[string]string) *Harness {
 		}
 	})
 	h.URL = "http://" + ln.Addr().String()
+	if bouncer := os.Getenv(PgBouncerEnv); bouncer != "" && h.Env["DATABASE_URL"] == h.DatabaseURL {
+		h.requireBouncerClient(bouncer)
+	}
 	return h
+}
+
+// requireBouncerClient fails the test unless PgBouncer's admin console
+// lists a client connection to the harness's database: the function's pool
+// keeps the connection its start-up ping opened, so one is there when the
+// function reaches its database through PgBouncer.
+func (h *Harness) requireBouncerClient(bouncer string) {
+	h.tb.Helper()
+	n, err := BouncerClients(bouncer, h.Pool.Config().ConnConfig.Database)
+	if err != nil {
+		h.tb.Fatalf("fntest: PgBouncer's admin console: %v", err)
+	}
+	if n == 0 {
+		h.tb.Fatalf("fntest: %s is set, but PgBouncer has no client for the function's database", PgBouncerEnv)
+	}
+}
+
+// BouncerClients counts the client connections PgBouncer at bouncer (a
+// connection string) has to database, from its admin console (SHOW
+// CLIENTS), which the connecting user may read as one of admin_users.
+func BouncerClients(bouncer, database string) (int, error) {
+	admin, err := dbtest.WithDatabase(bouncer, "pgbouncer")
+	if err != nil {
+		return 0, err
+	}
+	cfg, err := pgx.ParseConfig(admin)
+	if err != nil {
+		return 0, fmt.Errorf("%s cannot be parsed", PgBouncerEnv)
+	}
+	// The admin console speaks only the simple query protocol.
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "show clients")
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		row, err := rows.Values()
+		if err != nil {
+			return 0, err
+		}
+		for i, fd := range rows.FieldDescriptions() {
+			if fd.Name == "database" && fmt.Sprint(row[i]) == database {
+				n++
+			}
+		}
+	}
+	return n, rows.Err()
 }
 
 // Token returns a valid bearer token for subject with role, from the
@@ -219,6 +302,13 @@ func userNames(id string) (username, email string) {
 // response body.
 func (h *Harness) Do(method, path, token string, body any) (int, []byte) {
 	h.tb.Helper()
+	status, _, out := h.DoHeader(method, path, token, body)
+	return status, out
+}
+
+// DoHeader is Do that also returns the response's header.
+func (h *Harness) DoHeader(method, path, token string, body any) (int, http.Header, []byte) {
+	h.tb.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -252,7 +342,7 @@ func (h *Harness) Do(method, path, token string, body any) (int, []byte) {
 	if err != nil {
 		h.tb.Fatal(err)
 	}
-	return resp.StatusCode, out
+	return resp.StatusCode, resp.Header, out
 }
 
 // Deliver posts e to the function as the broker does, in binary mode or, with

@@ -49,6 +49,17 @@ func (c *counter) Start(ctx context.Context, env map[string]string) error {
 		return err
 	})
 	svc.Mux.On("dev.knative.sources.ping", svc.DrainOutbox)
+	svc.Mux.Route("POST /api/v1/count", func(w http.ResponseWriter, r *http.Request, _ authn.Identity) error {
+		err := svc.Commit(r.Context(), func(tx pgx.Tx) ([]cloudevents.Event, error) {
+			_, err := tx.Exec(r.Context(), `update job_leases set heartbeat_at = heartbeat_at + interval '1 second' where name = 'counter'`)
+			return nil, err
+		})
+		if err != nil {
+			return err
+		}
+		runtime.WriteJSON(w, http.StatusOK, map[string]bool{"counted": true})
+		return nil
+	})
 	svc.Mux.Route("GET /api/v1/whoami", func(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
 		runtime.WriteJSON(w, http.StatusOK, who)
 		return nil
@@ -71,7 +82,12 @@ func effects(t *testing.T, h *fntest.Harness) int {
 // startCounter serves the counter function with env and its effect row.
 func startCounter(t *testing.T, env map[string]string) *fntest.Harness {
 	t.Helper()
-	h := fntest.Start(t, &counter{}, env)
+	return counterOn(t, fntest.Start(t, &counter{}, env))
+}
+
+// counterOn adds the counter's effect row to h's database.
+func counterOn(t *testing.T, h *fntest.Harness) *fntest.Harness {
+	t.Helper()
 	_, err := h.Pool.Exec(context.Background(),
 		`insert into job_leases (name, owner, lease_until, heartbeat_at, created_at) values ('counter', 'test', now(), now(), now())`)
 	require.NoError(t, err)

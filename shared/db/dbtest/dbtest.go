@@ -125,6 +125,67 @@ func URL(tb testing.TB, pool *pgxpool.Pool) string {
 	return s
 }
 
+// LimitedRole creates a login role that may hold at most limit connections
+// (PostgreSQL answers the next one with SQLSTATE 53300, as a server at
+// max_connections does; superusers are exempt, so this role is not one),
+// grants it every privilege on pool's tables, and returns a connection
+// string for it on pool's database. The role is dropped when the test ends.
+func LimitedRole(tb testing.TB, pool *pgxpool.Pool, limit int) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	database := pool.Config().ConnConfig.Database
+	name := "limited_" + strings.TrimPrefix(database, "test_")
+	if len(name) > 63 {
+		name = name[:63]
+	}
+	password := strings.ToLower(rand.Text())
+	role := ident(name)
+	// A role is the cluster's, not the database's, and cleanups run last
+	// first, so this one runs while the database and perhaps the role's
+	// connections still exist: they are ended, and its privileges dropped,
+	// before the role.
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		admin, err := connect(ctx, database)
+		if err != nil {
+			tb.Errorf("dbtest: drop role %s: %v", name, err)
+			return
+		}
+		defer admin.Close(ctx)
+		for _, s := range []string{
+			"select pg_terminate_backend(pid, 60000) from pg_stat_activity where usename = '" + name + "'",
+			"drop owned by " + role,
+			"drop role " + role,
+		} {
+			if _, err := admin.Exec(ctx, s); err != nil {
+				tb.Errorf("dbtest: drop role %s: %v", name, err)
+				return
+			}
+		}
+	})
+	stmts := []string{
+		fmt.Sprintf("create role %s login password '%s' connection limit %d", role, password, limit),
+		"grant all on all tables in schema public to " + role,
+		"grant all on all sequences in schema public to " + role,
+	}
+	for _, s := range stmts {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			tb.Fatalf("dbtest: role %s: %v", name, err)
+		}
+	}
+	s, err := withUser(URL(tb, pool), name, password)
+	if err != nil {
+		tb.Fatalf("dbtest: %v", err)
+	}
+	return s
+}
+
+// WithDatabase returns base, a connection string in either form (such as
+// PgBouncer's in front of this server), with its database replaced by name.
+func WithDatabase(base, name string) (string, error) { return withDatabase(base, name) }
+
 func create(ctx context.Context, tb testing.TB, tmpl string) *pgxpool.Pool {
 	tb.Helper()
 	admin, err := connect(ctx, "")
@@ -327,6 +388,20 @@ func withDatabase(base, name string) (string, error) {
 	}
 	// In keyword/value form the last setting of a keyword wins.
 	return strings.TrimSpace(base + " dbname=" + name), nil
+}
+
+// withUser returns base, a connection string in either form, with its user
+// and password replaced.
+func withUser(base, user, password string) (string, error) {
+	if strings.HasPrefix(base, "postgres://") || strings.HasPrefix(base, "postgresql://") {
+		u, err := url.Parse(base)
+		if err != nil {
+			return "", fmt.Errorf("DATABASE_URL cannot be parsed")
+		}
+		u.User = url.UserPassword(user, password)
+		return u.String(), nil
+	}
+	return strings.TrimSpace(base + " user=" + user + " password=" + password), nil
 }
 
 func ident(name string) string { return pgx.Identifier{name}.Sanitize() }
