@@ -19,6 +19,10 @@ BENCH_DB :=
 endif
 
 TEST_FLAGS ?= -count=1 -timeout 10m
+# The second pass of `make test`: every function package's tests again, the
+# functions reaching PostgreSQL through PgBouncer in transaction mode
+# (scripts/with-pgbouncer), and the harness test that checks they do.
+PGBOUNCER_PKGS := $(MODULE) $(MODULE)/functions/... $(MODULE)/shared/fntest
 BENCH_FLAGS ?= -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 20m
 
 .PHONY: all build run test bench lint migrate tidy clean new-function
@@ -42,9 +46,10 @@ run:
 	$(GO) build -trimpath -o $(BIN)/streamspace-local ./cmd/streamspace-local
 	$(WITH_DB) $(BIN)/streamspace-local
 
-## test: every module's tests against a real PostgreSQL
+## test: every module's tests against a real PostgreSQL, then the function
+## packages' again through PgBouncer, in one throwaway cluster
 test: lint
-	$(WITH_DB) $(GO) test $(TEST_FLAGS) $(MODULE)/...
+	$(WITH_DB) bash -c '$(GO) test $(TEST_FLAGS) $(MODULE)/... && scripts/with-pgbouncer $(GO) test $(TEST_FLAGS) $(PGBOUNCER_PKGS)'
 
 ## bench: the benchmarks named in the issues (figures go in the closing note)
 bench:
