@@ -31,7 +31,7 @@ func Open(ctx context.Context, connString string) (*pgxpool.Pool, error) {
 // or keyword/value string, sized by s. An empty connString takes everything
 // from the libpq environment (PGHOST, PGPORT, PGUSER, PGPASSWORD,
 // PGDATABASE, ...). The pool works through PgBouncer in transaction mode as
-// well as straight to PostgreSQL (docs/data.md). It pings once, so bad
+// well as straight to PostgreSQL (docs/data.md, "Connections, PgBouncer and timeouts"). It pings once, so bad
 // settings fail at start-up rather than on the first request. No error it
 // returns contains the connection string or password.
 func OpenWith(ctx context.Context, connString string, s Settings) (*pgxpool.Pool, error) {

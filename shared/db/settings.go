@@ -8,7 +8,7 @@ import (
 )
 
 // The defaults of Settings, the one place they are written down
-// (docs/data.md explains the connection budget they add up to).
+// (docs/data.md, "Connections, PgBouncer and timeouts").
 const (
 	// DefaultPoolMax is the most connections one instance holds: with
 	// Knative's max-scale it bounds what a function can take from the

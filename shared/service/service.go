@@ -278,7 +278,7 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	// StreamSpace tokens are checked against its users table.
-	authCfg.Users = pool
+	authCfg.Users = db.ReadOnly{DB: pool}
 	verifier, err := authn.NewVerifier(ctx, authCfg)
 	if err != nil {
 		closeSessions()
