@@ -10,6 +10,7 @@ import (
 
 	"github.com/streamspace-dev/functions/shared/access"
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/runtime"
 	"github.com/streamspace-dev/functions/shared/validate"
@@ -63,10 +64,20 @@ func (f *Function) listShares(w http.ResponseWriter, r *http.Request, who authn.
 	if err != nil {
 		return err
 	}
-	if _, err := access.Require(r.Context(), f.svc.Pool, who, id, access.Manage); err != nil {
+	var (
+		page []Share
+		next *position
+	)
+	// A read-only transaction, so the reads get the statement and lock
+	// timeouts every transaction sets (docs/data.md).
+	err = db.Read(r.Context(), f.svc.Pool, func(tx pgx.Tx) error {
+		if _, err := access.Require(r.Context(), tx, who, id, access.Manage); err != nil {
+			return err
+		}
+		var err error
+		page, next, err = listShares(r.Context(), tx, id, lq)
 		return err
-	}
-	page, next, err := listShares(r.Context(), f.svc.Pool, id, lq)
+	})
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/runtime"
 )
 
@@ -167,7 +168,7 @@ func (f *Function) readView(ctx context.Context, category *string, limit int) (t
 // refresh rebuilds catalog_tag_counts in a transaction of its own (with
 // onlyIfStale, only when it is stale) and logs what it did.
 func (f *Function) refresh(ctx context.Context, onlyIfStale bool) (Refresh, error) {
-	if err := ensureRefreshJob(ctx, f.svc.Pool, f.instance); err != nil {
+	if err := db.InTx(ctx, f.svc.Pool, func(tx pgx.Tx) error { return ensureRefreshJob(ctx, tx, f.instance) }); err != nil {
 		return "", err
 	}
 	var outcome Refresh
@@ -189,7 +190,7 @@ func (f *Function) refresh(ctx context.Context, onlyIfStale bool) (Refresh, erro
 // before the change, so the event leaves a request that makes the next
 // read refresh again. A redelivered event changes nothing.
 func (f *Function) onTemplateUpdated(ctx context.Context, e cloudevents.Event) error {
-	if err := ensureRefreshJob(ctx, f.svc.Pool, f.instance); err != nil {
+	if err := db.InTx(ctx, f.svc.Pool, func(tx pgx.Tx) error { return ensureRefreshJob(ctx, tx, f.instance) }); err != nil {
 		return err
 	}
 	var outcome Refresh

@@ -99,7 +99,18 @@ func (f *Function) listVersions(w http.ResponseWriter, r *http.Request, who auth
 	if err != nil {
 		return err
 	}
-	page, more, total, err := listVersions(r.Context(), f.svc.Pool, who, template, q)
+	var (
+		page  []Version
+		more  bool
+		total int
+	)
+	// A read-only transaction, so the reads get the statement and lock
+	// timeouts every transaction sets (docs/data.md).
+	err = db.Read(r.Context(), f.svc.Pool, func(tx pgx.Tx) error {
+		var err error
+		page, more, total, err = listVersions(r.Context(), tx, who, template, q)
+		return err
+	})
 	if err != nil {
 		return db.Classify(err)
 	}
@@ -154,7 +165,12 @@ func (f *Function) diffVersion(w http.ResponseWriter, r *http.Request, who authn
 	if err != nil {
 		return err
 	}
-	from, to, err := documents(r.Context(), f.svc.Pool, who, template, n, against)
+	var from, to []byte
+	err = db.Read(r.Context(), f.svc.Pool, func(tx pgx.Tx) error {
+		var err error
+		from, to, err = documents(r.Context(), tx, who, template, n, against)
+		return err
+	})
 	if err != nil {
 		return db.Classify(err)
 	}
