@@ -29,9 +29,10 @@ Brings the database at DATABASE_URL (or, unset, the one the PG* variables
 name) to the latest schema of the functions, and stops, changing nothing,
 if StreamSpace's tables are missing.
 
-DATABASE_URL must name PostgreSQL itself, not PgBouncer: the migrations hold
-a session-level advisory lock, which PgBouncer's transaction mode does not
-keep. Point the functions, not this, at the pooler.
+Migrations connect to PostgreSQL directly: DATABASE_URL must name PostgreSQL
+itself, not PgBouncer, since the migrations hold a session-level advisory
+lock, which PgBouncer's transaction mode does not keep. Point the
+functions, not this, at the pooler.
 `
 
 // directNote goes on every log line, so the Job's log says where it must

@@ -54,3 +54,21 @@ func TestRun(t *testing.T) {
 		})
 	}
 }
+
+// TestSaysItConnectsDirectly checks the -h text and the log note tell an
+// operator not to point the migrations at PgBouncer.
+func TestSaysItConnectsDirectly(t *testing.T) {
+	tests := []struct {
+		name string
+		text string
+	}{
+		{"usage", usage},
+		{"log note", directNote},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Contains(t, tc.text, "PgBouncer")
+			assert.Contains(t, tc.text, "directly")
+		})
+	}
+}
