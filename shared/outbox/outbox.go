@@ -190,13 +190,13 @@ func (o *Outbox) flush(ctx context.Context) (int, bool, error) {
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
 	defer cancel()
 	if len(sent) > 0 {
-		if _, err := o.pool.Exec(bctx, deleteSent, sent); err != nil {
-			return len(sent), false, fmt.Errorf("mark %d events sent: %w", len(sent), db.Classify(err))
+		if err := o.exec(bctx, deleteSent, sent); err != nil {
+			return len(sent), false, fmt.Errorf("mark %d events sent: %w", len(sent), err)
 		}
 	}
 	if len(untried) > 0 {
-		if _, err := o.pool.Exec(bctx, releaseUntried, untried); err != nil {
-			return len(sent), false, fmt.Errorf("release %d untried events: %w", len(untried), db.Classify(err))
+		if err := o.exec(bctx, releaseUntried, untried); err != nil {
+			return len(sent), false, fmt.Errorf("release %d untried events: %w", len(untried), err)
 		}
 	}
 	if refused != nil {
@@ -237,22 +237,32 @@ const (
 		    last_error = excluded.last_error, queued_at = excluded.queued_at, dead_at = now()`
 )
 
+// exec runs one bookkeeping statement in its own transaction, so the
+// statement and lock timeouts every transaction sets bound it too
+// (docs/data.md).
+func (o *Outbox) exec(ctx context.Context, sql string, args ...any) error {
+	return db.InTx(ctx, o.pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, sql, args...)
+		return err
+	})
+}
+
 // refused records the sink's refusal of p: a retry after its backoff, or,
 // when the refusal is permanent or p has had its attempts, the dead letters.
 func (o *Outbox) refused(ctx context.Context, p pending, refusal error) error {
 	attempt := p.attempts + 1
 	status := statusOf(refusal)
 	if permanent(status) || attempt >= o.maxAttempts {
-		if _, err := o.pool.Exec(ctx, moveToDeadLetters, p.id, refusal.Error()); err != nil {
-			return fmt.Errorf("dead-letter event %s: %w", p.id, db.Classify(err))
+		if err := o.exec(ctx, moveToDeadLetters, p.id, refusal.Error()); err != nil {
+			return fmt.Errorf("dead-letter event %s: %w", p.id, err)
 		}
 		o.log.Error("event dead-lettered: the sink refused it for good or too often",
 			"eventId", p.id, "eventType", p.event.Type(), "attempts", attempt, "status", status, "err", refusal)
 		return nil
 	}
 	wait := backoff(attempt)
-	if _, err := o.pool.Exec(ctx, retryLater, p.id, refusal.Error(), wait); err != nil {
-		return fmt.Errorf("reschedule event %s: %w", p.id, db.Classify(err))
+	if err := o.exec(ctx, retryLater, p.id, refusal.Error(), wait); err != nil {
+		return fmt.Errorf("reschedule event %s: %w", p.id, err)
 	}
 	o.log.Warn("emit failed; will retry", "eventId", p.id, "eventType", p.event.Type(),
 		"attempt", attempt, "retryIn", wait.String(), "status", status, "err", refusal)
@@ -332,25 +342,29 @@ const claimDue = `
 	returning id::text, event, attempts, created_at`
 
 func (o *Outbox) claim(ctx context.Context) ([]pending, error) {
-	rows, err := o.pool.Query(ctx, claimDue, o.function, batchSize, claimFor)
-	if err != nil {
-		return nil, fmt.Errorf("claim queued events: %w", db.Classify(err))
-	}
-	defer rows.Close()
 	var due []pending
-	for rows.Next() {
-		var p pending
-		var raw []byte
-		if err := rows.Scan(&p.id, &raw, &p.attempts, &p.created); err != nil {
-			return nil, fmt.Errorf("claim queued events: %w", err)
+	err := db.InTx(ctx, o.pool, func(tx pgx.Tx) error {
+		due = due[:0]
+		rows, err := tx.Query(ctx, claimDue, o.function, batchSize, claimFor)
+		if err != nil {
+			return err
 		}
-		if err := json.Unmarshal(raw, &p.event); err != nil {
-			return nil, fmt.Errorf("decode queued event %s: %w", p.id, err)
+		defer rows.Close()
+		for rows.Next() {
+			var p pending
+			var raw []byte
+			if err := rows.Scan(&p.id, &raw, &p.attempts, &p.created); err != nil {
+				return err
+			}
+			if err := json.Unmarshal(raw, &p.event); err != nil {
+				return fmt.Errorf("decode queued event %s: %w", p.id, err)
+			}
+			due = append(due, p)
 		}
-		due = append(due, p)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("claim queued events: %w", db.Classify(err))
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim queued events: %w", err)
 	}
 	// update ... returning has no order; send oldest first.
 	slices.SortFunc(due, func(a, b pending) int { return a.created.Compare(b.created) })
@@ -416,7 +430,7 @@ const readStats = `
 func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
 	var s Stats
 	var oldest float64
-	if err := o.pool.QueryRow(ctx, readStats, o.function).Scan(&s.Queued, &oldest, &s.DeadLetters); err != nil {
+	if err := (db.ReadOnly{DB: o.pool}).QueryRow(ctx, readStats, o.function).Scan(&s.Queued, &oldest, &s.DeadLetters); err != nil {
 		return Stats{}, fmt.Errorf("read outbox stats: %w", db.Classify(err))
 	}
 	s.OldestAge = time.Duration(oldest * float64(time.Second))
