@@ -480,7 +480,9 @@ func TestResponsesSurviveSinkTrouble(t *testing.T) {
 					return h.Pool.QueryRow(context.Background(),
 						`select id::text from event_outbox where last_error is not null`).Scan(&queued) == nil
 				}, eventually, 10*time.Millisecond, "the event was not kept in the outbox with its error")
-				assert.Contains(t, h.Logs.String(), queued, "the failed send is not logged")
+				// The refusal is logged just after it is recorded.
+				assert.Eventually(t, func() bool { return strings.Contains(h.Logs.String(), queued) },
+					eventually, 10*time.Millisecond, "the failed send is not logged")
 			}
 			heal()
 			got := h.Sink.WaitFor(context.Background(), events.SessionTagsUpdated, eventually)

@@ -69,7 +69,9 @@ func TestLockedRowAnswers503(t *testing.T) {
 			}
 		})
 	}
-	assert.Contains(t, h.Logs.String(), "55P03", "lock_timeout is the cause")
+	// The request's log line is written just after its response.
+	assert.Eventually(t, func() bool { return strings.Contains(h.Logs.String(), "55P03") },
+		time.Minute, 10*time.Millisecond, "lock_timeout is the cause")
 	require.NoError(t, holder.Rollback(ctx))
 	for i, tc := range calls {
 		t.Run(tc.name+" once released", func(t *testing.T) {
