@@ -405,27 +405,11 @@ func (v *Verifier) verifyJWKS(ctx context.Context, t *compact, req keyRequiremen
 	if !key.fits(t.alg, req) {
 		return Identity{}, unauthenticated("signing key does not match algorithm")
 	}
-	sig, err := t.decodeSignature()
-	if err != nil {
-		return Identity{}, err
-	}
-	if err := jwsbb.Verify(key.raw, t.alg, []byte(t.signingInput), sig); err != nil {
-		return Identity{}, unauthenticated("invalid signature")
-	}
-
-	c, err := parseClaims(t.payload)
+	c, err := v.signedClaims(t, key.raw, t.alg, m.issuer)
 	if err != nil {
 		return Identity{}, err
 	}
 	defer c.release()
-	if err := c.times(v.nowSeconds(), v.leeway); err != nil {
-		return Identity{}, err
-	}
-	if ok, err := c.strIs("iss", m.issuer); err != nil {
-		return Identity{}, err
-	} else if !ok {
-		return Identity{}, unauthenticated("token issuer not accepted")
-	}
 	if ok, err := c.audienceHas(m.audience); err != nil {
 		return Identity{}, err
 	} else if !ok {
@@ -476,27 +460,11 @@ func (v *Verifier) verifyStreamSpace(ctx context.Context, t *compact) (Identity,
 	if t.crit {
 		return Identity{}, unauthenticated("unsupported critical header")
 	}
-	sig, err := t.decodeSignature()
-	if err != nil {
-		return Identity{}, err
-	}
-	if err := jwsbb.Verify(m.secret, hs256, []byte(t.signingInput), sig); err != nil {
-		return Identity{}, unauthenticated("invalid signature")
-	}
-
-	c, err := parseClaims(t.payload)
+	c, err := v.signedClaims(t, m.secret, hs256, StreamSpaceIssuer)
 	if err != nil {
 		return Identity{}, err
 	}
 	defer c.release()
-	if err := c.times(v.nowSeconds(), v.leeway); err != nil {
-		return Identity{}, err
-	}
-	if ok, err := c.strIs("iss", StreamSpaceIssuer); err != nil {
-		return Identity{}, err
-	} else if !ok {
-		return Identity{}, unauthenticated("token issuer not accepted")
-	}
 	user, _, err := c.str("user_id")
 	if err != nil {
 		return Identity{}, err
@@ -531,6 +499,35 @@ func (v *Verifier) verifyStreamSpace(ctx context.Context, t *compact) (Identity,
 		return Identity{}, err
 	}
 	return Identity{Subject: user, Role: role, Groups: groups}, nil
+}
+
+// signedClaims checks t's signature with key under alg, then parses its
+// claims and checks the times and the issuer, as both modes do. The caller
+// releases the claims.
+func (v *Verifier) signedClaims(t *compact, key any, alg, issuer string) (*claims, error) {
+	sig, err := t.decodeSignature()
+	if err != nil {
+		return nil, err
+	}
+	if err := jwsbb.Verify(key, alg, []byte(t.signingInput), sig); err != nil {
+		return nil, unauthenticated("invalid signature")
+	}
+	c, err := parseClaims(t.payload)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.times(v.nowSeconds(), v.leeway); err != nil {
+		c.release()
+		return nil, err
+	}
+	if ok, err := c.strIs("iss", issuer); err != nil || !ok {
+		c.release()
+		if err != nil {
+			return nil, err
+		}
+		return nil, unauthenticated("token issuer not accepted")
+	}
+	return c, nil
 }
 
 func unauthenticated(msg string) error {
