@@ -19,7 +19,6 @@ import (
 
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/authn"
-	"github.com/streamspace-dev/functions/shared/authn/localissuer"
 	"github.com/streamspace-dev/functions/shared/fntest"
 )
 
@@ -107,20 +106,16 @@ func (b *countingBody) Close() error { return nil }
 // to the all-in-one's Handle and counts what it read of their bodies: a
 // delivery without the broker's token is refused before any of it.
 func TestEventAuthenticationComesBeforeTheBody(t *testing.T) {
-	cluster := httptest.NewServer(nil)
-	t.Cleanup(cluster.Close)
-	iss, err := localissuer.New(cluster.URL)
-	require.NoError(t, err)
-	cluster.Config.Handler = iss.JWKSHandler()
+	iss, clusterURL := fntest.ServeIssuer(t)
 	const (
 		audience = "serving.knative.dev/service/streamspace/streamspace"
 		broker   = "system:serviceaccount:knative-eventing:broker-oidc"
 	)
 	f := New()
 	fntest.Start(t, f, map[string]string{
-		"EVENT_AUTH_ISSUER":   cluster.URL,
+		"EVENT_AUTH_ISSUER":   clusterURL,
 		"EVENT_AUTH_AUDIENCE": audience,
-		"EVENT_AUTH_JWKS_URL": cluster.URL,
+		"EVENT_AUTH_JWKS_URL": clusterURL,
 		"EVENT_AUTH_SUBJECTS": broker,
 	})
 	brokerToken, err := iss.Token(broker, authn.User, audience, time.Hour)

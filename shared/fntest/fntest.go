@@ -99,13 +99,7 @@ func StartOn(tb testing.TB, pool *pgxpool.Pool, f runtime.Function, env map[stri
 		h.DatabaseURL = u
 	}
 
-	jwks := httptest.NewServer(nil)
-	tb.Cleanup(jwks.Close)
-	iss, err := localissuer.New(jwks.URL)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	jwks.Config.Handler = iss.JWKSHandler()
+	iss, issuerURL := ServeIssuer(tb)
 	h.Issuer = iss
 
 	// StreamSpace's JWT_SECRET, mounted as a file as in the cluster, with
@@ -123,9 +117,9 @@ func StartOn(tb testing.TB, pool *pgxpool.Pool, f runtime.Function, env map[stri
 	h.Env = map[string]string{
 		"DATABASE_URL":                h.DatabaseURL,
 		"K_SINK":                      h.Sink.URL,
-		"AUTH_ISSUER":                 jwks.URL,
+		"AUTH_ISSUER":                 issuerURL,
 		"AUTH_AUDIENCE":               Audience,
-		"AUTH_JWKS_URL":               jwks.URL,
+		"AUTH_JWKS_URL":               issuerURL,
 		"STREAMSPACE_JWT_SECRET_FILE": secretFile,
 		"OUTBOX_INTERVAL":             "100ms",
 	}
@@ -446,4 +440,19 @@ func (b *Buffer) Lines() []map[string]any {
 		}
 	}
 	return out
+}
+
+// ServeIssuer starts a token issuer whose JWKS is served on a loopback
+// server for the rest of the test, and returns it with its URL (its iss and
+// its JWKS URL both).
+func ServeIssuer(tb testing.TB) (*localissuer.Issuer, string) {
+	tb.Helper()
+	srv := httptest.NewServer(nil)
+	tb.Cleanup(srv.Close)
+	iss, err := localissuer.New(srv.URL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv.Config.Handler = iss.JWKSHandler()
+	return iss, srv.URL
 }

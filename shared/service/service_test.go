@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"sync"
 	"testing"
@@ -19,7 +18,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/shared/authn"
-	"github.com/streamspace-dev/functions/shared/authn/localissuer"
 	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/fntest"
 	"github.com/streamspace-dev/functions/shared/logging"
@@ -213,19 +211,15 @@ func TestOutboxDrainPingSendsWhatIsQueued(t *testing.T) {
 
 func TestEventPathVerifiesTheBrokersToken(t *testing.T) {
 	// The cluster's token issuer, standing in for the API server's.
-	cluster := httptest.NewServer(nil)
-	t.Cleanup(cluster.Close)
-	iss, err := localissuer.New(cluster.URL)
-	require.NoError(t, err)
-	cluster.Config.Handler = iss.JWKSHandler()
+	iss, clusterURL := fntest.ServeIssuer(t)
 	const (
 		audience = "serving.knative.dev/service/streamspace/counter"
 		broker   = "system:serviceaccount:knative-eventing:broker-oidc"
 	)
 	h := startCounter(t, map[string]string{
-		"EVENT_AUTH_ISSUER":   cluster.URL,
+		"EVENT_AUTH_ISSUER":   clusterURL,
 		"EVENT_AUTH_AUDIENCE": audience,
-		"EVENT_AUTH_JWKS_URL": cluster.URL,
+		"EVENT_AUTH_JWKS_URL": clusterURL,
 		"EVENT_AUTH_SUBJECTS": broker,
 	})
 	token := func(sub, aud string) string {
