@@ -25,7 +25,7 @@ TEST_FLAGS ?= -count=1 -timeout 10m
 PGBOUNCER_PKGS := $(MODULE) $(MODULE)/functions/... $(MODULE)/shared/fntest
 BENCH_FLAGS ?= -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 20m
 
-.PHONY: all build run test bench lint migrate tidy clean new-function
+.PHONY: all build run test bench lint migrate tidy clean new-function tools
 
 all: build
 
@@ -48,11 +48,16 @@ run:
 
 ## test: every module's tests against a real PostgreSQL, then the function
 ## packages' again through PgBouncer, in one throwaway cluster
-test: lint
+test: lint tools
 	$(WITH_DB) bash -c '$(GO) test $(TEST_FLAGS) $(MODULE)/... && scripts/with-pgbouncer $(GO) test $(TEST_FLAGS) $(PGBOUNCER_PKGS)'
 
+## tools: the servers the tests start (kube-apiserver, etcd, MinIO, Mailpit,
+## Ory Hydra), built once from the Go module proxy into .tools/bin
+tools:
+	scripts/tools
+
 ## bench: the benchmarks named in the issues (figures go in the closing note)
-bench:
+bench: tools
 	$(BENCH_DB) $(GO) test $(BENCH_FLAGS) $(MODULE)/... | tee bench.out
 
 ## lint: gofmt and go vet across every module
