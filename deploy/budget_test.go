@@ -45,6 +45,7 @@ const (
 	statementEnv     = "DATABASE_STATEMENT_TIMEOUT"
 
 	functionsPolicy = "functions-ingress"
+	metricsPolicy   = "functions-metrics"
 	pgbouncerPolicy = "pgbouncer-ingress"
 	pgbouncerName   = "pgbouncer"
 	pgbouncerIni    = "pgbouncer.ini"
