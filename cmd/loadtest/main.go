@@ -8,8 +8,12 @@
 // kind, "too many connections" (SQLSTATE 53300) among them.
 //
 // The bar: no 53300 in either mode, and through PgBouncer a peak at or
-// under PgBouncer's pool size however many instances run. It exits 1 when
-// the bar is missed, 2 when the run could not be made.
+// under PgBouncer's pool size however many instances run. Then, unless
+// -refusal=false, it fills the server's max_connections with idle
+// connections and checks that an instance answers a REST request with 503
+// and Retry-After and an event with a 5xx (so the UI and the broker retry),
+// and serves again once connections are free. It exits 1 when the bar is
+// missed, 2 when the run could not be made.
 //
 // It needs a PostgreSQL server in libpq's environment (PGHOST, PGPORT,
 // PGUSER, PGPASSWORD), a user that may create databases; `make load` runs
@@ -58,6 +62,7 @@ type options struct {
 	poolMax          int
 	poolSize         int
 	modes            []string
+	refusal          bool
 }
 
 // mode is one way the instances reach PostgreSQL.
@@ -136,6 +141,7 @@ func main() {
 	flag.IntVar(&o.poolMax, "pool-max", 4, "DATABASE_POOL_MAX of every instance")
 	flag.IntVar(&o.poolSize, "pool-size", 20, "PgBouncer's default_pool_size and max_db_connections")
 	flag.StringVar(&modes, "modes", "direct,pgbouncer", "the modes to run, comma-separated")
+	flag.BoolVar(&o.refusal, "refusal", true, "also fill max_connections and check an instance answers 503 with Retry-After, then recovers")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
 	for _, m := range o.modes {
@@ -151,25 +157,26 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	results, err := run(ctx, o, os.Stdout)
+	missed, err := run(ctx, o, os.Stdout)
 	if err != nil {
 		log.Print(err)
 		os.Exit(2)
-	}
-	var missed []string
-	for _, r := range results {
-		missed = append(missed, r.missed()...)
 	}
 	if len(missed) > 0 {
 		fmt.Println("\nThe bar is missed:\n  " + strings.Join(missed, "\n  "))
 		os.Exit(1)
 	}
 	fmt.Println("\nThe bar is met: no \"too many connections\", and through PgBouncer the peak stays within its pool.")
+	if !o.refusal {
+		return
+	}
+	fmt.Println("At max_connections an instance answers 503 with Retry-After (an event 5xx) and serves again once connections are free.")
 }
 
-// run prepares the database and the token issuer, runs each mode and
-// prints the report to w.
-func run(ctx context.Context, o options, w io.Writer) ([]result, error) {
+// run prepares the database and the token issuer, runs each mode and the
+// refusal check, prints the report to w, and returns what of the bar is
+// missed.
+func run(ctx context.Context, o options, w io.Writer) ([]string, error) {
 	srv, err := serverFromEnv()
 	if err != nil {
 		return nil, err
@@ -192,10 +199,10 @@ func run(ctx context.Context, o options, w io.Writer) ([]result, error) {
 	pools := len(function.New().Functions())
 	fmt.Fprintf(w, "PostgreSQL max_connections %d (superuser_reserved_connections %d); %d clients, %s per mode\n",
 		maxConns, reserved, o.clients, o.duration)
-	fmt.Fprintf(w, "direct: %d instances × %d pools (one per function) × DATABASE_POOL_MAX %d = %d connections at most,\n"+
+	fmt.Fprintf(w, "direct (with -modes direct): %d instances × %d pools (one per function) × DATABASE_POOL_MAX %d = %d connections at most,\n"+
 		"  + 1 monitoring connection = %d of %d (%d kept for superusers: %d left for anyone else)\n",
 		o.instances, pools, o.poolMax, o.instances*pools*o.poolMax, o.instances*pools*o.poolMax+1, maxConns, reserved, maxConns-reserved)
-	fmt.Fprintf(w, "pgbouncer: %d instances × %d × %d = %d client connections to PgBouncer, whose server pool is %d\n\n",
+	fmt.Fprintf(w, "pgbouncer (with -modes pgbouncer): %d instances × %d × %d = %d client connections to PgBouncer, whose server pool is %d\n\n",
 		o.bouncerInstances, pools, o.poolMax, o.bouncerInstances*pools*o.poolMax, o.poolSize)
 
 	issuerURL, iss, stopIssuer, err := serveIssuer()
@@ -242,11 +249,23 @@ func run(ctx context.Context, o options, w io.Writer) ([]result, error) {
 	for _, r := range results {
 		missed = append(missed, r.missed()...)
 	}
+	if o.refusal {
+		dsn := fmt.Sprintf("host=%s port=%d dbname=%s user=%s password=%s sslmode=disable",
+			srv.host, srv.port, database, quote(srv.user), quote(srv.password))
+		f, err := checkRefusal(ctx, o, dsn, issuerURL, iss, logs, admin)
+		if err != nil {
+			return nil, fmt.Errorf("at max_connections: %w", err)
+		}
+		fmt.Fprintf(w, "\nat max_connections (%d idle connections filled it): REST %d, Retry-After %q; event %d; "+
+			"the instance logged 53300 %d times; once they were closed, REST %d\n",
+			f.fillers, f.rest, f.retryAfter, f.event, f.logged, f.restAfter)
+		missed = append(missed, f.missed()...)
+	}
 	if len(missed) == 0 {
-		return results, os.RemoveAll(logs)
+		return nil, os.RemoveAll(logs)
 	}
 	fmt.Fprintf(w, "\nThe instances' logs: %s\n", logs)
-	return results, nil
+	return missed, nil
 }
 
 // runMode starts r's instances on dsn, drives the clients and fills r.
@@ -255,18 +274,7 @@ func runMode(ctx context.Context, o options, r *result, dsn, issuerURL string, i
 	if err != nil {
 		return err
 	}
-	env := []string{
-		"DATABASE_URL=" + dsn,
-		"DATABASE_POOL_MAX=" + strconv.Itoa(o.poolMax),
-		"AUTH_ISSUER=" + issuerURL,
-		"AUTH_AUDIENCE=" + audience,
-		"AUTH_JWKS_URL=" + issuerURL,
-		// Nothing receives the events the functions emit; they stay queued.
-		"K_SINK=",
-		"STREAMSPACE_JWT_SECRET_FILE=",
-		"EVENT_AUTH_ISSUER=",
-	}
-	instances, err := startInstances(ctx, o.binary, r.instances, env, dir)
+	instances, err := startInstances(ctx, o.binary, r.instances, instanceEnv(o, dsn, issuerURL), dir)
 	if err != nil {
 		return err
 	}
@@ -298,6 +306,22 @@ func runMode(ctx context.Context, o options, r *result, dsn, issuerURL string, i
 	}
 	r.states, err = logStates(instances)
 	return err
+}
+
+// instanceEnv is the environment of an instance reaching its database at
+// dsn and trusting the clients' token issuer.
+func instanceEnv(o options, dsn, issuerURL string) []string {
+	return []string{
+		"DATABASE_URL=" + dsn,
+		"DATABASE_POOL_MAX=" + strconv.Itoa(o.poolMax),
+		"AUTH_ISSUER=" + issuerURL,
+		"AUTH_AUDIENCE=" + audience,
+		"AUTH_JWKS_URL=" + issuerURL,
+		// Nothing receives the events the functions emit; they stay queued.
+		"K_SINK=",
+		"STREAMSPACE_JWT_SECRET_FILE=",
+		"EVENT_AUTH_ISSUER=",
+	}
 }
 
 // report prints one row per mode, then the errors by kind.

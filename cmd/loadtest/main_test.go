@@ -78,3 +78,34 @@ func TestFailuresByKind(t *testing.T) {
 		"no answer: connection refused": 1,
 	}, r.failures())
 }
+
+func TestTheRefusalBar(t *testing.T) {
+	good := refusal{fillers: 38, rest: 503, retryAfter: "1", event: 503, logged: 2, restAfter: 200}
+	tests := []struct {
+		name   string
+		change func(*refusal)
+		missed string
+	}{
+		{"met", func(*refusal) {}, ""},
+		{"a 500", func(f *refusal) { f.rest = 500 }, "REST answered 500"},
+		{"no Retry-After", func(f *refusal) { f.retryAfter = "" }, `Retry-After ""`},
+		{"a final event refusal", func(f *refusal) { f.event = 400 }, "the event path answered 400"},
+		{"nothing logged", func(f *refusal) { f.logged = 0 }, "logged no SQLSTATE 53300"},
+		{"no recovery", func(f *refusal) { f.restAfter = 503 }, "after max_connections: REST answered 503"},
+		{"refused otherwise", func(f *refusal) { f.fillerFailed = "password authentication failed" }, "something else than 53300"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := good
+			tc.change(&f)
+			missed := f.missed()
+			if tc.missed == "" {
+				assert.Empty(t, missed)
+				return
+			}
+			if assert.Len(t, missed, 1) {
+				assert.Contains(t, missed[0], tc.missed)
+			}
+		})
+	}
+}
