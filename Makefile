@@ -24,8 +24,13 @@ TEST_FLAGS ?= -count=1 -timeout 10m
 # (scripts/with-pgbouncer), and the harness test that checks they do.
 PGBOUNCER_PKGS := $(MODULE) $(MODULE)/functions/... $(MODULE)/shared/fntest
 BENCH_FLAGS ?= -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 20m
+# `make load` always runs in a throwaway cluster of its own, since its bar is
+# set against max_connections=40; LOAD_FLAGS are cmd/loadtest's flags, e.g.
+# make load LOAD_FLAGS=-duration=5s
+LOAD_DB := pg_virtualenv -t -o 'max_connections=40'
+LOAD_FLAGS ?=
 
-.PHONY: all build run test bench lint migrate tidy clean new-function tools
+.PHONY: all build run test bench load lint migrate tidy clean new-function tools
 
 all: build
 
@@ -59,6 +64,15 @@ tools:
 ## bench: the benchmarks named in the issues (figures go in the closing note)
 bench: tools
 	$(BENCH_DB) $(GO) test $(BENCH_FLAGS) $(MODULE)/... | tee bench.out
+
+## load: several all-in-one instances against a PostgreSQL with
+## max_connections=40, directly and through PgBouncer, 64 clients for 30 s
+## each (cmd/loadtest); fails unless the connection bar is met
+load:
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -o $(BIN)/streamspace ./cmd/streamspace
+	$(GO) build -trimpath -o $(BIN)/loadtest ./cmd/loadtest
+	$(LOAD_DB) $(BIN)/loadtest -bin $(BIN)/streamspace $(LOAD_FLAGS)
 
 ## lint: gofmt and go vet across every module
 lint:

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/streamspace-dev/functions/events"
@@ -156,6 +157,63 @@ func TestAlertRulesNameOnlyMetricsThatExist(t *testing.T) {
 		})
 		require.NoError(t, err)
 	})
+}
+
+// podMonitor is the part of docs/podmonitor.yaml the test reads.
+type podMonitor struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string            `json:"name"`
+		Namespace string            `json:"namespace"`
+		Labels    map[string]string `json:"labels"`
+	} `json:"metadata"`
+	Spec struct {
+		NamespaceSelector struct {
+			MatchNames []string `json:"matchNames"`
+		} `json:"namespaceSelector"`
+		Selector struct {
+			MatchLabels map[string]string `json:"matchLabels"`
+		} `json:"selector"`
+		PodMetricsEndpoints []struct {
+			Port     string `json:"port"`
+			Path     string `json:"path"`
+			Interval string `json:"interval"`
+		} `json:"podMetricsEndpoints"`
+	} `json:"spec"`
+}
+
+// TestPodMonitorScrapesTheFunctionPods: the example PodMonitor selects the
+// function pods by the label their Services give them, in their namespace,
+// on the port Knative names the user container's, at the metrics path.
+func TestPodMonitorScrapesTheFunctionPods(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("docs", "podmonitor.yaml"))
+	require.NoError(t, err)
+	var pm podMonitor
+	require.NoError(t, yaml.UnmarshalStrict(raw, &pm))
+	rendered, err := os.ReadFile(filepath.Join("deploy", "overlays", "all-in-one", "service.yaml"))
+	require.NoError(t, err)
+	var svc servingv1.Service
+	require.NoError(t, yaml.Unmarshal(rendered, &svc))
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"a PodMonitor", pm.APIVersion + " " + pm.Kind, "monitoring.coreos.com/v1 PodMonitor"},
+		{"the functions' namespace", pm.Spec.NamespaceSelector.MatchNames, []string{svc.Namespace}},
+		{"the function pods", pm.Spec.Selector.MatchLabels, map[string]string{"app.kubernetes.io/component": svc.Spec.Template.Labels["app.kubernetes.io/component"]}},
+		{"one endpoint", len(pm.Spec.PodMetricsEndpoints), 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, tc.got)
+		})
+	}
+	require.Len(t, pm.Spec.PodMetricsEndpoints, 1)
+	ep := pm.Spec.PodMetricsEndpoints[0]
+	assert.Equal(t, servingv1.UserPortName, ep.Port, "Knative's name for the user container's port")
+	assert.Equal(t, runtime.MetricsPath, ep.Path)
+	assert.Equal(t, "function", svc.Spec.Template.Labels["app.kubernetes.io/component"])
 }
 
 // readmeSection is the README's section under heading, up to the next

@@ -1285,9 +1285,11 @@ func TestNetworkPolicy(t *testing.T) {
 			b := loadOverlay(t, ov)
 			var np *networkingv1.NetworkPolicy
 			for _, p := range all[*networkingv1.NetworkPolicy](b) {
-				if p.Name == functionsPolicy {
+				switch p.Name {
+				case functionsPolicy:
 					np = p
-				} else {
+				case metricsPolicy: // checked in TestMetricsNetworkPolicy
+				default:
 					// PgBouncer's own, checked in TestPgBouncer.
 					assert.True(t, ov.pgbouncer && p.Name == pgbouncerPolicy, "NetworkPolicy %s", p.Name)
 				}
@@ -1319,6 +1321,65 @@ func TestNetworkPolicy(t *testing.T) {
 			}
 			sort.Slice(got, func(i, j int) bool { return got[i].namespace < got[j].namespace })
 			assert.Equal(t, want, got)
+		})
+	}
+}
+
+// TestMetricsNetworkPolicy: Prometheus's pods in the monitoring namespace,
+// and nothing else, may reach the function containers' port, where
+// /metrics is served, and no other port and no other pod: not queue-proxy,
+// not the dead-letter sink, not a session pod.
+func TestMetricsNetworkPolicy(t *testing.T) {
+	for _, ov := range overlays {
+		t.Run(ov.name, func(t *testing.T) {
+			b := loadOverlay(t, ov)
+			var np *networkingv1.NetworkPolicy
+			for _, p := range all[*networkingv1.NetworkPolicy](b) {
+				if p.Name == metricsPolicy {
+					np = p
+				}
+			}
+			require.NotNil(t, np, "NetworkPolicy %s", metricsPolicy)
+			assert.Equal(t, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}, np.Spec.PolicyTypes)
+			sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+			require.NoError(t, err)
+			assert.Equal(t, map[string]string{componentLabel: functionComp}, np.Spec.PodSelector.MatchLabels, "function pods only")
+			assert.Empty(t, np.Spec.PodSelector.MatchExpressions)
+			ports := map[int32]bool{}
+			for _, s := range all[*servingv1.Service](b) {
+				pods := labels.Set(s.Spec.Template.Labels)
+				if s.Labels[componentLabel] != functionComp {
+					assert.False(t, sel.Matches(pods), "Service %s is no function and serves no metrics", s.Name)
+					continue
+				}
+				assert.True(t, sel.Matches(pods), "pods of Knative Service %s cannot be scraped", s.Name)
+				for _, c := range s.Spec.Template.Spec.Containers {
+					for _, p := range c.Ports {
+						ports[p.ContainerPort] = true
+					}
+				}
+			}
+			require.Len(t, ports, 1, "the function containers share one port")
+
+			require.Len(t, np.Spec.Ingress, 1)
+			rule := np.Spec.Ingress[0]
+			require.Len(t, rule.From, 1, "one peer: Prometheus")
+			from := rule.From[0]
+			assert.Nil(t, from.IPBlock, "no IP blocks")
+			require.NotNil(t, from.NamespaceSelector, "without a namespace selector the peer is a pod of this namespace")
+			assert.Equal(t, map[string]string{"kubernetes.io/metadata.name": "monitoring"}, from.NamespaceSelector.MatchLabels, "one namespace, by name")
+			assert.Empty(t, from.NamespaceSelector.MatchExpressions)
+			require.NotNil(t, from.PodSelector, "without a pod selector every pod of the namespace is a peer")
+			assert.Equal(t, map[string]string{"app.kubernetes.io/name": "prometheus"}, from.PodSelector.MatchLabels)
+			assert.Empty(t, from.PodSelector.MatchExpressions)
+			require.Len(t, rule.Ports, 1, "one port: the function container's")
+			p := rule.Ports[0]
+			require.NotNil(t, p.Port)
+			assert.True(t, ports[int32(p.Port.IntValue())], "port %s is not the function containers' port", p.Port)
+			assert.Nil(t, p.EndPort, "a single port, not a range")
+			if assert.NotNil(t, p.Protocol) {
+				assert.Equal(t, corev1.ProtocolTCP, *p.Protocol)
+			}
 		})
 	}
 }
