@@ -17,13 +17,16 @@ import (
 	"strings"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/streamspace-dev/functions/events"
 	sharing "github.com/streamspace-dev/functions/functions/sharing"
 	tags "github.com/streamspace-dev/functions/functions/tags"
 	versioning "github.com/streamspace-dev/functions/functions/versioning"
 	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/metrics"
 	"github.com/streamspace-dev/functions/shared/runtime"
+	"github.com/streamspace-dev/functions/shared/service"
 )
 
 // member is what the all-in-one needs of each function.
@@ -39,7 +42,12 @@ type Function struct {
 	members map[string]member
 	order   []string
 	rest    *http.ServeMux
+	pool    *pgxpool.Pool // shared by every member
+	forget  func()        // unregisters the pool's metrics
 }
+
+// Name labels the all-in-one's own metrics, such as its shared pool's.
+const Name = "all-in-one"
 
 // New returns the all-in-one function with every function built in.
 func New() *Function {
@@ -59,9 +67,22 @@ func newWith(members map[string]member) *Function {
 // Functions names the functions this Service contains.
 func (f *Function) Functions() []string { return slices.Clone(f.order) }
 
-// Start starts every function with the same environment, then mounts each
-// one's REST routes. A route claimed twice is a start-up error.
+// Start opens one database pool for every function, starts each with the
+// same environment, then mounts each one's REST routes. A route claimed
+// twice is a start-up error. One pool keeps an instance at
+// DATABASE_POOL_MAX connections however many functions it holds, which is
+// what the connection budget counts (docs/deploy.md).
 func (f *Function) Start(ctx context.Context, env map[string]string) (err error) {
+	pool, err := service.OpenPool(ctx, env)
+	if err != nil {
+		return fmt.Errorf("%s: %w", Name, err)
+	}
+	forget, err := runtime.Metrics(ctx).Register(Name, metrics.Pool(pool))
+	if err != nil {
+		pool.Close()
+		return fmt.Errorf("%s: metrics: %w", Name, err)
+	}
+	ctx = service.WithPool(ctx, pool)
 	rest := http.NewServeMux()
 	var started []string
 	defer func() {
@@ -69,6 +90,8 @@ func (f *Function) Start(ctx context.Context, env map[string]string) (err error)
 			for _, name := range started {
 				f.members[name].Stop(ctx)
 			}
+			forget()
+			pool.Close()
 		}
 	}()
 	for _, name := range f.order {
@@ -83,7 +106,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) (err error)
 			}
 		}
 	}
-	f.rest = rest
+	f.rest, f.pool, f.forget = rest, pool, forget
 	return nil
 }
 
@@ -97,11 +120,15 @@ func mount(mux *http.ServeMux, pattern string, m member) (err error) {
 	return nil
 }
 
-// Stop stops every function.
+// Stop stops every function, then closes their pool.
 func (f *Function) Stop(ctx context.Context) error {
 	var all []error
 	for _, name := range f.order {
 		all = append(all, f.members[name].Stop(ctx))
+	}
+	if f.pool != nil {
+		f.forget()
+		f.pool.Close()
 	}
 	return errors.Join(all...)
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/db/dbtest"
 	"github.com/streamspace-dev/functions/shared/fntest"
 )
 
@@ -200,7 +201,8 @@ func TestARouteClaimedTwiceStopsStartUp(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := newWith(tc.members).Start(context.Background(), nil)
+			env := map[string]string{"DATABASE_URL": dbtest.URL(t, dbtest.New(t))}
+			err := newWith(tc.members).Start(context.Background(), env)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
 		})

@@ -54,14 +54,17 @@ func TestAllInOneServesEveryMembersMetrics(t *testing.T) {
 		})
 	}
 	for _, name := range f.Functions() {
-		t.Run("the pool and outbox of "+name, func(t *testing.T) {
+		t.Run("the outbox of "+name, func(t *testing.T) {
 			fn := map[string]string{"function": name}
-			assert.Positive(t, got.Value(metrics.PoolMaxConns, fn))
+			assert.False(t, got.Has(metrics.PoolMaxConns, fn), "a member reports the pool it was given")
 			assert.Equal(t, 1.0, got.Value(metrics.OutboxStatsUp, fn))
 			assert.True(t, got.Has(metrics.OutboxQueuedEvents, fn))
 			assert.True(t, got.Has(metrics.OutboxDeadLetters, fn))
 		})
 	}
+	t.Run("the one pool the members share", func(t *testing.T) {
+		assert.Equal(t, 4.0, got.Value(metrics.PoolMaxConns, map[string]string{"function": Name}))
+	})
 	t.Run("never a REST route", func(t *testing.T) {
 		for _, path := range []string{"/api/metrics", "/api/v1/metrics"} {
 			status, body := h.Do(http.MethodGet, path, h.Token("alice", authn.User), nil)

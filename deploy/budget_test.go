@@ -31,7 +31,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	allinone "github.com/streamspace-dev/functions"
 )
 
 const (
@@ -108,30 +107,16 @@ func newPgBouncerFS() (filesys.FileSystem, error) {
 }
 
 // serviceShare is one function Service's share of the connections: every
-// instance may fill each of its pools.
+// instance may fill its pool. An instance holds one pool, the all-in-one's
+// too: its functions share the one it opens (service.WithPool).
 type serviceShare struct {
 	name              string
 	maxScale, poolMax int
-	pools             int  // pools per instance: one per function the image serves
 	pooled            bool // DATABASE_URL goes through PgBouncer
 }
 
 // connections is the most the Service's instances may hold together.
-func (s serviceShare) connections() int { return s.maxScale * s.pools * s.poolMax }
-
-// allInOneImage is the image of the all-in-one Service.
-const allInOneImage = "ko://github.com/streamspace-dev/functions/cmd/streamspace"
-
-// poolsPerInstance is how many pools one instance of image (a ko:// path,
-// or what resolveKo made of it) opens: every function started in a process
-// opens its own (service.Start), so the all-in-one holds one per function
-// it contains, each up to DATABASE_POOL_MAX.
-func poolsPerInstance(image string) int {
-	if resolved, _ := resolveKo([]byte(allInOneImage)); image == allInOneImage || image == string(resolved) {
-		return len(allinone.New().Functions())
-	}
-	return 1
-}
+func (s serviceShare) connections() int { return s.maxScale * s.poolMax }
 
 // poolerLoad is what PgBouncer may open to PostgreSQL and accept.
 type poolerLoad struct {
@@ -145,16 +130,15 @@ type poolerLoad struct {
 type connectionLoad struct {
 	budget   int
 	services []serviceShare
-	direct   int // Σ max-scale × pools × pool max of the Services that bypass PgBouncer
+	direct   int // Σ max-scale × pool max of the Services that bypass PgBouncer
 	pooled   int // the same for the Services that go through PgBouncer
 	pooler   *poolerLoad
 	server   int // what PostgreSQL may see from the functions
 }
 
 // measureConnections adds up the PostgreSQL connections the objects of an
-// overlay may open. Without PgBouncer that is Σ max-scale × pools per
-// instance × DATABASE_POOL_MAX over the function Services (the all-in-one
-// opens a pool per function it contains); with it, PgBouncer's server pool
+// overlay may open. Without PgBouncer that is Σ max-scale ×
+// DATABASE_POOL_MAX over the function Services; with it, PgBouncer's server pool
 // (pods × max_db_connections over its databases) plus any Service still
 // going direct, while the pooled Services' Σ must fit one pod's max_client_conn. It
 // returns an error naming every problem: a value missing, unbounded or
@@ -190,7 +174,7 @@ func measureConnections(objs []object) (connectionLoad, error) {
 		if s.Labels[componentLabel] != functionComp && !usesDB {
 			continue // the dead-letter sink opens no connection
 		}
-		share := serviceShare{name: s.Name, pools: poolsPerInstance(c.Image), pooled: key == pooledDatabaseKey}
+		share := serviceShare{name: s.Name, pooled: key == pooledDatabaseKey}
 		if !usesDB {
 			fail("Service %s: DATABASE_URL does not come from Secret %s", s.Name, databaseSecret)
 		}
@@ -249,11 +233,7 @@ func (l connectionLoad) describe() string {
 		if s.pooled {
 			via = "through PgBouncer"
 		}
-		pools := ""
-		if s.pools > 1 {
-			pools = fmt.Sprintf("%d pools×", s.pools)
-		}
-		parts = append(parts, fmt.Sprintf("%s %d×%s%d %s", s.name, s.maxScale, pools, s.poolMax, via))
+		parts = append(parts, fmt.Sprintf("%s %d×%d %s", s.name, s.maxScale, s.poolMax, via))
 	}
 	out := strings.Join(parts, ", ")
 	if l.pooler != nil {
@@ -523,8 +503,8 @@ func TestConnectionBudgetRefuses(t *testing.T) {
 			delete(configMap(objs, configMapName).Data, poolMaxEnv)
 		}, "Service sharing: DATABASE_POOL_MAX is not set"},
 		{"max-scale over the budget", "all-in-one", func(objs []object) {
-			service(objs, allInOne).Spec.Template.Annotations[maxScaleKey] = "4"
-		}, "48 PostgreSQL connections, over the budget of 40 (streamspace 4×3 pools×4 direct)"},
+			service(objs, allInOne).Spec.Template.Annotations[maxScaleKey] = "11"
+		}, "44 PostgreSQL connections, over the budget of 40 (streamspace 11×4 direct)"},
 		{"one Service's own pool over the budget", "ingress", func(objs []object) {
 			c := &service(objs, "versioning").Spec.Template.Spec.Containers[0]
 			c.Env = append(c.Env, corev1.EnvVar{Name: poolMaxEnv, Value: "8"})
@@ -555,7 +535,7 @@ func TestConnectionBudgetRefuses(t *testing.T) {
 		}, `pool_mode "session", want transaction`},
 		{"more clients than max_client_conn", "all-in-one-ingress+pgbouncer", func(objs []object) {
 			editIni(objs, "max_client_conn = 200", "max_client_conn = 10")
-		}, "may open 36 client connections, more than max_client_conn 10"},
+		}, "may open 20 client connections, more than max_client_conn 10"},
 		{"a Service going direct beside PgBouncer", "functions+pgbouncer", func(objs []object) {
 			service(objs, "tags").Spec.Template.Spec.Containers[0].Env[0].ValueFrom.SecretKeyRef.Key = databaseKey
 		}, "52 PostgreSQL connections, over the budget of 40"},

@@ -1,5 +1,5 @@
 // Command loadtest is `make load`: several all-in-one instances
-// (bin/streamspace, each a process with its own pools, as Knative runs one
+// (bin/streamspace, each a process with its own pool, as Knative runs one
 // per pod) against one PostgreSQL with max_connections=40, once directly
 // and once through PgBouncer in transaction mode, driven by concurrent
 // clients mixing tag batches, share reads and version lists. Per mode it
@@ -40,7 +40,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	function "github.com/streamspace-dev/functions"
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/authn/localissuer"
 )
@@ -77,7 +76,6 @@ const (
 type result struct {
 	mode      mode
 	instances int
-	pools     int // per instance: one per function the all-in-one contains
 	poolMax   int
 	poolSize  int // PgBouncer's server pool; 0 direct
 	samples   []sample
@@ -91,7 +89,7 @@ func (r result) bound() int {
 	if r.poolSize > 0 {
 		return r.poolSize
 	}
-	return r.instances * r.pools * r.poolMax
+	return r.instances * r.poolMax
 }
 
 // tooMany counts the "too many connections" the instances met.
@@ -136,8 +134,8 @@ func main() {
 	flag.StringVar(&o.root, "root", ".", "the repository root (for StreamSpace's schema)")
 	flag.DurationVar(&o.duration, "duration", 30*time.Second, "how long the clients run in each mode")
 	flag.IntVar(&o.clients, "clients", 64, "concurrent clients")
-	flag.IntVar(&o.instances, "instances", 3, "all-in-one instances going directly to PostgreSQL")
-	flag.IntVar(&o.bouncerInstances, "bouncer-instances", 6, "all-in-one instances going through PgBouncer")
+	flag.IntVar(&o.instances, "instances", 9, "all-in-one instances going directly to PostgreSQL")
+	flag.IntVar(&o.bouncerInstances, "bouncer-instances", 18, "all-in-one instances going through PgBouncer")
 	flag.IntVar(&o.poolMax, "pool-max", 4, "DATABASE_POOL_MAX of every instance")
 	flag.IntVar(&o.poolSize, "pool-size", 20, "PgBouncer's default_pool_size and max_db_connections")
 	flag.StringVar(&modes, "modes", "direct,pgbouncer", "the modes to run, comma-separated")
@@ -196,14 +194,13 @@ func run(ctx context.Context, o options, w io.Writer) ([]string, error) {
 		return nil, err
 	}
 
-	pools := len(function.New().Functions())
 	fmt.Fprintf(w, "PostgreSQL max_connections %d (superuser_reserved_connections %d); %d clients, %s per mode\n",
 		maxConns, reserved, o.clients, o.duration)
-	fmt.Fprintf(w, "direct (with -modes direct): %d instances × %d pools (one per function) × DATABASE_POOL_MAX %d = %d connections at most,\n"+
+	fmt.Fprintf(w, "direct (with -modes direct): %d instances × DATABASE_POOL_MAX %d (one pool per instance, shared by its functions) = %d connections at most,\n"+
 		"  + 1 monitoring connection = %d of %d (%d kept for superusers: %d left for anyone else)\n",
-		o.instances, pools, o.poolMax, o.instances*pools*o.poolMax, o.instances*pools*o.poolMax+1, maxConns, reserved, maxConns-reserved)
-	fmt.Fprintf(w, "pgbouncer (with -modes pgbouncer): %d instances × %d × %d = %d client connections to PgBouncer, whose server pool is %d\n\n",
-		o.bouncerInstances, pools, o.poolMax, o.bouncerInstances*pools*o.poolMax, o.poolSize)
+		o.instances, o.poolMax, o.instances*o.poolMax, o.instances*o.poolMax+1, maxConns, reserved, maxConns-reserved)
+	fmt.Fprintf(w, "pgbouncer (with -modes pgbouncer): %d instances × %d = %d client connections to PgBouncer, whose server pool is %d\n\n",
+		o.bouncerInstances, o.poolMax, o.bouncerInstances*o.poolMax, o.poolSize)
 
 	issuerURL, iss, stopIssuer, err := serveIssuer()
 	if err != nil {
@@ -224,7 +221,7 @@ func run(ctx context.Context, o options, w io.Writer) ([]string, error) {
 
 	var results []result
 	for _, m := range o.modes {
-		r := result{mode: mode(m), pools: pools, poolMax: o.poolMax, instances: o.instances}
+		r := result{mode: mode(m), poolMax: o.poolMax, instances: o.instances}
 		dsn := fmt.Sprintf("host=%s port=%d dbname=%s user=%s password=%s sslmode=disable",
 			srv.host, srv.port, database, quote(srv.user), quote(srv.password))
 		var b *bouncer
@@ -327,7 +324,7 @@ func instanceEnv(o options, dsn, issuerURL string) []string {
 // report prints one row per mode, then the errors by kind.
 func report(w io.Writer, results []result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tinstances\tpools × max\tanswered\treq/s\tp50\tp99\tpeak server conns\tbound\t53300\tfailed\t")
+	fmt.Fprintln(tw, "mode\tinstances\tpool max\tanswered\treq/s\tp50\tp99\tpeak server conns\tbound\t53300\tfailed\t")
 	for _, r := range results {
 		lat := latencies(r.samples)
 		failed := 0
@@ -338,8 +335,8 @@ func report(w io.Writer, results []result) {
 		if r.poolSize > 0 {
 			bound = fmt.Sprintf("pool %d", r.poolSize)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d × %d\t%d\t%.1f\t%s\t%s\t%d\t%s\t%d\t%d\t\n",
-			r.mode, r.instances, r.pools, r.poolMax, len(lat), float64(len(lat))/r.elapsed.Seconds(),
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.1f\t%s\t%s\t%d\t%s\t%d\t%d\t\n",
+			r.mode, r.instances, r.poolMax, len(lat), float64(len(lat))/r.elapsed.Seconds(),
 			percentile(lat, 50).Round(100*time.Microsecond), percentile(lat, 99).Round(100*time.Microsecond),
 			r.peak, bound, r.tooMany(), failed)
 	}

@@ -46,15 +46,15 @@ func TestTheBar(t *testing.T) {
 		result result
 		missed []string
 	}{
-		{"direct within its pools", result{mode: direct, instances: 3, pools: 3, poolMax: 4, peak: 36, samples: answered}, nil},
-		{"through PgBouncer within its pool", result{mode: pgbouncer, instances: 6, pools: 3, poolMax: 4, poolSize: 20, peak: 20, samples: answered}, nil},
-		{"a 503 alone is reported, not a miss", result{mode: direct, instances: 1, pools: 1, poolMax: 4, peak: 1,
+		{"direct within its instances' pools", result{mode: direct, instances: 9, poolMax: 4, peak: 36, samples: answered}, nil},
+		{"through PgBouncer within its pool", result{mode: pgbouncer, instances: 18, poolMax: 4, poolSize: 20, peak: 20, samples: answered}, nil},
+		{"a 503 alone is reported, not a miss", result{mode: direct, instances: 1, poolMax: 4, peak: 1,
 			samples: answered, states: map[string]int{"57014": 1}}, nil},
-		{"too many connections", result{mode: direct, instances: 4, pools: 3, poolMax: 4, peak: 38, samples: answered,
+		{"too many connections", result{mode: direct, instances: 12, poolMax: 4, peak: 38, samples: answered,
 			states: map[string]int{"53300": 2}}, []string{`direct: 2 "too many connections" (53300)`}},
-		{"PgBouncer's pool exceeded", result{mode: pgbouncer, instances: 6, pools: 3, poolMax: 4, poolSize: 20, peak: 21, samples: answered},
+		{"PgBouncer's pool exceeded", result{mode: pgbouncer, instances: 18, poolMax: 4, poolSize: 20, peak: 21, samples: answered},
 			[]string{"pgbouncer: peak 21 server connections, over 20"}},
-		{"nothing answered", result{mode: direct, instances: 1, pools: 3, poolMax: 4, samples: []sample{{op: tagBatch, err: "refused"}}},
+		{"nothing answered", result{mode: direct, instances: 1, poolMax: 4, samples: []sample{{op: tagBatch, err: "refused"}}},
 			[]string{"direct: no request was answered"}},
 	}
 	for _, tc := range tests {

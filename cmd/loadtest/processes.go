@@ -179,7 +179,7 @@ func quote(s string) string {
 	return string(append(out, '\''))
 }
 
-// instance is one all-in-one process (bin/streamspace), with its own pools,
+// instance is one all-in-one process (bin/streamspace), with its own pool,
 // as Knative runs one per pod.
 type instance struct {
 	cmd    *exec.Cmd

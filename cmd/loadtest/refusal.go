@@ -52,7 +52,7 @@ func (f refusal) missed() []string {
 	return out
 }
 
-// checkRefusal starts one instance straight to PostgreSQL, lets its pools
+// checkRefusal starts one instance straight to PostgreSQL, lets its pool
 // close every connection, fills the server's max_connections with idle
 // connections (to another database), and then sends the instance a REST
 // request and an event, which both need a connection PostgreSQL refuses
@@ -77,7 +77,7 @@ func checkRefusal(ctx context.Context, o options, dsn, issuerURL string, iss *lo
 		return err == nil && n == 0
 	})
 	if err != nil {
-		return f, fmt.Errorf("the instance's pools kept their connections: %w", err)
+		return f, fmt.Errorf("the instance's pool kept their connections: %w", err)
 	}
 
 	var fillers []*pgx.Conn

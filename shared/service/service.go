@@ -20,6 +20,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/db"
@@ -225,6 +226,7 @@ type Service struct {
 	Mux    *runtime.Mux
 	Log    *slog.Logger
 
+	ownsPool      bool                 // false when the pool came from WithPool
 	metrics       *metrics.Registry    // nil when not served by runtime.Serve
 	forget        func()               // unregisters the pool and outbox collectors
 	eventAuth     *authn.Verifier      // nil without EVENT_AUTH_*
@@ -234,6 +236,31 @@ type Service struct {
 	timeouts      db.Timeouts // every transaction's bounds
 	stop          context.CancelFunc
 	relayed       chan struct{}
+}
+
+type poolKey struct{}
+
+// WithPool makes Start use pool instead of opening one. The all-in-one runs
+// several functions in one process; one pool for all of them keeps an
+// instance's connections at DATABASE_POOL_MAX, as the connection budget
+// counts them (docs/deploy.md). A Service never closes a pool it was given,
+// and the pool's metrics are its opener's to register.
+func WithPool(ctx context.Context, pool *pgxpool.Pool) context.Context {
+	return context.WithValue(ctx, poolKey{}, pool)
+}
+
+// OpenPool opens the pool that environ's DATABASE_URL and DATABASE_POOL_*
+// settings describe, with the defaults and checks every function's own
+// pool gets.
+func OpenPool(ctx context.Context, environ map[string]string) (*pgxpool.Pool, error) {
+	var cfg Base
+	if err := Load(environ, &cfg); err != nil {
+		return nil, err
+	}
+	if err := cfg.Settings.Validate(); err != nil {
+		return nil, err
+	}
+	return db.OpenWith(ctx, cfg.DatabaseURL, cfg.Settings)
 }
 
 // Start loads cfg from environ (and runs its Validate method, when it has
@@ -272,30 +299,41 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 			sessions.Close()
 		}
 	}
-	pool, err := db.OpenWith(ctx, b.DatabaseURL, b.Settings)
-	if err != nil {
-		closeSessions()
-		return nil, fmt.Errorf("%s: %w", name, err)
+	pool, shared := ctx.Value(poolKey{}).(*pgxpool.Pool)
+	if !shared {
+		if pool, err = db.OpenWith(ctx, b.DatabaseURL, b.Settings); err != nil {
+			closeSessions()
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	closePool := func() {
+		if !shared {
+			pool.Close()
+		}
 	}
 	// StreamSpace tokens are checked against its users table.
 	authCfg.Users = db.ReadOnly{DB: pool}
 	verifier, err := authn.NewVerifier(ctx, authCfg)
 	if err != nil {
 		closeSessions()
-		pool.Close()
+		closePool()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	ob, err := outbox.New(pool, name, b.Sink, b.OutboxMaxAttempts, log, outbox.WithTokenFile(b.SinkTokenFile))
 	if err != nil {
 		closeSessions()
-		pool.Close()
+		closePool()
 		return nil, err
 	}
 	reg := runtime.Metrics(ctx)
-	forget, err := reg.Register(name, metrics.Pool(pool), metrics.Outbox(outboxStats(ob)))
+	collectors := []prometheus.Collector{metrics.Outbox(outboxStats(ob))}
+	if !shared {
+		collectors = append(collectors, metrics.Pool(pool))
+	}
+	forget, err := reg.Register(name, collectors...)
 	if err != nil {
 		closeSessions()
-		pool.Close()
+		closePool()
 		return nil, fmt.Errorf("%s: metrics: %w", name, err)
 	}
 	mux := runtime.NewMux(name, verifier, validate)
@@ -311,6 +349,7 @@ func Start(ctx context.Context, name string, environ map[string]string, cfg hasB
 	return &Service{
 		Name:      name,
 		Pool:      pool,
+		ownsPool:  !shared,
 		Outbox:    ob,
 		Mux:       mux,
 		Log:       log,
@@ -370,7 +409,9 @@ func (s *Service) Stop(ctx context.Context) error {
 		s.Log.Warn("final outbox flush failed; events stay queued", "err", err)
 	}
 	s.forget()
-	s.Pool.Close()
+	if s.ownsPool {
+		s.Pool.Close()
+	}
 	if s.sessions != nil {
 		if err := s.sessions.Close(); err != nil {
 			s.Log.Warn("closing the session store failed", "err", err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/db"
+	"github.com/streamspace-dev/functions/shared/db/dbtest"
 	"github.com/streamspace-dev/functions/shared/fntest"
 	"github.com/streamspace-dev/functions/shared/logging"
 	"github.com/streamspace-dev/functions/shared/outbox"
@@ -433,4 +434,34 @@ func TestSecretsStayOutOfTheLog(t *testing.T) {
 		}
 		assert.NotContains(t, h.Logs.String(), tok[len(tok)-20:], "token in the log")
 	})
+}
+
+func TestAGivenPoolOutlivesTheService(t *testing.T) {
+	pool := dbtest.New(t)
+	tests := []struct {
+		name  string
+		given bool
+	}{
+		{"a pool it opens is closed when it stops", false},
+		{"a pool it is given stays open for the others", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			if tc.given {
+				ctx = service.WithPool(ctx, pool)
+			}
+			env := validEnv(map[string]string{"DATABASE_URL": dbtest.URL(t, pool)})
+			svc, err := service.Start(ctx, "counter", env, &service.Base{}, func(cloudevents.Event) error { return nil })
+			require.NoError(t, err)
+			assert.Equal(t, tc.given, svc.Pool == pool)
+			require.NoError(t, svc.Stop(ctx))
+			err = svc.Pool.Ping(ctx)
+			if tc.given {
+				assert.NoError(t, err)
+			} else {
+				assert.Error(t, err)
+			}
+		})
+	}
 }
