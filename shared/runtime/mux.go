@@ -75,6 +75,24 @@ func (m *Mux) Route(pattern string, h RouteHandler) {
 	})
 }
 
+// PublicHandler serves a REST request that carries no token. A returned
+// error is written as a JSON error body with the status of its kind.
+type PublicHandler func(w http.ResponseWriter, r *http.Request) error
+
+// Public serves pattern with h and no authentication. It is for the few
+// routes a caller uses before holding a token (a login and its callback);
+// every other route goes through Route.
+func (m *Mux) Public(pattern string, h PublicHandler) {
+	m.patterns = append(m.patterns, pattern)
+	m.routes.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		AddLogAttrs(r.Context(), slog.String("function", m.function))
+		setRoute(r.Context(), m.function, pattern)
+		if err := h(w, r); err != nil {
+			WriteError(w, r, err)
+		}
+	})
+}
+
 // RequireEventAuth makes every CloudEvent delivery authenticate with a; a
 // delivery that does not is refused with 401 before it is decoded. Knative
 // Eventing's authentication-oidc feature sends such a token.

@@ -1,0 +1,79 @@
+package function
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"html"
+	"net/http"
+	"strings"
+)
+
+// completeScript is the complete page's only script. It reads the
+// fragment and nothing else the page was given: the token, its expiry, the
+// user and where to go. It clears the fragment from history, stores the
+// session the way StreamSpace's UI keeps it (zustand's persist under
+// "streamspace-auth", ui/src/store/userStore.ts) and navigates on. A
+// returnUrl in the fragment is followed only when it is a same-origin path
+// or on an origin the page lists, so a crafted link cannot make this page
+// an open redirect.
+const completeScript = `(function () {
+  var msg = document.getElementById("msg");
+  var params = new URLSearchParams(window.location.hash.slice(1));
+  history.replaceState(null, "", window.location.pathname);
+  var token = params.get("token"), expiresAt = params.get("expiresAt"), encoded = params.get("user");
+  if (!token || !expiresAt || !encoded) { msg.textContent = "Sign-in failed: nothing to store. Start again."; return; }
+  var user;
+  try {
+    var b64 = encoded.replace(/-/g, "+").replace(/_/g, "/");
+    var bin = atob(b64 + "===".slice((b64.length + 3) % 4));
+    var bytes = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) { bytes[i] = bin.charCodeAt(i); }
+    user = JSON.parse(new TextDecoder().decode(bytes));
+  } catch (e) { msg.textContent = "Sign-in failed: the answer was damaged. Start again."; return; }
+  var target = params.get("returnUrl") || "/";
+  var origins = (document.documentElement.getAttribute("data-return-origins") || "").split(" ").filter(Boolean);
+  var sameOrigin = /^\/(?![\/\\])[^\\\s]*$/.test(target);
+  var allowed = false;
+  if (!sameOrigin) {
+    try { var u = new URL(target); allowed = (u.protocol === "https:" || u.protocol === "http:") && origins.indexOf(u.origin) >= 0 && !u.username && !u.password; } catch (e) { allowed = false; }
+  }
+  if (!sameOrigin && !allowed) { target = "/"; }
+  localStorage.setItem("streamspace-auth", JSON.stringify({ state: { user: user, token: token, expiresAt: expiresAt, isAuthenticated: true }, version: 0 }));
+  msg.textContent = "Signed in.";
+  window.location.replace(target);
+})();`
+
+// completeCSP allows the page's one script by its hash and nothing else:
+// no other script, no connection, no frame, no form, no base URL.
+var completeCSP = func() string {
+	sum := sha256.Sum256([]byte(completeScript))
+	return "default-src 'none'; script-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) +
+		"'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+}()
+
+// completePage renders the page; origins are the allowed return origins
+// besides the page's own, in an attribute the script reads.
+func completePage(origins []string) []byte {
+	var b strings.Builder
+	b.WriteString(`<!doctype html><html lang="en" data-return-origins="`)
+	b.WriteString(html.EscapeString(strings.Join(origins, " ")))
+	b.WriteString(`"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer"><title>Signing in…</title>`)
+	b.WriteString(`<style>body{font-family:sans-serif;margin:4em auto;max-width:30em;text-align:center}</style></head>`)
+	b.WriteString(`<body><p id="msg">Signing in…</p><script>`)
+	b.WriteString(completeScript)
+	b.WriteString(`</script></body></html>`)
+	return []byte(b.String())
+}
+
+// serveComplete writes the complete page with its security headers.
+func serveComplete(w http.ResponseWriter, page []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Content-Security-Policy", completeCSP)
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	w.WriteHeader(http.StatusOK)
+	w.Write(page)
+}
