@@ -44,11 +44,12 @@ const completeScript = `(function () {
 })();`
 
 // completeCSP allows the page's one script by its hash and nothing else:
-// no other script, no connection, no frame, no form, no base URL.
+// no other script, no style, no connection, no frame, no form, no base
+// URL.
 var completeCSP = func() string {
 	sum := sha256.Sum256([]byte(completeScript))
 	return "default-src 'none'; script-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) +
-		"'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+		"'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 }()
 
 // completePage renders the page; origins are the allowed return origins
@@ -58,7 +59,7 @@ func completePage(origins []string) []byte {
 	b.WriteString(`<!doctype html><html lang="en" data-return-origins="`)
 	b.WriteString(html.EscapeString(strings.Join(origins, " ")))
 	b.WriteString(`"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer"><title>Signing in…</title>`)
-	b.WriteString(`<style>body{font-family:sans-serif;margin:4em auto;max-width:30em;text-align:center}</style></head>`)
+	b.WriteString(`</head>`)
 	b.WriteString(`<body><p id="msg">Signing in…</p><script>`)
 	b.WriteString(completeScript)
 	b.WriteString(`</script></body></html>`)

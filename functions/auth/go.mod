@@ -9,7 +9,9 @@ require (
 	github.com/lestrrat-go/jwx/v3 v3.4.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/streamspace-dev/functions/events v0.0.0
+	github.com/streamspace-dev/functions/functions/tags v0.0.0
 	github.com/streamspace-dev/functions/shared v0.0.0
+	github.com/stretchr/testify v1.12.1
 	go.yaml.in/yaml/v3 v3.0.5
 	golang.org/x/oauth2 v0.38.0
 )
@@ -62,5 +64,6 @@ require (
 
 replace (
 	github.com/streamspace-dev/functions/events => ../../events
+	github.com/streamspace-dev/functions/functions/tags => ../tags
 	github.com/streamspace-dev/functions/shared => ../../shared
 )

@@ -168,7 +168,7 @@ const maxUsernameTries = 20
 // loginUser finds or creates the StreamSpace user of m at provider, syncs
 // its groups when sync is set, and writes the audit row, all in tx.
 func loginUser(ctx context.Context, tx pgx.Tx, log *slog.Logger, provider string, sync bool, m Mapped, ip string) (Login, error) {
-	if _, err := tx.Exec(ctx, lockIdentitySQL, provider+"\x00"+m.Subject); err != nil {
+	if _, err := tx.Exec(ctx, lockIdentitySQL, provider+" "+m.Subject); err != nil {
 		return Login{}, err
 	}
 	var res Login
