@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/streamspace-dev/functions/events"
+	auth "github.com/streamspace-dev/functions/functions/auth"
 	sharing "github.com/streamspace-dev/functions/functions/sharing"
 	tags "github.com/streamspace-dev/functions/functions/tags"
 	versioning "github.com/streamspace-dev/functions/functions/versioning"
@@ -52,6 +53,7 @@ const Name = "all-in-one"
 // New returns the all-in-one function with every function built in.
 func New() *Function {
 	return newWith(map[string]member{
+		auth.Name:       auth.New(),
 		sharing.Name:    sharing.New(),
 		tags.Name:       tags.New(),
 		versioning.Name: versioning.New(),
@@ -71,7 +73,9 @@ func (f *Function) Functions() []string { return slices.Clone(f.order) }
 // same environment, then mounts each one's REST routes. A route claimed
 // twice is a start-up error. One pool keeps an instance at
 // DATABASE_POOL_MAX connections however many functions it holds, which is
-// what the connection budget counts (docs/deploy.md).
+// what the connection budget counts (docs/deploy.md). A function whose
+// Start says it is not configured (runtime.ErrNotConfigured) is left out,
+// with a log line saying why.
 func (f *Function) Start(ctx context.Context, env map[string]string) (err error) {
 	pool, err := service.OpenPool(ctx, env)
 	if err != nil {
@@ -97,6 +101,11 @@ func (f *Function) Start(ctx context.Context, env map[string]string) (err error)
 	for _, name := range f.order {
 		m := f.members[name]
 		if err := m.Start(ctx, env); err != nil {
+			if errors.Is(err, runtime.ErrNotConfigured) {
+				runtime.Logger(ctx).Info("function left out: not configured", "function", name, "reason", err.Error())
+				delete(f.members, name)
+				continue
+			}
 			return fmt.Errorf("start %s: %w", name, err)
 		}
 		started = append(started, name)
@@ -106,6 +115,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) (err error)
 			}
 		}
 	}
+	f.order = slices.Sorted(maps.Keys(f.members))
 	f.rest, f.pool, f.forget = rest, pool, forget
 	return nil
 }

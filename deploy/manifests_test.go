@@ -132,6 +132,7 @@ var kubeAccess = map[string][]rbacv1.PolicyRule{
 	"tags":       nil, // PostgreSQL only
 	"sharing":    nil, // PostgreSQL only
 	"versioning": nil, // PostgreSQL only
+	"auth":       nil, // PostgreSQL, StreamSpace's Redis and the OpenID providers; no Kubernetes API
 }
 
 // configKeys are the keys of the shared ConfigMap (docs/runtime.md).
@@ -143,9 +144,10 @@ var configKeys = []string{
 }
 
 const (
-	configMapName  = "streamspace-functions"
-	databaseSecret = "streamspace-database"
-	databaseKey    = "url"
+	configMapName     = "streamspace-functions"
+	authConfigMapName = "auth-oidc"
+	databaseSecret    = "streamspace-database"
+	databaseKey       = "url"
 	// The functions' DATABASE_URL through PgBouncer, with its component.
 	pooledDatabaseKey = "pgbouncer-url"
 	componentLabel    = "app.kubernetes.io/component"
@@ -488,6 +490,9 @@ func TestObjects(t *testing.T) {
 			sort.Strings(keys)
 			assert.Equal(t, configKeys, keys, "ConfigMap keys")
 			delete(cms, configMapName)
+			// The auth function's providers file and public URL
+			// (deploy/functions/auth/oidc-config.yaml), mounted into it alone.
+			delete(cms, authConfigMapName)
 			if ov.pgbouncer {
 				// pgbouncer.ini, from the component's generator.
 				require.Len(t, cms, 1, "ConfigMaps besides %s", configMapName)
@@ -1125,7 +1130,7 @@ func checkRestricted(t *testing.T, where string, c corev1.Container) {
 // configuration is in the ConfigMap.
 var literalEnv = []string{
 	jwtSecretEnv, "EVENT_AUTH_ISSUER", "EVENT_AUTH_AUDIENCE", "EVENT_AUTH_JWKS_URL", "EVENT_AUTH_SUBJECTS", "SSL_CERT_DIR",
-	poolMaxEnv,
+	poolMaxEnv, "OIDC_PROVIDERS_FILE",
 }
 
 func checkFunctionEnv(t *testing.T, where string, c corev1.Container, key string) {

@@ -22,6 +22,7 @@ import (
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/db"
+	"github.com/streamspace-dev/functions/shared/runtime"
 	"github.com/streamspace-dev/functions/shared/service"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -42,7 +43,7 @@ type Config struct {
 	// PublicURL is where users reach these routes (scheme and host, no
 	// path): the redirect_uri, the login cookie's host and the origin of
 	// same-origin returnUrls come from it, never from Host headers.
-	PublicURL string `env:"AUTH_PUBLIC_URL,required"`
+	PublicURL string `env:"AUTH_PUBLIC_URL"`
 	// AllowedReturnOrigins are other origins a returnUrl may point to
 	// ("https://host[:port]", comma-separated).
 	AllowedReturnOrigins []string `env:"AUTH_ALLOWED_RETURN_ORIGINS" envSeparator:","`
@@ -79,6 +80,9 @@ type Config struct {
 
 // Validate checks what the env tags cannot express.
 func (c *Config) Validate() error {
+	if c.ProviderURL == "" && c.ClientID == "" && c.ProvidersFile == "" {
+		return fmt.Errorf("config: OIDC_PROVIDERS_FILE or OIDC_PROVIDER_URL is required: %w", runtime.ErrNotConfigured)
+	}
 	if c.ClientSecret != "" {
 		return errors.New("config: OIDC_CLIENT_SECRET: put the client secret in a file mounted from a Secret and name it with OIDC_CLIENT_SECRET_FILE")
 	}
@@ -94,8 +98,8 @@ func (c *Config) Validate() error {
 	if (c.ProviderURL == "") != (c.ClientID == "") {
 		return errors.New("config: OIDC_PROVIDER_URL and OIDC_CLIENT_ID are set together or not at all")
 	}
-	if c.ProviderURL == "" && c.ProvidersFile == "" {
-		return errors.New("config: OIDC_PROVIDERS_FILE or OIDC_PROVIDER_URL is required")
+	if c.PublicURL == "" {
+		return errors.New("config: AUTH_PUBLIC_URL is required")
 	}
 	return nil
 }
