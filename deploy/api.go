@@ -61,5 +61,9 @@ var APIPaths = map[string][]PathMatch{
 	},
 	"auth": {
 		{Type: "PathPrefix", Value: "/api/v1/auth/oidc"},
+		// The keys and discovery document of its ES256 tokens, when it
+		// issues those (docs/auth.md).
+		{Type: "Exact", Value: "/api/v1/auth/.well-known/jwks.json"},
+		{Type: "Exact", Value: "/api/v1/auth/.well-known/openid-configuration"},
 	},
 }

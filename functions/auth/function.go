@@ -36,10 +36,18 @@ const Name = "auth"
 // Config is the auth function's environment.
 type Config struct {
 	// Base is what every function reads (docs/runtime.md). Its
-	// STREAMSPACE_JWT_SECRET_FILE is required here: it signs the tokens
-	// this function issues. With STREAMSPACE_REDIS_URL each token's
+	// STREAMSPACE_JWT_SECRET_FILE signs the tokens this function issues, as
+	// StreamSpace's API does; with STREAMSPACE_REDIS_URL each token's
 	// session:{jti} is written too.
 	service.Base
+	// SigningKeyFile, used only without STREAMSPACE_JWT_SECRET_FILE, is a
+	// P-256 private key (PEM) mounted from a Secret: tokens are then ES256
+	// with its kid, verified by these functions through the JWKS this
+	// function serves. StreamSpace's API does not accept them.
+	SigningKeyFile string `env:"AUTH_SIGNING_KEY_FILE"`
+	// TokenAudience is the aud of ES256 tokens: the other functions'
+	// AUTH_AUDIENCE.
+	TokenAudience string `env:"AUTH_TOKEN_AUDIENCE" envDefault:"streamspace-api"`
 	// PublicURL is where users reach these routes (scheme and host, no
 	// path): the redirect_uri, the login cookie's host and the origin of
 	// same-origin returnUrls come from it, never from Host headers.
@@ -86,8 +94,8 @@ func (c *Config) Validate() error {
 	if c.ClientSecret != "" {
 		return errors.New("config: OIDC_CLIENT_SECRET: put the client secret in a file mounted from a Secret and name it with OIDC_CLIENT_SECRET_FILE")
 	}
-	if c.StreamSpaceJWTSecretFile == "" {
-		return errors.New("config: STREAMSPACE_JWT_SECRET_FILE is required: it signs the tokens the auth function issues")
+	if (c.StreamSpaceJWTSecretFile == "") == (c.SigningKeyFile == "") {
+		return errors.New("config: set STREAMSPACE_JWT_SECRET_FILE (StreamSpace's tokens) or AUTH_SIGNING_KEY_FILE (ES256 tokens for these functions only), not both")
 	}
 	if c.TokenTTL < time.Minute || c.TokenTTL > 7*24*time.Hour {
 		return fmt.Errorf("config: AUTH_TOKEN_TTL %s: want 1m to 168h", c.TokenTTL)
@@ -160,11 +168,18 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	if err != nil {
 		return err
 	}
-	secret, err := authn.ReadSecretFile(cfg.StreamSpaceJWTSecretFile)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
+	is := &issuer{ttl: cfg.TokenTTL}
+	var material []byte
+	if cfg.StreamSpaceJWTSecretFile != "" {
+		if is.secret, err = authn.ReadSecretFile(cfg.StreamSpaceJWTSecretFile); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		material = is.secret
+	} else {
+		if is.es, material, err = loadSigningKey(cfg.SigningKeyFile, public+issuerPath, cfg.TokenAudience); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
 	}
-	material := secret
 	if cfg.StateKeyFile != "" {
 		if material, err = readClientSecret(cfg.StateKeyFile); err != nil {
 			return fmt.Errorf("config: AUTH_STATE_KEY_FILE: %w", err)
@@ -193,8 +208,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 		providers[pc.ID] = &provider{cfg: pc, secret: sec, client: client}
 		order = append(order, pc.ID)
 	}
-	is := &issuer{secret: secret, ttl: cfg.TokenTTL}
-	if cfg.StreamSpaceRedisURL != "" {
+	if cfg.StreamSpaceRedisURL != "" && is.es == nil {
 		opts, err := redis.ParseURL(cfg.StreamSpaceRedisURL)
 		if err != nil {
 			return errors.New("config: STREAMSPACE_REDIS_URL is not a Redis URL")
@@ -220,6 +234,10 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	svc.Mux.Public("GET "+basePath+"/{provider}/callback", f.callback)
 	svc.Mux.Public("GET "+completePath, f.complete)
 	svc.Mux.Public("GET "+basePath+"/{provider}/logout", f.logout)
+	if is.es != nil {
+		svc.Mux.Public("GET "+jwksPath, f.jwks)
+		svc.Mux.Public("GET "+discoveryPath, f.discovery)
+	}
 	svc.Mux.OnSource(events.Ping, events.OutboxDrainSource, svc.DrainOutbox)
 	svc.Mux.OnSource(events.Ping, events.PruneSource, f.prune)
 	return nil

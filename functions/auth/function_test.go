@@ -525,6 +525,8 @@ func TestConfigErrors(t *testing.T) {
 		{name: "public URL with a path", env: map[string]string{"AUTH_PUBLIC_URL": "https://streamspace.test/app"}, want: "AUTH_PUBLIC_URL"},
 		{name: "public URL over http", env: map[string]string{"AUTH_PUBLIC_URL": "http://streamspace.test"}, want: "AUTH_PUBLIC_URL"},
 		{name: "bad return origin", env: map[string]string{"AUTH_ALLOWED_RETURN_ORIGINS": "javascript:x"}, want: "AUTH_ALLOWED_RETURN_ORIGINS"},
+		{name: "no signing key", env: map[string]string{"STREAMSPACE_JWT_SECRET_FILE": ""}, want: "AUTH_SIGNING_KEY_FILE"},
+		{name: "two signing keys", env: map[string]string{"AUTH_SIGNING_KEY_FILE": "/k.pem"}, want: "not both"},
 		{name: "redirect URI elsewhere", env: map[string]string{"OIDC_PROVIDER_URL": "https://idp.example", "OIDC_CLIENT_ID": "c", "OIDC_REDIRECT_URI": "https://evil.example/cb"}, want: "OIDC_REDIRECT_URI"},
 	}
 	for _, tc := range tests {

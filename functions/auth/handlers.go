@@ -25,6 +25,11 @@ import (
 const (
 	basePath     = "/api/v1/auth/oidc"
 	completePath = basePath + "/complete"
+	// issuerPath is the issuer of ES256 tokens, under which their keys and
+	// discovery document are served.
+	issuerPath    = "/api/v1/auth"
+	jwksPath      = issuerPath + "/.well-known/jwks.json"
+	discoveryPath = issuerPath + "/.well-known/openid-configuration"
 )
 
 func loginPath(id string) string    { return basePath + "/" + id + "/login" }
@@ -249,6 +254,33 @@ func (f *Function) finish(w http.ResponseWriter, r *http.Request, p *provider, m
 
 func (f *Function) complete(w http.ResponseWriter, _ *http.Request) error {
 	serveComplete(w, f.completePage)
+	return nil
+}
+
+// jwks serves the ES256 tokens' public key.
+func (f *Function) jwks(w http.ResponseWriter, _ *http.Request) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	w.Write(f.issuer.es.jwks)
+	return nil
+}
+
+// TokenDiscovery is the discovery document of the ES256 tokens' issuer:
+// where verifiers find its keys.
+type TokenDiscovery struct {
+	Issuer     string   `json:"issuer"`
+	JWKSURI    string   `json:"jwks_uri"`
+	SigningAlg []string `json:"id_token_signing_alg_values_supported"`
+	Subjects   []string `json:"subject_types_supported"`
+	Responses  []string `json:"response_types_supported"`
+}
+
+func (f *Function) discovery(w http.ResponseWriter, _ *http.Request) error {
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	runtime.WriteJSON(w, http.StatusOK, TokenDiscovery{
+		Issuer: f.issuer.es.issuer, JWKSURI: f.public + jwksPath, SigningAlg: []string{"ES256"},
+		Subjects: []string{"public"}, Responses: []string{"code"},
+	})
 	return nil
 }
 
