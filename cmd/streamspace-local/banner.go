@@ -86,6 +86,8 @@ func (r *runner) banner(w io.Writer) error {
 		fmt.Sprintf("  curl -sS '%s%s' \\", r.FunctionURL, demoTagsQuery),
 		fmt.Sprintf("    -H 'Authorization: Bearer %s'", admin),
 		"",
+		loginLine(r.Login),
+		"",
 		"Send an event into the broker (its Trigger delivers it to tags, which refreshes the popular tags):",
 		fmt.Sprintf("  curl -sS -i -X POST %s/ \\", r.BrokerURL),
 		fmt.Sprintf("    -H 'Ce-Specversion: 1.0' -H 'Ce-Id: %s' \\", demoEventID),
@@ -103,4 +105,17 @@ func list(items []string) string {
 		return "none"
 	}
 	return strings.Join(items, ", ")
+}
+
+// loginLine says how to log in through the auth function, or why not.
+func loginLine(l *localLogin) string {
+	if l == nil || l.LoginURL == "" {
+		off := "off"
+		if l != nil {
+			off = l.Off
+		}
+		return "OpenID Connect login (the auth function): " + off
+	}
+	return "Log in through the auth function and Ory Hydra in a browser on this machine (pick oidc-admin or oidc-user;\n" +
+		"the complete page stores the session in localStorage \"streamspace-auth\" as StreamSpace's UI does):\n  " + l.LoginURL
 }

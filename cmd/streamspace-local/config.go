@@ -33,6 +33,11 @@ type Config struct {
 	// Seed adds the demo session and catalog templates that the printed curl
 	// commands show; rows that exist are left alone.
 	Seed bool `env:"SEED_DEMO_DATA" envDefault:"true"`
+	// Login starts Ory Hydra, when scripts/tools has built it, as the
+	// OpenID provider of the auth function, with a demo client and users,
+	// so its login works in a browser on this machine. Hydra's database is
+	// created on the same PostgreSQL server and dropped on stop.
+	Login bool `env:"LOCAL_OIDC_LOGIN" envDefault:"true"`
 }
 
 // parseConfig reads environ, then args.
@@ -47,6 +52,7 @@ func parseConfig(args []string, environ map[string]string) (Config, error) {
 	fs.StringVar(&cfg.Overlay, "overlay", cfg.Overlay, "kustomize overlay with the Broker, Triggers and PingSources (DEPLOY_OVERLAY)")
 	fs.StringVar(&cfg.DeadLetterFile, "dead-letters", cfg.DeadLetterFile, "file that dead letters are appended to (DEAD_LETTER_FILE)")
 	fs.BoolVar(&cfg.Seed, "seed", cfg.Seed, "add the demo rows the printed curl commands use (SEED_DEMO_DATA)")
+	fs.BoolVar(&cfg.Login, "login", cfg.Login, "start Ory Hydra, when built, for the auth function's login (LOCAL_OIDC_LOGIN)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}

@@ -56,6 +56,8 @@ type runner struct {
 	Manifests    *Manifests
 	DeadLetters  string
 	Seeded       bool
+	// Login is the auth function's local provider, or why there is none.
+	Login *localLogin
 	// EventAudience is the audience of the broker's delivery tokens, empty
 	// when the overlay's Triggers name none (no event-auth component).
 	EventAudience string
@@ -166,14 +168,27 @@ func start(ctx context.Context, cfg Config, environ map[string]string, log *slog
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go r.brokerSrv.Serve(brokerLn)
 
-	env := functionEnv(environ, map[string]string{
+	provided := map[string]string{
 		"PORT":          strconv.Itoa(fnLn.Addr().(*net.TCPAddr).Port),
 		"DATABASE_URL":  dbURL,
 		"K_SINK":        ingress.String(),
 		"AUTH_ISSUER":   r.Issuer.URL(),
 		"AUTH_AUDIENCE": Audience,
 		"AUTH_JWKS_URL": r.BrokerURL + jwksPath,
-	}, r.eventAuthEnv(audience, subjects))
+	}
+	r.Login = &localLogin{Off: "off (LOCAL_OIDC_LOGIN=false)"}
+	if cfg.Login {
+		login, loginEnv, err := startLogin(ctx, r.FunctionURL, dbURL)
+		if err != nil {
+			fnLn.Close()
+			return nil, err
+		}
+		r.Login = login
+		for k, v := range loginEnv {
+			provided[k] = v
+		}
+	}
+	env := functionEnv(environ, provided, r.eventAuthEnv(audience, subjects))
 	fnCtx, stopFunction := context.WithCancel(context.WithoutCancel(ctx))
 	r.stopFunction, r.functionDone = stopFunction, make(chan error, 1)
 	ready := make(chan struct{})
@@ -275,5 +290,6 @@ func (r *runner) shutdown(ctx context.Context) error {
 	if r.deadLetters != nil {
 		errs = append(errs, r.deadLetters.Close())
 	}
+	r.Login.stop()
 	return errors.Join(errs...)
 }

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"io"
 	"net"
 	"net/http"
@@ -65,6 +66,9 @@ type Hydra struct {
 	dbURL  string
 	dbName string
 
+	serverURL string // the PostgreSQL server Hydra's database is on
+	demo      []User // offered on the login page
+
 	mu    sync.Mutex
 	users map[string]User // by client id
 }
@@ -115,16 +119,33 @@ func StopShared() {
 	}
 }
 
+// Options configure a Hydra started with StartWith.
+type Options struct {
+	// DatabaseURL names the PostgreSQL server Hydra gets a database of its
+	// own on; empty is DATABASE_URL, or the PG* variables.
+	DatabaseURL string
+	// Users, when set, are offered on a login page for a client that has
+	// no user set: a person picks one in the browser (make run's demo).
+	Users []User
+}
+
 // Start migrates a fresh database on the test PostgreSQL server (the one
 // DATABASE_URL or the PG* variables name) and serves Hydra on loopback.
-func Start() (*Hydra, error) {
+func Start() (*Hydra, error) { return StartWith(Options{}) }
+
+// StartWith is Start with options.
+func StartWith(opts Options) (*Hydra, error) {
 	bin, err := Binary("hydra")
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	h := &Hydra{logs: &syncBuffer{}, users: map[string]User{}, exited: make(chan error, 1)}
+	h := &Hydra{logs: &syncBuffer{}, users: map[string]User{}, exited: make(chan error, 1), demo: opts.Users}
+	h.serverURL = opts.DatabaseURL
+	if h.serverURL == "" {
+		h.serverURL = os.Getenv("DATABASE_URL")
+	}
 	if err := h.createDatabase(ctx); err != nil {
 		return nil, err
 	}
@@ -196,9 +217,9 @@ func freePorts() (int, int, error) {
 }
 
 func (h *Hydra) createDatabase(ctx context.Context) error {
-	cfg, err := pgx.ParseConfig(os.Getenv("DATABASE_URL"))
+	cfg, err := pgx.ParseConfig(h.serverURL)
 	if err != nil {
-		return errors.New("DATABASE_URL or the PG* variables do not name a PostgreSQL server")
+		return errors.New("the database URL (or the PG* variables) does not name a PostgreSQL server")
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
@@ -228,7 +249,7 @@ func (h *Hydra) createDatabase(ctx context.Context) error {
 func (h *Hydra) dropDatabase() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg, err := pgx.ParseConfig(os.Getenv("DATABASE_URL"))
+	cfg, err := pgx.ParseConfig(h.serverURL)
 	if err != nil {
 		return
 	}
@@ -285,9 +306,18 @@ func (h *Hydra) Logs() string { return h.logs.String() }
 // the scopes openid, profile, email and groups.
 func (h *Hydra) NewClient(tb testing.TB, redirectURIs, postLogoutURIs []string) Client {
 	tb.Helper()
+	c, err := h.CreateClient(context.Background(), redirectURIs, postLogoutURIs)
+	if err != nil {
+		tb.Fatalf("oidctest: %v", err)
+	}
+	return c
+}
+
+// CreateClient is NewClient returning its error.
+func (h *Hydra) CreateClient(ctx context.Context, redirectURIs, postLogoutURIs []string) (Client, error) {
 	secret := make([]byte, 24)
 	if _, err := rand.Read(secret); err != nil {
-		tb.Fatal(err)
+		return Client{}, err
 	}
 	body, _ := json.Marshal(map[string]any{
 		"client_secret":              hex.EncodeToString(secret),
@@ -302,10 +332,10 @@ func (h *Hydra) NewClient(tb testing.TB, redirectURIs, postLogoutURIs []string) 
 		ClientID     string `json:"client_id"`
 		ClientSecret string `json:"client_secret"`
 	}
-	if err := h.admin(context.Background(), http.MethodPost, "/admin/clients", body, &out); err != nil {
-		tb.Fatalf("oidctest: create client: %v", err)
+	if err := h.admin(ctx, http.MethodPost, "/admin/clients", body, &out); err != nil {
+		return Client{}, fmt.Errorf("create client: %w", err)
 	}
-	return Client{ID: out.ClientID, Secret: out.ClientSecret}
+	return Client{ID: out.ClientID, Secret: out.ClientSecret}, nil
 }
 
 // SetUser makes u the user who logs in through client from now on.
@@ -340,8 +370,12 @@ func (h *Hydra) appHandler() http.Handler {
 		}
 		u, ok := h.user(req.Client.ClientID)
 		if !ok {
-			http.Error(w, "no user set for this client", http.StatusForbidden)
-			return
+			picked, found := h.demoUser(r.URL.Query().Get("user"))
+			if !found {
+				h.pickPage(w, ch)
+				return
+			}
+			u = picked
 		}
 		body, _ := json.Marshal(map[string]any{"subject": u.Subject})
 		h.accept(w, r, "/admin/oauth2/auth/requests/login/accept?login_challenge="+url.QueryEscape(ch), body)
@@ -349,6 +383,7 @@ func (h *Hydra) appHandler() http.Handler {
 	mux.HandleFunc("GET /consent", func(w http.ResponseWriter, r *http.Request) {
 		ch := r.URL.Query().Get("consent_challenge")
 		var req struct {
+			Subject           string   `json:"subject"`
 			RequestedScope    []string `json:"requested_scope"`
 			RequestedAudience []string `json:"requested_access_token_audience"`
 			Client            struct {
@@ -359,7 +394,10 @@ func (h *Hydra) appHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
 		}
-		u, _ := h.user(req.Client.ClientID)
+		u, ok := h.user(req.Client.ClientID)
+		if !ok {
+			u, _ = h.demoUser(req.Subject)
+		}
 		body, _ := json.Marshal(map[string]any{
 			"grant_scope":                 req.RequestedScope,
 			"grant_access_token_audience": req.RequestedAudience,
@@ -372,6 +410,34 @@ func (h *Hydra) appHandler() http.Handler {
 		h.accept(w, r, "/admin/oauth2/auth/requests/logout/accept?logout_challenge="+url.QueryEscape(ch), nil)
 	})
 	return mux
+}
+
+// demoUser is the offered user with subject sub.
+func (h *Hydra) demoUser(sub string) (User, bool) {
+	for _, u := range h.demo {
+		if u.Subject == sub && sub != "" {
+			return u, true
+		}
+	}
+	return User{}, false
+}
+
+// pickPage offers the demo users, each a link that logs in as them.
+func (h *Hydra) pickPage(w http.ResponseWriter, challenge string) {
+	if len(h.demo) == 0 {
+		http.Error(w, "no user set for this client", http.StatusForbidden)
+		return
+	}
+	var b strings.Builder
+	b.WriteString("<!doctype html><html><head><meta charset=\"utf-8\"><title>Demo login</title></head><body><h1>Log in as</h1><ul>")
+	for _, u := range h.demo {
+		q := url.Values{"login_challenge": {challenge}, "user": {u.Subject}}
+		fmt.Fprintf(&b, `<li><a href="/login?%s">%s</a></li>`, html.EscapeString(q.Encode()), html.EscapeString(u.Subject))
+	}
+	b.WriteString("</ul></body></html>")
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'")
+	io.WriteString(w, b.String())
 }
 
 func (h *Hydra) accept(w http.ResponseWriter, r *http.Request, path string, body []byte) {
