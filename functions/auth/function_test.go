@@ -582,3 +582,29 @@ func groupNames(t *testing.T, e *env, userID string) []string {
 	require.NoError(t, rows.Err())
 	return names
 }
+
+// TestHMACWhenConfigured: a provider configured with allowHMAC may sign
+// ID tokens with the client secret; without it the same token is refused
+// (TestAttacks).
+func TestHMACWhenConfigured(t *testing.T) {
+	e := startLoop(t, "    allowHMAC: true\n", nil)
+	tests := []struct {
+		name   string
+		key    []byte
+		status int
+	}{
+		{name: "signed with the client secret", key: []byte("loop-client-secret"), status: http.StatusOK},
+		{name: "signed with another secret", key: []byte("not-the-client-secret"), status: http.StatusUnauthorized},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := e.login(t, "loop", "/")
+			claims := e.op.claims("hmac-"+strings.ReplaceAll(tc.name, " ", "-"), s.nonce)
+			code := "code-" + s.state[:8]
+			e.op.grant(code, s.challenge, e.sign(t, claims, localissuer.WithAlgorithm(jwa.HS256()), localissuer.WithKey(tc.key)),
+				map[string]any{"sub": claims["sub"]})
+			resp, body := e.callback(t, "loop", url.Values{"state": {s.state}, "code": {code}}, s.cookie, true)
+			assert.Equal(t, tc.status, resp.StatusCode, "%s", body)
+		})
+	}
+}
