@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/streamspace-dev/functions/shared/oidctest"
+	"github.com/streamspace-dev/functions/shared/testbin"
 )
 
 // loginProvider is the provider id of the local login.
@@ -44,7 +45,7 @@ type localLogin struct {
 // function stays unconfigured (the all-in-one leaves it out) and Off says
 // how to build it.
 func startLogin(ctx context.Context, functionURL, dbURL string) (*localLogin, map[string]string, error) {
-	if _, err := oidctest.Binary("hydra"); err != nil {
+	if _, err := testbin.Lookup("hydra"); err != nil {
 		return &localLogin{Off: "off: Ory Hydra is not built (scripts/tools hydra, or set TOOLS_DIR to where it is)"}, nil, nil
 	}
 	h, err := oidctest.StartWith(oidctest.Options{DatabaseURL: dbURL, Users: demoLogins})

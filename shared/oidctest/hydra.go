@@ -1,5 +1,5 @@
 // Package oidctest runs a real OpenID provider for tests: Ory Hydra v2 (built
-// by scripts/tools into .tools/bin) on loopback, with its store in a
+// by scripts/tools, found by shared/testbin) on loopback, with its store in a
 // database of its own on the test PostgreSQL server, and a login and
 // consent app played by the test through Hydra's admin API. A test binary
 // starts one Hydra (Shared) and stops it in TestMain (StopShared); each test
@@ -22,8 +22,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +29,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/streamspace-dev/functions/shared/testbin"
 )
 
 // startTimeout bounds migrating Hydra's store and waiting for it to be
@@ -71,21 +71,6 @@ type Hydra struct {
 
 	mu    sync.Mutex
 	users map[string]User // by client id
-}
-
-// Binary finds a tool built by scripts/tools: $TOOLS_DIR/bin/name, else
-// .tools/bin/name at the repository root.
-func Binary(name string) (string, error) {
-	dir := os.Getenv("TOOLS_DIR")
-	if dir == "" {
-		_, file, _, _ := runtime.Caller(0)
-		dir = filepath.Join(filepath.Dir(file), "..", "..", ".tools")
-	}
-	p := filepath.Join(dir, "bin", name)
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("%s is not built: run scripts/tools %s (or set TOOLS_DIR)", p, name)
-	}
-	return p, nil
 }
 
 var (
@@ -135,7 +120,7 @@ func Start() (*Hydra, error) { return StartWith(Options{}) }
 
 // StartWith is Start with options.
 func StartWith(opts Options) (*Hydra, error) {
-	bin, err := Binary("hydra")
+	bin, err := testbin.Lookup("hydra")
 	if err != nil {
 		return nil, err
 	}
