@@ -365,6 +365,10 @@ func TestRolesAndGroupsFollowTheToken(t *testing.T) {
 	assert.Equal(t, 1, e.h.Count(`select count(*) from group_memberships m join groups g on g.id = m.group_id where m.user_id = $1`, u.ID))
 	assert.Contains(t, e.h.Logs.String(), "identity provider group not synced")
 
+	// A membership in a local group is StreamSpace's, not the provider's.
+	_, err = e.h.Pool.Exec(ctx, `insert into group_memberships (id, user_id, group_id) values ('m-local', $1, 'local-eng')`, u.ID)
+	require.NoError(t, err)
+
 	// Removed from admins, added to ops and sales; the email changed too.
 	resp, body = e.complete(t, "erin", func(c map[string]any) {
 		c["email"] = "erin.new@corp.example"
@@ -376,7 +380,8 @@ func TestRolesAndGroupsFollowTheToken(t *testing.T) {
 	assert.Equal(t, "operator", again.Role)
 	assert.Equal(t, "erin.new@corp.example", again.Email)
 	names := groupNames(t, e, u.ID)
-	assert.Equal(t, []string{"loop/ops", "loop/sales"}, names)
+	assert.Equal(t, []string{"loop/engineering", "loop/ops", "loop/sales"}, names, "the local group loop/engineering is kept")
+	assert.Equal(t, 1, e.h.Count(`select count(*) from group_memberships where id = 'm-local'`))
 	assert.Equal(t, 1, e.h.Count(`select count(*) from users where email like 'erin%@corp.example'`))
 }
 

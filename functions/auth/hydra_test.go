@@ -134,6 +134,9 @@ func TestHydraLogin(t *testing.T) {
 	})
 	st, out := tagsFn.Do(http.MethodGet, "/api/v1/search/filters/tags", res.Token, nil)
 	assert.Equal(t, http.StatusOK, st, "%s", out)
+	for _, secret := range []string{res.Token, e.client.Secret} {
+		assert.NotContains(t, e.h.Logs.String(), secret, "a secret in the function's log")
+	}
 
 	t.Run("second login with changed groups", func(t *testing.T) {
 		status, body := e.loginAs(t, newBrowserClient(t, nil), hydraUser("hy-alice", "engineering", "design"))
