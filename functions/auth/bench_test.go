@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -85,7 +86,9 @@ func BenchmarkCallback(b *testing.B) {
 	var mapped Mapped
 	b.Run("handling", func(b *testing.B) {
 		b.ReportAllocs()
+		var took []time.Duration
 		for b.Loop() {
+			began := time.Now()
 			pend, err := seal.open(cookie, "bench", time.Now())
 			if err != nil || !matchState(state, pend.State) {
 				b.Fatal("state check failed", err)
@@ -102,7 +105,9 @@ func BenchmarkCallback(b *testing.B) {
 			if _, err := is.issue(ctx, u, "10.0.0.1", "bench"); err != nil {
 				b.Fatal(err)
 			}
+			took = append(took, time.Since(began))
 		}
+		reportP50(b, took)
 	})
 
 	b.Run("commit", func(b *testing.B) {
@@ -116,12 +121,25 @@ func BenchmarkCallback(b *testing.B) {
 		}
 		require.NoError(b, login()) // the user and groups exist from here on
 		b.ReportAllocs()
+		var took []time.Duration
 		for b.Loop() {
+			began := time.Now()
 			if err := login(); err != nil {
 				b.Fatal(err)
 			}
+			took = append(took, time.Since(began))
 		}
+		reportP50(b, took)
 	})
+}
+
+// reportP50 adds the median of took as the p50-ns metric.
+func reportP50(b *testing.B, took []time.Duration) {
+	if len(took) == 0 {
+		return
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Nanoseconds()), "p50-ns")
 }
 
 // countingUsers is the users table, counting the queries that reach it.
