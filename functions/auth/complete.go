@@ -3,20 +3,21 @@ package function
 import (
 	"crypto/sha256"
 	"encoding/base64"
-	"html"
+	"encoding/json"
 	"net/http"
 	"strings"
 )
 
-// completeScript is the complete page's only script. It reads the
-// fragment and nothing else the page was given: the token, its expiry, the
-// user and where to go. It clears the fragment from history, stores the
-// session the way StreamSpace's UI keeps it (zustand's persist under
-// "streamspace-auth", ui/src/store/userStore.ts) and navigates on. A
-// returnUrl in the fragment is followed only when it is a same-origin path
-// or on an origin the page lists, so a crafted link cannot make this page
-// an open redirect.
+// completeScript is the complete page's only script; %s stands for the JSON list
+// of allowed return origins, fixed when the function starts. It reads the
+// fragment and nothing else: the token, its expiry, the user and where to
+// go. It clears the fragment from history, stores the session the way
+// StreamSpace's UI keeps it (zustand's persist under "streamspace-auth",
+// ui/src/store/userStore.ts) and navigates on. A returnUrl in the fragment
+// is followed only when it is a same-origin path or on one of those
+// origins, so a crafted link cannot make this page an open redirect.
 const completeScript = `(function () {
+  var origins = %s;
   var msg = document.getElementById("msg");
   var params = new URLSearchParams(window.location.hash.slice(1));
   history.replaceState(null, "", window.location.pathname);
@@ -31,7 +32,6 @@ const completeScript = `(function () {
     user = JSON.parse(new TextDecoder().decode(bytes));
   } catch (e) { msg.textContent = "Sign-in failed: the answer was damaged. Start again."; return; }
   var target = params.get("returnUrl") || "/";
-  var origins = (document.documentElement.getAttribute("data-return-origins") || "").split(" ").filter(Boolean);
   var sameOrigin = /^\/(?![\/\\])[^\\\s]*$/.test(target);
   var allowed = false;
   if (!sameOrigin) {
@@ -43,34 +43,36 @@ const completeScript = `(function () {
   window.location.replace(target);
 })();`
 
-// completeCSP allows the page's one script by its hash and nothing else:
-// no other script, no style, no connection, no frame, no form, no base
-// URL.
-var completeCSP = func() string {
-	sum := sha256.Sum256([]byte(completeScript))
-	return "default-src 'none'; script-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) +
+// completeAssets renders the page for the allowed return origins besides
+// the page's own, and its CSP, which allows the page's one script by its
+// hash and nothing else: no other script, no style, no connection, no
+// frame, no form, no base URL.
+func completeAssets(origins []string) (page []byte, csp string, err error) {
+	if origins == nil {
+		origins = []string{}
+	}
+	// json.Marshal escapes <, > and &, so the list cannot end the script.
+	list, err := json.Marshal(origins)
+	if err != nil {
+		return nil, "", err
+	}
+	script := strings.Replace(completeScript, "%s", string(list), 1)
+	sum := sha256.Sum256([]byte(script))
+	csp = "default-src 'none'; script-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) +
 		"'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-}()
-
-// completePage renders the page; origins are the allowed return origins
-// besides the page's own, in an attribute the script reads.
-func completePage(origins []string) []byte {
 	var b strings.Builder
-	b.WriteString(`<!doctype html><html lang="en" data-return-origins="`)
-	b.WriteString(html.EscapeString(strings.Join(origins, " ")))
-	b.WriteString(`"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer"><title>Signing in…</title>`)
-	b.WriteString(`</head>`)
-	b.WriteString(`<body><p id="msg">Signing in…</p><script>`)
-	b.WriteString(completeScript)
+	b.WriteString(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">`)
+	b.WriteString(`<title>Signing in…</title></head><body><p id="msg">Signing in…</p><script>`)
+	b.WriteString(script)
 	b.WriteString(`</script></body></html>`)
-	return []byte(b.String())
+	return []byte(b.String()), csp, nil
 }
 
 // serveComplete writes the complete page with its security headers.
-func serveComplete(w http.ResponseWriter, page []byte) {
+func serveComplete(w http.ResponseWriter, page []byte, csp string) {
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
-	h.Set("Content-Security-Policy", completeCSP)
+	h.Set("Content-Security-Policy", csp)
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")

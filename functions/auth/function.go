@@ -133,6 +133,7 @@ type Function struct {
 	sealer       sealer
 	issuer       *issuer
 	completePage []byte
+	completeCSP  string
 }
 
 // New returns an unstarted auth function.
@@ -228,7 +229,10 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	f.providers, f.order = providers, order
 	f.sealer = seal
 	f.issuer = is
-	f.completePage = completePage(origins)
+	if f.completePage, f.completeCSP, err = completeAssets(origins); err != nil {
+		svc.Stop(ctx)
+		return err
+	}
 	svc.Mux.Public("GET "+basePath+"/providers", f.listProviders)
 	svc.Mux.Public("GET "+basePath+"/{provider}/login", f.login)
 	svc.Mux.Public("GET "+basePath+"/{provider}/callback", f.callback)

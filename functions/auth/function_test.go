@@ -478,7 +478,7 @@ func TestCompletePage(t *testing.T) {
 	assert.NotContains(t, strings.SplitN(csp, "script-src", 2)[1], "unsafe-inline")
 	assert.Equal(t, "no-store", hdr.Get("Cache-Control"))
 	assert.Equal(t, "no-referrer", hdr.Get("Referrer-Policy"))
-	assert.Contains(t, string(body), `data-return-origins="https://ui.streamspace.test"`)
+	assert.Contains(t, string(body), `var origins = ["https://ui.streamspace.test"];`)
 	assert.Contains(t, string(body), "streamspace-auth")
 }
 

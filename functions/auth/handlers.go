@@ -253,7 +253,7 @@ func (f *Function) finish(w http.ResponseWriter, r *http.Request, p *provider, m
 }
 
 func (f *Function) complete(w http.ResponseWriter, _ *http.Request) error {
-	serveComplete(w, f.completePage)
+	serveComplete(w, f.completePage, f.completeCSP)
 	return nil
 }
 

@@ -39,7 +39,8 @@ var asymmetric = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", 
 var hmacAlgs = []string{"HS256", "HS384", "HS512"}
 
 // keyCache is a provider's JWKS: fetched on first use, fetched again when a
-// token names a kid it lacks, at most once per refetchInterval.
+// token names a kid it lacks, at most once per refetchInterval (a failed
+// fetch too, so a provider that is down is not hammered).
 type keyCache struct {
 	client *http.Client
 	url    string
@@ -47,7 +48,6 @@ type keyCache struct {
 	mu        sync.Mutex
 	set       jwk.Set
 	fetchedAt time.Time
-	fetches   int
 }
 
 func newKeyCache(c *http.Client, u string) *keyCache { return &keyCache{client: c, url: u} }
@@ -61,13 +61,15 @@ func (k *keyCache) lookup(ctx context.Context, kid string) (jwk.Key, error) {
 		if key, ok := find(k.set, kid); ok {
 			return key, nil
 		}
-		if time.Since(k.fetchedAt) < refetchInterval {
-			return nil, errs.E(errs.Unauthenticated, "ID token signed by an unknown key")
+	}
+	if !k.fetchedAt.IsZero() && time.Since(k.fetchedAt) < refetchInterval {
+		if k.set == nil {
+			return nil, errs.E(errs.Unavailable, "the provider's keys could not be fetched; try again shortly")
 		}
+		return nil, errs.E(errs.Unauthenticated, "ID token signed by an unknown key")
 	}
 	set, err := jwk.Fetch(ctx, k.url, jwk.WithHTTPClient(k.client), jwk.WithMaxFetchBodySize(maxDocument))
 	k.fetchedAt = time.Now()
-	k.fetches++
 	if err != nil {
 		return nil, errs.Wrap(errs.Unavailable, err, "fetch the provider's keys")
 	}
