@@ -165,6 +165,10 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 		}
 		origins = append(origins, o)
 	}
+	page, csp, err := completeAssets(origins)
+	if err != nil {
+		return err
+	}
 	confs, err := providerConfigs(cfg, public)
 	if err != nil {
 		return err
@@ -229,10 +233,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	f.providers, f.order = providers, order
 	f.sealer = seal
 	f.issuer = is
-	if f.completePage, f.completeCSP, err = completeAssets(origins); err != nil {
-		svc.Stop(ctx)
-		return err
-	}
+	f.completePage, f.completeCSP = page, csp
 	svc.Mux.Public("GET "+basePath+"/providers", f.listProviders)
 	svc.Mux.Public("GET "+basePath+"/{provider}/login", f.login)
 	svc.Mux.Public("GET "+basePath+"/{provider}/callback", f.callback)
