@@ -125,3 +125,12 @@ func writePEM(tb testing.TB, path, typ string, der []byte) {
 		tb.Fatal(err)
 	}
 }
+
+// PEMFile writes the CA's certificate in PEM and returns its path, for a
+// process that reads its trusted authorities from a file.
+func (ca *CA) PEMFile(tb testing.TB) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "ca.crt")
+	writePEM(tb, path, "CERTIFICATE", ca.Cert.Raw)
+	return path
+}
