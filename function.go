@@ -21,6 +21,7 @@ import (
 
 	"github.com/streamspace-dev/functions/events"
 	auth "github.com/streamspace-dev/functions/functions/auth"
+	mailtest "github.com/streamspace-dev/functions/functions/mailtest"
 	sharing "github.com/streamspace-dev/functions/functions/sharing"
 	tags "github.com/streamspace-dev/functions/functions/tags"
 	versioning "github.com/streamspace-dev/functions/functions/versioning"
@@ -56,6 +57,7 @@ func New() *Function {
 		auth.Name:       auth.New(),
 		sharing.Name:    sharing.New(),
 		tags.Name:       tags.New(),
+		mailtest.Name:   mailtest.New(),
 		versioning.Name: versioning.New(),
 	})
 }

@@ -54,7 +54,7 @@ var APIPaths = map[string][]PathMatch{
 		{Type: "RegularExpression", Value: `^/api/v1/sessions/[^/]+/snapshots/[^/]+/restore(/status)?$`},
 	},
 	"mailtest": {
-		{Type: "RegularExpression", Value: `^/api/v1/integrations/[^/]+/test$`},
+		{Type: "RegularExpression", Value: `^/api/v1/integrations/email(/[^/]+(/test)?)?$`},
 	},
 	"autoscale": {
 		{Type: "PathPrefix", Value: "/api/v1/autoscaling"},

@@ -507,10 +507,10 @@ func TestConnectionBudgetRefuses(t *testing.T) {
 		{"one Service's own pool over the budget", "ingress", func(objs []object) {
 			c := &service(objs, "versioning").Spec.Template.Spec.Containers[0]
 			c.Env = append(c.Env, corev1.EnvVar{Name: poolMaxEnv, Value: "8"})
-		}, "over the budget of 40 (auth 2×2 direct, sharing 3×4 direct, tags 3×4 direct, versioning 3×8 direct)"},
+		}, "over the budget of 42 (auth 2×2 direct, mailtest 1×2 direct, sharing 3×4 direct, tags 3×4 direct, versioning 3×8 direct)"},
 		{"a budget lowered below the sum", "functions", func(objs []object) {
 			configMap(objs, configMapName).Annotations[budgetAnnotation] = "30"
-		}, "40 PostgreSQL connections, over the budget of 30"},
+		}, "42 PostgreSQL connections, over the budget of 30"},
 		{"more PgBouncer pods", "functions+pgbouncer", func(objs []object) {
 			three := int32(3)
 			deployment(objs).Spec.Replicas = &three

@@ -133,12 +133,14 @@ var kubeAccess = map[string][]rbacv1.PolicyRule{
 	"sharing":    nil, // PostgreSQL only
 	"versioning": nil, // PostgreSQL only
 	"auth":       nil, // PostgreSQL, StreamSpace's Redis and the OpenID providers; no Kubernetes API
+	"mailtest":   nil, // PostgreSQL and the mail servers it tests; no Kubernetes API
 }
 
 // configKeys are the keys of the shared ConfigMap (docs/runtime.md).
 var configKeys = []string{
 	"AUTH_AUDIENCE", "AUTH_ISSUER", "AUTH_JWKS_URL", "AUTH_ROLE_CLAIM",
 	"DATABASE_LOCK_TIMEOUT", "DATABASE_POOL_IDLE", "DATABASE_POOL_MAX", "DATABASE_POOL_MIN", "DATABASE_STATEMENT_TIMEOUT",
+	"MAIL_KEY_ID",
 	"S3_BUCKET", "S3_ENDPOINT", "S3_FORCE_PATH_STYLE", "S3_REGION",
 	"STREAMSPACE_NAMESPACE",
 }

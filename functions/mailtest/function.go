@@ -9,6 +9,7 @@ package function
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"fmt"
 	"net/http"
@@ -34,8 +35,9 @@ type Config struct {
 	// secrets: one file per key id, 32 bytes in base64.
 	KeysDir string `env:"MAIL_KEYS_DIR" envDefault:"/var/run/secrets/mailtest/keys"`
 	// KeyID is the key that seals new secrets; the others only open what
-	// they sealed, so a key can rotate.
-	KeyID string `env:"MAIL_KEY_ID,required"`
+	// they sealed, so a key can rotate. Unset, no secret can be stored:
+	// integrations without credentials and the env integration still work.
+	KeyID string `env:"MAIL_KEY_ID"`
 	// AllowedHosts are hosts (names or IP literals, comma-separated) that
 	// may resolve to private, loopback or link-local addresses, such as an
 	// in-cluster relay; every other host is refused there.
@@ -47,7 +49,11 @@ type Config struct {
 	// instance accepts; more get 429 with Retry-After.
 	TestRateLimit int `env:"MAIL_TEST_RATE_LIMIT" envDefault:"5"`
 	// HealthConcurrency bounds the checks a health tick runs at once.
-	HealthConcurrency int `env:"MAIL_HEALTH_CONCURRENCY" envDefault:"16"`
+	HealthConcurrency int `env:"MAIL_HEALTH_CONCURRENCY" envDefault:"32"`
+	// HealthTimeout caps each health check (an integration's own
+	// timeoutSeconds applies when shorter), so one dead server cannot hold
+	// a tick.
+	HealthTimeout time.Duration `env:"MAIL_HEALTH_TIMEOUT" envDefault:"15s"`
 	// HeloName is the name sent in EHLO.
 	HeloName string `env:"MAIL_HELO_NAME" envDefault:"streamspace-functions"`
 	// SMTP is the environment's SMTP server (SMTP_*), the read-only
@@ -63,6 +69,9 @@ func (c *Config) Validate() error {
 	if c.HealthConcurrency < 1 || c.HealthConcurrency > 256 {
 		return fmt.Errorf("config: MAIL_HEALTH_CONCURRENCY %d: want 1 to 256", c.HealthConcurrency)
 	}
+	if c.HealthTimeout < time.Second || c.HealthTimeout > 2*time.Minute {
+		return fmt.Errorf("config: MAIL_HEALTH_TIMEOUT %s: want 1s to 2m", c.HealthTimeout)
+	}
 	return nil
 }
 
@@ -72,6 +81,7 @@ type Function struct {
 	prober      prober
 	limiter     *limiter
 	concurrency int
+	healthLimit time.Duration
 
 	envMu sync.Mutex
 	env   *Integration // nil without SMTP_HOST
@@ -92,9 +102,22 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 		_ = svc.Stop(ctx)
 		return fmt.Errorf("%s: %w", Name, err)
 	}
-	keys, err := secretbox.Load(cfg.KeysDir, cfg.KeyID)
+	var keys *secretbox.Keyring
+	if cfg.KeyID != "" {
+		if keys, err = secretbox.Load(cfg.KeysDir, cfg.KeyID); err != nil {
+			return fail(fmt.Errorf("config: MAIL_KEYS_DIR %s with MAIL_KEY_ID %q: %w", cfg.KeysDir, cfg.KeyID, err))
+		}
+	}
+	// The env integration's password is sealed in memory under a key that
+	// lives as long as the process: it is never stored, so it needs no
+	// mounted key.
+	processKey := make([]byte, 32)
+	if _, err := rand.Read(processKey); err != nil {
+		return fail(err)
+	}
+	process, err := secretbox.New(processKeyID, map[string][]byte{processKeyID: processKey})
 	if err != nil {
-		return fail(fmt.Errorf("config: MAIL_KEYS_DIR %s with MAIL_KEY_ID %q: %w", cfg.KeysDir, cfg.KeyID, err))
+		return fail(err)
 	}
 	var roots *x509.CertPool
 	if cfg.CAFile != "" {
@@ -110,9 +133,10 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 		}
 	}
 	f.svc = svc
-	f.prober = prober{keys: keys, guard: mailer.NewGuard(cfg.AllowedHosts), heloName: cfg.HeloName, roots: roots}
+	f.prober = prober{keys: keys, process: process, guard: mailer.NewGuard(cfg.AllowedHosts), heloName: cfg.HeloName, roots: roots}
 	f.limiter = newLimiter(cfg.TestRateLimit)
 	f.concurrency = cfg.HealthConcurrency
+	f.healthLimit = cfg.HealthTimeout
 	s, password, ok, err := cfg.SMTP.settings()
 	if err != nil {
 		return fail(err)
@@ -121,7 +145,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 		if password != "" {
 			// Sealed in memory like a stored secret, so every path reads
 			// secrets the same way and none keeps it in the clear.
-			sealed, err := keys.Seal(secretPurposePrefix+SecretPassword, password)
+			sealed, err := process.Seal(secretPurposePrefix+SecretPassword, password)
 			if err != nil {
 				return fail(err)
 			}

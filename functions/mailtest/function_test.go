@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
-	"testing"
 	"sync/atomic"
+	"testing"
 
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/jackc/pgx/v5"
@@ -52,7 +53,11 @@ func (f *Function) check(ctx context.Context, it Integration) checked {
 		c.class, c.err = "invalid_config", it.Health.Error
 		return c
 	}
-	res, err := f.prober.run(ctx, it.ID, it.Settings, nil)
+	s := it.Settings
+	if limit := int(f.healthLimit / time.Second); s.TimeoutSeconds == 0 || s.TimeoutSeconds > limit {
+		s.TimeoutSeconds = limit
+	}
+	res, err := f.prober.run(ctx, it.ID, s, nil)
 	if err != nil {
 		c.class, c.err = "secrets_unavailable", err.Error()
 		return c

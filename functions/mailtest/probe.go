@@ -16,7 +16,10 @@ import (
 
 // prober turns stored settings into a conversation with the provider.
 type prober struct {
-	keys     *secretbox.Keyring
+	// keys seal what is stored; nil without MAIL_KEY_ID.
+	keys *secretbox.Keyring
+	// process seals the env integration's password for this process only.
+	process  *secretbox.Keyring
 	guard    *mailer.Guard
 	heloName string
 	roots    *x509.CertPool
@@ -34,6 +37,9 @@ func (p prober) sealSecrets(changes map[string]*string, stored map[string]string
 			}
 		case *v == "":
 		default:
+			if p.keys == nil {
+				return errs.E(errs.Unavailable, "config.%s: this installation cannot store secrets: MAIL_KEY_ID and the mailtest-keys Secret are not configured", name)
+			}
 			sealed, err := p.keys.Seal(secretPurposePrefix+name, *v)
 			if err != nil {
 				return fmt.Errorf("seal %s: %w", name, err)
@@ -65,7 +71,14 @@ func (o opened) list() []string {
 func (p prober) open(id string, s Settings) (opened, error) {
 	out := opened{}
 	for name, sealed := range s.Secrets {
-		plain, err := p.keys.Open(secretPurposePrefix+name, sealed)
+		ring := p.keys
+		if secretbox.KeyID(sealed) == processKeyID {
+			ring = p.process
+		}
+		if ring == nil {
+			return nil, errs.E(errs.Unavailable, "integration %s: its stored %s cannot be opened: MAIL_KEY_ID is not configured", id, name)
+		}
+		plain, err := ring.Open(secretPurposePrefix+name, sealed)
 		if err != nil {
 			return nil, errs.Wrap(errs.Internal, err, "integration %s: its stored %s cannot be opened with the mounted keys (it was sealed with key %q); mount that key under MAIL_KEYS_DIR or store the secret again", id, name, secretbox.KeyID(sealed))
 		}
@@ -114,6 +127,9 @@ func (p prober) run(ctx context.Context, id string, s Settings, env *mailer.Enve
 	res.Redact(sec.list()...)
 	return res, nil
 }
+
+// processKeyID names the in-memory key of the env integration.
+const processKeyID = "ephemeral-process"
 
 // presetNames are the providers behind the presets, for hints.
 var presetNames = map[string]string{

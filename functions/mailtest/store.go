@@ -42,10 +42,10 @@ type HealthStatus string
 
 // Health statuses; unknown until the first check.
 const (
-	HealthUnknown   HealthStatus = "unknown"
-	Healthy         HealthStatus = "healthy"
-	Unhealthy       HealthStatus = "unhealthy"
-	selectColumns                = `id, name, coalesce(description, ''), coalesce(enabled, true), config,
+	HealthUnknown HealthStatus = "unknown"
+	Healthy       HealthStatus = "healthy"
+	Unhealthy     HealthStatus = "unhealthy"
+	selectColumns              = `id, name, coalesce(description, ''), coalesce(enabled, true), config,
        last_test_at, last_success_at, coalesce(health_status, 'unknown'), health_checked_at,
        coalesce(health_error_class, ''), coalesce(health_error, ''), coalesce(created_by, ''), created_at, updated_at`
 )

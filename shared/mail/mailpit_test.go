@@ -2,6 +2,7 @@ package mail
 
 import (
 	"context"
+	"net/textproto"
 	"strings"
 	"testing"
 	"time"
@@ -45,7 +46,7 @@ func TestMailpit(t *testing.T) {
 			assert.Equal(t, "noreply@streamspace.test", got.From.Address)
 			assert.Equal(t, "StreamSpace", got.From.Name)
 			assert.Equal(t, []string{"auto-generated"}, got.Headers["Auto-Submitted"])
-			assert.Equal(t, []string{m.TestID}, got.Headers[TestHeader])
+			assert.Equal(t, []string{m.TestID}, got.Headers[textproto.CanonicalMIMEHeaderKey(TestHeader)], "headers: %v", got.Headers)
 			assert.Contains(t, got.Text, m.TestID)
 			assert.Contains(t, got.HTML, m.TestID)
 			assert.True(t, strings.Contains(got.HTML, "<b>relay</b>"))
