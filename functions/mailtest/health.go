@@ -77,9 +77,12 @@ func (f *Function) check(ctx context.Context, it Integration) checked {
 // enabled email integration, stores each result, and reports a change of
 // health (integration.health.changed, and a notification to each admin
 // when one starts failing) once per transition.
-func (f *Function) healthTick(ctx context.Context, e cloudevents.Event) error {
+func (f *Function) healthTick(ctx context.Context, e cloudevents.Event) (err error) {
+	job := f.svc.Job("mail-health")
+	job.Start()
+	defer func() { job.Done(err) }()
 	var its []Integration
-	err := db.Read(ctx, f.svc.Pool, func(tx pgx.Tx) error {
+	err = db.Read(ctx, f.svc.Pool, func(tx pgx.Tx) error {
 		var err error
 		its, err = enabledIntegrations(ctx, tx)
 		return err

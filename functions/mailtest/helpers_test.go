@@ -47,7 +47,7 @@ type world struct {
 }
 
 // writeKey adds a key file to dir.
-func writeKey(t *testing.T, dir, id string) {
+func writeKey(t testing.TB, dir, id string) {
 	t.Helper()
 	key := make([]byte, 32)
 	_, err := rand.Read(key)
@@ -57,7 +57,7 @@ func writeKey(t *testing.T, dir, id string) {
 
 // start serves the function with a key k1, the test CA trusted and
 // loopback allowed (as MAIL_ALLOWED_HOSTS does for an in-cluster relay).
-func start(t *testing.T, env map[string]string) *world {
+func start(t testing.TB, env map[string]string) *world {
 	t.Helper()
 	ca := smtptest.NewCA(t, "test CA")
 	keys := t.TempDir()
@@ -77,7 +77,7 @@ func start(t *testing.T, env map[string]string) *world {
 
 // faultServer starts a go-smtp server with STARTTLS (the world's CA) and
 // AUTH PLAIN for alice / smtpPassword, plus the given hooks.
-func (w *world) faultServer(t *testing.T, f smtptest.Fault) (string, int, *smtptest.Server) {
+func (w *world) faultServer(t testing.TB, f smtptest.Fault) (string, int, *smtptest.Server) {
 	t.Helper()
 	leaf := w.ca.Issue(t, smtptest.LeafOptions{Hosts: []string{"127.0.0.1"}})
 	f.TLS = &tls.Config{Certificates: []tls.Certificate{leaf.TLS}}
@@ -108,7 +108,7 @@ func smtpConfig(name, host string, port int, password string) map[string]any {
 }
 
 // create adds an integration and returns its view.
-func (w *world) create(t *testing.T, body any) function.IntegrationView {
+func (w *world) create(t testing.TB, body any) function.IntegrationView {
 	t.Helper()
 	status, raw := w.h.Do("POST", "/api/v1/integrations/email", w.admin, body)
 	require.Equal(t, 201, status, "%s", raw)
@@ -118,7 +118,7 @@ func (w *world) create(t *testing.T, body any) function.IntegrationView {
 }
 
 // test runs the test route and decodes its answer.
-func (w *world) test(t *testing.T, id string, body any) (int, function.TestResult, []byte) {
+func (w *world) test(t testing.TB, id string, body any) (int, function.TestResult, []byte) {
 	t.Helper()
 	status, raw := w.h.Do("POST", "/api/v1/integrations/email/"+id+"/test", w.admin, body)
 	var res function.TestResult
@@ -129,7 +129,7 @@ func (w *world) test(t *testing.T, id string, body any) (int, function.TestResul
 }
 
 // ping delivers a mail-health tick.
-func (w *world) ping(t *testing.T) {
+func (w *world) ping(t testing.TB) {
 	t.Helper()
 	e, err := events.New("test", events.Ping, events.PingData{Job: "mail.health"})
 	require.NoError(t, err)
@@ -139,7 +139,7 @@ func (w *world) ping(t *testing.T) {
 }
 
 // requireNoSecrets fails if any stored secret shows in the text.
-func requireNoSecrets(t *testing.T, where, text string) {
+func requireNoSecrets(t testing.TB, where, text string) {
 	t.Helper()
 	for _, s := range secrets {
 		require.NotContains(t, text, s, "a secret in %s", where)
@@ -148,7 +148,7 @@ func requireNoSecrets(t *testing.T, where, text string) {
 
 // requireNoSecretsAnywhere checks the log, every emitted event and the
 // integrations table.
-func (w *world) requireNoSecretsAnywhere(t *testing.T) {
+func (w *world) requireNoSecretsAnywhere(t testing.TB) {
 	t.Helper()
 	requireNoSecrets(t, "the log", w.h.Logs.String())
 	for _, e := range w.h.Sink.Events() {
@@ -176,7 +176,7 @@ func eventsOf(w *world, typ string) []cloudevents.Event {
 	return out
 }
 
-func mustJSON(t *testing.T, v any) string {
+func mustJSON(t testing.TB, v any) string {
 	t.Helper()
 	b, err := json.Marshal(v)
 	require.NoError(t, err)

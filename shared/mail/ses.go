@@ -71,8 +71,8 @@ func (s SES) timeout() time.Duration {
 }
 
 // Send sends env's raw message with SendEmail.
-func (s SES) Send(ctx context.Context, env Envelope) Result {
-	res := Result{Provider: "ses", Known: AmazonSES, Host: s.Endpoint}
+func (s SES) Send(ctx context.Context, env Envelope) (res Result) {
+	res = Result{Provider: "ses", Known: AmazonSES, Host: s.Endpoint}
 	t := newTracer(&res)
 	defer t.done()
 	ctx, cancel := context.WithTimeout(ctx, s.timeout())
@@ -104,8 +104,8 @@ func (s SES) Send(ctx context.Context, env Envelope) Result {
 }
 
 // Check reads the account's sending state with GetAccount.
-func (s SES) Check(ctx context.Context) Result {
-	res := Result{Provider: "ses", Known: AmazonSES, Host: s.Endpoint}
+func (s SES) Check(ctx context.Context) (res Result) {
+	res = Result{Provider: "ses", Known: AmazonSES, Host: s.Endpoint}
 	t := newTracer(&res)
 	defer t.done()
 	ctx, cancel := context.WithTimeout(ctx, s.timeout())

@@ -84,8 +84,9 @@ type Envelope struct {
 // nil it stops after authenticating and says QUIT (a health check). The
 // result traces each stage; the first failure ends the conversation and
 // classifies the result.
-func (s SMTP) Run(ctx context.Context, env *Envelope) Result {
-	res := Result{Provider: "smtp", Known: s.Known, Host: s.Host, Port: s.Port}
+func (s SMTP) Run(ctx context.Context, env *Envelope) (res Result) {
+	res = Result{Provider: "smtp", Known: s.Known, Host: s.Host, Port: s.Port}
+	// done runs after the return value is set, so the total is in it.
 	t := newTracer(&res)
 	defer t.done()
 	timeout := s.Timeout

@@ -129,6 +129,7 @@ func TestSMTPFaults(t *testing.T) {
 				require.NotNil(t, stage(res, StageAuth).Reply)
 				assert.Equal(t, 235, stage(res, StageAuth).Reply.Code)
 				assert.Len(t, srv.Messages(), 1)
+				assert.Positive(t, res.DurationMs)
 				return
 			}
 			require.False(t, res.Success, "%+v", res)

@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"sync"
+	"time"
 	"testing"
 
 	"github.com/emersion/go-sasl"
@@ -31,6 +32,9 @@ type Fault struct {
 	// DropInData closes the connection after reading the first bytes of
 	// the message, before any reply.
 	DropInData bool
+	// Delay holds every reply of the conversation back this long (a
+	// server at some distance).
+	Delay time.Duration
 	// Hang, when set, makes MAIL wait until the test ends without
 	// answering (a reply that never comes).
 	Hang bool
@@ -74,6 +78,9 @@ func Serve(tb testing.TB, f Fault) *Server {
 		} else {
 			srv.TLSConfig = f.TLS
 		}
+	}
+	if f.Delay > 0 {
+		ln = delayListener{Listener: ln, delay: f.Delay}
 	}
 	s.Addr = ln.Addr().String()
 	done := make(chan struct{})
@@ -208,4 +215,48 @@ func splitNonEmpty(s string, sep byte) []string {
 // Fault hook.
 func Reject(code int, enhanced smtp.EnhancedCode, text string) error {
 	return &smtp.SMTPError{Code: code, EnhancedCode: enhanced, Message: text}
+}
+
+// delayListener's connections hold each answer back by delay: the first
+// write after the client has sent something (a command, a TLS flight)
+// leaves delay later, as if the server were that far away; the lines of a
+// multi-line reply follow at once.
+type delayListener struct {
+	net.Listener
+	delay time.Duration
+}
+
+func (l delayListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &delayConn{Conn: c, delay: l.delay, answering: true}, nil
+}
+
+type delayConn struct {
+	net.Conn
+	delay time.Duration
+	// answering is true from a read (or the connection's start) to the
+	// first write after it. The server reads and writes one connection
+	// from one goroutine at a time, so no lock is needed.
+	answering bool
+}
+
+func (c *delayConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.answering = true
+	}
+	return n, err
+}
+
+// Write stands for the network's latency: an answer leaves delay after
+// the question arrived.
+func (c *delayConn) Write(p []byte) (int, error) {
+	if c.answering {
+		c.answering = false
+		time.Sleep(c.delay)
+	}
+	return c.Conn.Write(p)
 }
