@@ -90,4 +90,3 @@ func BenchmarkGoSMTPAlone(b *testing.B) {
 	}
 	l.report(b)
 }
-

@@ -7,8 +7,8 @@ import (
 	"log"
 	"net"
 	"sync"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
