@@ -1,8 +1,7 @@
-// Package smtptest starts real SMTP servers for tests: Mailpit (built into
-// the tools folder by scripts/tools), read back through its REST API, and
-// an in-process emersion/go-smtp server whose every reply a test chooses,
-// for the faults Mailpit cannot show. It also makes the certificates both
-// use.
+// Package smtptest starts real SMTP servers for tests: Mailpit (built by
+// scripts/tools, found by testbin), read back through its REST API, and an
+// in-process emersion/go-smtp server whose every reply a test chooses, for
+// the faults Mailpit cannot show. It also makes the certificates both use.
 package smtptest
 
 import (

@@ -7,11 +7,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/streamspace-dev/functions/shared/testbin"
 )
 
 // Mailpit is a running Mailpit.
@@ -35,48 +36,21 @@ type MailpitOptions struct {
 	Users map[string]string
 }
 
-// MailpitBinary finds the Mailpit that scripts/tools built: TOOLS_DIR/bin,
-// else .tools/bin at the repository root above the working directory.
-func MailpitBinary(tb testing.TB) string {
+// StartMailpit runs Mailpit (testbin.Path: TOOLS_DIR/bin or .tools/bin,
+// built by scripts/tools) on loopback until the test ends and returns once
+// its API and SMTP port answer.
+func StartMailpit(tb testing.TB, o MailpitOptions) *Mailpit {
 	tb.Helper()
-	var candidates []string
-	if d := os.Getenv("TOOLS_DIR"); d != "" {
-		candidates = append(candidates, filepath.Join(d, "bin", "mailpit"))
-	}
-	if wd, err := os.Getwd(); err == nil {
-		for dir := wd; ; dir = filepath.Dir(dir) {
-			candidates = append(candidates, filepath.Join(dir, ".tools", "bin", "mailpit"))
-			if filepath.Dir(dir) == dir {
-				break
-			}
-		}
-	}
-	for _, c := range candidates {
-		if fi, err := os.Stat(c); err == nil && !fi.IsDir() {
-			return c
-		}
-	}
-	tb.Fatalf("smtptest: mailpit is not built: run scripts/tools (or set TOOLS_DIR); looked in %v", candidates)
-	return ""
-}
-
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	bin := testbin.Path(tb, "mailpit")
+	dir := tb.TempDir()
+	smtpPort, err := testbin.FreePort()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// StartMailpit runs Mailpit on loopback until the test ends and returns
-// once its API answers.
-func StartMailpit(tb testing.TB, o MailpitOptions) *Mailpit {
-	tb.Helper()
-	bin := MailpitBinary(tb)
-	dir := tb.TempDir()
-	smtpPort, httpPort := freePort(tb), freePort(tb)
+	httpPort, err := testbin.FreePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
 	args := []string{
 		"--smtp", fmt.Sprintf("127.0.0.1:%d", smtpPort),
 		"--listen", fmt.Sprintf("127.0.0.1:%d", httpPort),
@@ -103,51 +77,42 @@ func StartMailpit(tb testing.TB, o MailpitOptions) *Mailpit {
 			args = append(args, "--smtp-auth-allow-insecure")
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, args...)
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		cancel()
+	proc, err := testbin.Start(bin, args)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
 	tb.Cleanup(func() {
-		cancel()
-		<-exited
+		proc.Stop()
 		if tb.Failed() {
-			tb.Logf("mailpit output:\n%s", out.String())
+			tb.Logf("mailpit output:\n%s", proc.Output())
 		}
 	})
 	m := &Mailpit{SMTPAddr: fmt.Sprintf("127.0.0.1:%d", smtpPort), Host: "127.0.0.1", Port: smtpPort, API: fmt.Sprintf("http://127.0.0.1:%d", httpPort)}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case <-exited:
-			tb.Fatalf("mailpit exited: %s", out.String())
-		default:
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err = proc.WaitReady(ctx, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.API+"/api/v1/info", nil)
+		if err != nil {
+			return err
 		}
-		resp, err := http.Get(m.API + "/api/v1/info")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				if c, err := net.Dial("tcp", m.SMTPAddr); err == nil {
-					c.Close()
-					return m
-				}
-			}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("mailpit did not start in 60 s: %s", out.String())
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("api: %s", resp.Status)
 		}
-		// Polling a starting process's port: the wait is on a condition,
-		// this is only the interval between looks.
-		select {
-		case <-exited:
-		case <-time.After(50 * time.Millisecond):
+		c, err := net.Dial("tcp", m.SMTPAddr)
+		if err != nil {
+			return err
 		}
+		return c.Close()
+	})
+	if err != nil {
+		tb.Fatal(err)
 	}
+	return m
 }
 
 // Address is a Mailpit address.
