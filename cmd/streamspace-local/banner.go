@@ -21,6 +21,7 @@ const (
 	demoTagsQuery = "/api/v1/search/filters/tags?limit=10"
 	demoEventID   = "demo-template-updated-1"
 	demoEventData = `{"templateId":"demo","change":"updated"}`
+	demoMailBody  = `{"recipient":"dev@streamspace.local"}`
 )
 
 // tokens mints the development tokens: dev (admin) and alice (user).
@@ -72,6 +73,7 @@ func (r *runner) banner(w io.Writer) error {
 		fmt.Sprintf("  dead letters  %s", r.DeadLetters),
 		fmt.Sprintf("  issuer        %s (JWKS %s%s), audience %s", r.Issuer.URL(), r.BrokerURL, jwksPath, Audience),
 		fmt.Sprintf("  event auth    %s", eventAuth),
+		fmt.Sprintf("  mail          %s", r.mailLine()),
 		"",
 		fmt.Sprintf("Development tokens, valid %dh:", int(tokenTTL.Hours())),
 		fmt.Sprintf("  %s (admin): %s", demoOwner, admin),
@@ -93,9 +95,17 @@ func (r *runner) banner(w io.Writer) error {
 		fmt.Sprintf("    -H 'Ce-Specversion: 1.0' -H 'Ce-Id: %s' \\", demoEventID),
 		fmt.Sprintf("    -H 'Ce-Type: %s' -H 'Ce-Source: %s' \\", events.TemplateUpdated, events.SourceOf("versioning")),
 		fmt.Sprintf("    -H 'Content-Type: application/json' -d '%s'", demoEventData),
-		"",
-		"Stop with Ctrl-C.",
 	}
+	if r.Mail != nil && r.Mail.Env["SMTP_HOST"] != "" {
+		lines = append(lines,
+			"",
+			fmt.Sprintf("Send a test email through the env integration (SMTP_* point at Mailpit, %s; read it at %s):", r.Mail.SMTP, r.Mail.Web),
+			fmt.Sprintf("  curl -sS -X POST %s/api/v1/integrations/email/env/test \\", r.FunctionURL),
+			fmt.Sprintf("    -H 'Authorization: Bearer %s' \\", admin),
+			fmt.Sprintf("    -H 'Content-Type: application/json' -d '%s'", demoMailBody),
+		)
+	}
+	lines = append(lines, "", "Stop with Ctrl-C.")
 	_, err = io.WriteString(w, strings.Join(lines, "\n")+"\n")
 	return err
 }
@@ -118,4 +128,12 @@ func loginLine(l *localLogin) string {
 	}
 	return "Log in through the auth function and Ory Hydra in a browser on this machine (pick oidc-admin or oidc-user;\n" +
 		"the complete page stores the session in localStorage \"streamspace-auth\" as StreamSpace's UI does):\n  " + l.LoginURL
+}
+
+// mailLine describes the local mail server.
+func (r *runner) mailLine() string {
+	if r.Mail == nil {
+		return "no Mailpit (scripts/tools mailpit builds it); the mailtest function has no env integration"
+	}
+	return fmt.Sprintf("Mailpit %s (SMTP %s), the mailtest env integration sends there", r.Mail.Web, r.Mail.SMTP)
 }

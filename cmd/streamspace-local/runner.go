@@ -62,9 +62,12 @@ type runner struct {
 	// when the overlay's Triggers name none (no event-auth component).
 	EventAudience string
 
-	brokerSrv    *http.Server
-	deadLetters  *deadLetterLog
-	pings        *pinger
+	brokerSrv   *http.Server
+	deadLetters *deadLetterLog
+	pings       *pinger
+	// Mail is Mailpit and the mailtest function's settings for it; nil
+	// when Mailpit is not built.
+	Mail         *localMail
 	stopFunction context.CancelFunc
 	functionDone chan error
 }
@@ -188,6 +191,15 @@ func start(ctx context.Context, cfg Config, environ map[string]string, log *slog
 			provided[k] = v
 		}
 	}
+	if r.Mail, err = startMail(ctx, environ); err != nil {
+		fnLn.Close()
+		return nil, err
+	}
+	if r.Mail != nil {
+		for k, v := range r.Mail.Env {
+			provided[k] = v
+		}
+	}
 	env := functionEnv(environ, provided, r.eventAuthEnv(audience, subjects))
 	fnCtx, stopFunction := context.WithCancel(context.WithoutCancel(ctx))
 	r.stopFunction, r.functionDone = stopFunction, make(chan error, 1)
@@ -291,5 +303,6 @@ func (r *runner) shutdown(ctx context.Context) error {
 		errs = append(errs, r.deadLetters.Close())
 	}
 	r.Login.stop()
+	r.Mail.stop()
 	return errors.Join(errs...)
 }
