@@ -50,9 +50,6 @@ func classifyReply(stage Stage, r *Reply) Class {
 		if stage == StageTLS {
 			return StartTLSUnsupported
 		}
-		if stage == StageAuth && r.Code == 454 {
-			return Transient
-		}
 		return Transient
 	}
 	switch stage {

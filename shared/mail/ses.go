@@ -100,7 +100,29 @@ func (s SES) Send(ctx context.Context, env Envelope) (res Result) {
 	t.ok(StageSend, nil)
 	res.MessageID = aws.ToString(out.MessageId)
 	res.Success = true
+	// The account's state comes with the result (sandbox, quota); a
+	// failure to read it does not undo a message SES accepted.
+	t.start()
+	if acct, err := c.GetAccount(ctx, &sesv2.GetAccountInput{}); err == nil {
+		res.Account = accountOf(acct)
+		t.ok(StageAccount, nil)
+	} else {
+		res.Stages = append(res.Stages, StageResult{Stage: StageAccount, Status: StageFailed, DurationMs: ms(time.Since(t.at)), Detail: sesFailure(err, env).detail})
+	}
 	return res
+}
+
+// accountOf is GetAccount's answer as reported.
+func accountOf(out *sesv2.GetAccountOutput) *SESAccount {
+	acct := &SESAccount{
+		SendingEnabled:          out.SendingEnabled,
+		EnforcementStatus:       aws.ToString(out.EnforcementStatus),
+		ProductionAccessEnabled: out.ProductionAccessEnabled,
+	}
+	if q := out.SendQuota; q != nil {
+		acct.Max24HourSend, acct.MaxSendRate, acct.SentLast24Hours = q.Max24HourSend, q.MaxSendRate, q.SentLast24Hours
+	}
+	return acct
 }
 
 // Check reads the account's sending state with GetAccount.
@@ -122,14 +144,7 @@ func (s SES) Check(ctx context.Context) (res Result) {
 		t.fail(StageAccount, sesFailure(err, Envelope{}))
 		return res
 	}
-	acct := &SESAccount{
-		SendingEnabled:          out.SendingEnabled,
-		EnforcementStatus:       aws.ToString(out.EnforcementStatus),
-		ProductionAccessEnabled: out.ProductionAccessEnabled,
-	}
-	if q := out.SendQuota; q != nil {
-		acct.Max24HourSend, acct.MaxSendRate, acct.SentLast24Hours = q.Max24HourSend, q.MaxSendRate, q.SentLast24Hours
-	}
+	acct := accountOf(out)
 	res.Account = acct
 	if !acct.SendingEnabled || (acct.EnforcementStatus != "" && acct.EnforcementStatus != "HEALTHY") {
 		t.fail(StageAccount, failure{class: SendingDisabled, detail: "sending enabled " + boolWord(acct.SendingEnabled) + ", enforcement status " + acct.EnforcementStatus})

@@ -104,6 +104,8 @@ func TestSES(t *testing.T) {
 			if tc.wantClass == "" {
 				require.True(t, res.Success, "%+v", res)
 				assert.Equal(t, "0100018c-test-message-id", res.MessageID)
+				require.NotNil(t, res.Account, "the account's state comes with the result")
+				assert.Equal(t, "HEALTHY", res.Account.EnforcementStatus)
 				return
 			}
 			require.False(t, res.Success)
