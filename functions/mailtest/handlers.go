@@ -335,7 +335,7 @@ func (f *Function) test(w http.ResponseWriter, r *http.Request, who authn.Identi
 	}
 
 	msg := mailer.TestMessage{From: it.Settings.From, FromName: it.Settings.FromName, To: recipient, Integration: it.Name, TestID: mailer.NewTestID(), Date: time.Now()}
-	res, err := f.prober.run(r.Context(), id, it.Settings, &mailer.Envelope{From: msg.From, To: msg.To, Message: msg.Bytes()})
+	res, rotated, err := f.prober.run(r.Context(), id, it.Settings, &mailer.Envelope{From: msg.From, To: msg.To, Message: msg.Bytes()})
 	if err != nil {
 		return err
 	}
@@ -353,6 +353,9 @@ func (f *Function) test(w http.ResponseWriter, r *http.Request, who authn.Identi
 	err = f.svc.Commit(r.Context(), func(tx pgx.Tx) ([]cloudevents.Event, error) {
 		if id != envIntegrationID {
 			if err := recordTest(r.Context(), tx, id, res.Success); err != nil {
+				return nil, err
+			}
+			if err := storeRotated(r.Context(), tx, id, rotated); err != nil {
 				return nil, err
 			}
 		}

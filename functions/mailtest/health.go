@@ -23,6 +23,8 @@ type checked struct {
 	status HealthStatus
 	class  mailer.Class
 	err    string
+	// rotated is a new refresh token, sealed, to store.
+	rotated string
 }
 
 // checkAll checks each integration without sending, at most concurrency
@@ -57,7 +59,8 @@ func (f *Function) check(ctx context.Context, it Integration) checked {
 	if limit := int(f.healthLimit / time.Second); s.TimeoutSeconds == 0 || s.TimeoutSeconds > limit {
 		s.TimeoutSeconds = limit
 	}
-	res, err := f.prober.run(ctx, it.ID, s, nil)
+	res, rotated, err := f.prober.run(ctx, it.ID, s, nil)
+	c.rotated = rotated
 	if err != nil {
 		c.class, c.err = "secrets_unavailable", err.Error()
 		return c
@@ -139,6 +142,11 @@ func (f *Function) saveHealth(ctx context.Context, results []checked) (int, erro
 		}
 		if _, err := tx.Exec(ctx, saveHealthSQL, ids, statuses, classes, errors); err != nil {
 			return nil, db.Classify(fmt.Errorf("save health: %w", err))
+		}
+		for _, r := range results {
+			if err := storeRotated(ctx, tx, r.id, r.rotated); err != nil {
+				return nil, err
+			}
 		}
 		var out []cloudevents.Event
 		var failing []checked

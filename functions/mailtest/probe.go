@@ -87,14 +87,16 @@ func (p prober) open(id string, s Settings) (opened, error) {
 	return out, nil
 }
 
-// run tests (env set) or checks (env nil) an integration.
-func (p prober) run(ctx context.Context, id string, s Settings, env *mailer.Envelope) (mailer.Result, error) {
+// run tests (env set) or checks (env nil) an integration. rotated, when
+// set, is the refresh token the token endpoint rotated to, sealed for
+// storage: Microsoft's endpoint, among others, hands out a new one with
+// each access token, and the old one expires in time.
+func (p prober) run(ctx context.Context, id string, s Settings, env *mailer.Envelope) (res mailer.Result, rotated string, err error) {
 	sec, err := p.open(id, s)
 	if err != nil {
-		return mailer.Result{}, err
+		return mailer.Result{}, "", err
 	}
 	timeout := time.Duration(s.TimeoutSeconds) * time.Second
-	var res mailer.Result
 	switch s.Provider {
 	case ProviderSES:
 		ses := mailer.SES{
@@ -123,9 +125,31 @@ func (p prober) run(ctx context.Context, id string, s Settings, env *mailer.Enve
 			smtp.Token = grant.TokenSource(ctx, p.guard.HTTPClient(timeout))
 		}
 		res = smtp.Run(ctx, env)
+		if smtp.Token != nil && authenticated(res) {
+			// The source caches what it fetched: this asks nothing more.
+			if tok, err := smtp.Token.Token(); err == nil {
+				sec["accessToken"] = tok.AccessToken
+				if tok.RefreshToken != "" && tok.RefreshToken != sec[SecretRefreshToken] {
+					sec["rotatedRefreshToken"] = tok.RefreshToken
+					if p.keys != nil && id != envIntegrationID {
+						rotated, _ = p.keys.Seal(secretPurposePrefix+SecretRefreshToken, tok.RefreshToken)
+					}
+				}
+			}
+		}
 	}
 	res.Redact(sec.list()...)
-	return res, nil
+	return res, rotated, nil
+}
+
+// authenticated reports whether the auth stage passed.
+func authenticated(res mailer.Result) bool {
+	for _, st := range res.Stages {
+		if st.Stage == mailer.StageAuth {
+			return st.Status == mailer.StageOK
+		}
+	}
+	return false
 }
 
 // processKeyID names the in-memory key of the env integration.

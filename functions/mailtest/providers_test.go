@@ -74,13 +74,22 @@ func TestXOAuth2Integration(t *testing.T) {
 	assert.True(t, v.Config.OAuth2.ClientSecretSet)
 	assert.True(t, v.Config.OAuth2.RefreshTokenSet)
 
-	status, res, raw := w.test(t, v.ID, nil)
-	require.Equal(t, 200, status, "%s", raw)
-	assert.True(t, res.Success)
-	assert.Len(t, srv.Messages(), 1)
+	// The endpoint rotates the refresh token with every access token and
+	// refuses the old one: the second test and the health check work only
+	// because the first stored the new one, sealed.
+	for i := range 2 {
+		status, res, raw := w.test(t, v.ID, nil)
+		require.Equal(t, 200, status, "test %d: %s", i+1, raw)
+		assert.True(t, res.Success)
+	}
+	assert.Len(t, srv.Messages(), 2)
+	w.ping(t)
+	assert.Equal(t, 1, w.h.Count(`select count(*) from integrations where id = $1 and health_status = 'healthy'`, v.ID))
+	w.requireNoSecretsAnywhere(t)
+	assert.NotContains(t, w.h.Logs.String(), "access-1", "an access token")
 
 	bad := w.create(t, body("rt-revoked-0000"))
-	status, res, raw = w.test(t, bad.ID, nil)
+	status, res, raw := w.test(t, bad.ID, nil)
 	require.Equal(t, 400, status, "%s", raw)
 	assert.Equal(t, "auth_failed", res.Error)
 	assert.NotContains(t, string(raw), "rt-revoked-0000", "the endpoint's echo")

@@ -248,3 +248,18 @@ const notifySQL = `
 insert into notifications (id, user_id, type, title, message, data, priority, action_url, action_text)
 select gen_random_uuid()::text, u, 'integration_unhealthy', $2, $3, $4, 'high', '/admin/integrations', 'Open integrations'
 from unnest($1::text[]) as u`
+
+// rotateRefreshSQL stores the refresh token an endpoint rotated to, sealed.
+const rotateRefreshSQL = `
+update integrations set config = jsonb_set(config, '{secrets,refreshToken}', to_jsonb($2::text))
+where id = $1 and type = 'email'`
+
+func storeRotated(ctx context.Context, tx pgx.Tx, id, sealed string) error {
+	if sealed == "" {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, rotateRefreshSQL, id, sealed); err != nil {
+		return db.Classify(fmt.Errorf("store the rotated refresh token of %s: %w", id, err))
+	}
+	return nil
+}
