@@ -503,7 +503,7 @@ func TestConnectionBudgetRefuses(t *testing.T) {
 		}, "Service sharing: DATABASE_POOL_MAX is not set"},
 		{"max-scale over the budget", "all-in-one", func(objs []object) {
 			service(objs, allInOne).Spec.Template.Annotations[maxScaleKey] = "11"
-		}, "44 PostgreSQL connections, over the budget of 40 (streamspace 11×4 direct)"},
+		}, "44 PostgreSQL connections, over the budget of 42 (streamspace 11×4 direct)"},
 		{"one Service's own pool over the budget", "ingress", func(objs []object) {
 			c := &service(objs, "versioning").Spec.Template.Spec.Containers[0]
 			c.Env = append(c.Env, corev1.EnvVar{Name: poolMaxEnv, Value: "8"})
@@ -514,7 +514,7 @@ func TestConnectionBudgetRefuses(t *testing.T) {
 		{"more PgBouncer pods", "functions+pgbouncer", func(objs []object) {
 			three := int32(3)
 			deployment(objs).Spec.Replicas = &three
-		}, "60 PostgreSQL connections, over the budget of 40"},
+		}, "60 PostgreSQL connections, over the budget of 42"},
 		{"a surge pod during a rollout", "all-in-one+pgbouncer", func(objs []object) {
 			one := intstr.FromInt32(1)
 			deployment(objs).Spec.Strategy.RollingUpdate.MaxSurge = &one
@@ -522,7 +522,7 @@ func TestConnectionBudgetRefuses(t *testing.T) {
 		{"a bigger server pool", "ingress+pgbouncer", func(objs []object) {
 			editIni(objs, "max_db_connections = 20", "max_db_connections = 25")
 			editIni(objs, "default_pool_size = 20", "default_pool_size = 25")
-		}, "50 PostgreSQL connections, over the budget of 40"},
+		}, "50 PostgreSQL connections, over the budget of 42"},
 		{"no max_db_connections", "functions+pgbouncer", func(objs []object) {
 			editIni(objs, "max_db_connections = 20", "")
 		}, "database streamspace: max_db_connections is unset (unbounded)"},
@@ -537,7 +537,7 @@ func TestConnectionBudgetRefuses(t *testing.T) {
 		}, "may open 20 client connections, more than max_client_conn 10"},
 		{"a Service going direct beside PgBouncer", "functions+pgbouncer", func(objs []object) {
 			service(objs, "tags").Spec.Template.Spec.Containers[0].Env[0].ValueFrom.SecretKeyRef.Key = databaseKey
-		}, "52 PostgreSQL connections, over the budget of 40"},
+		}, "52 PostgreSQL connections, over the budget of 42"},
 		{"pooled without PgBouncer", "functions", func(objs []object) {
 			service(objs, "tags").Spec.Template.Spec.Containers[0].Env[0].ValueFrom.SecretKeyRef.Key = pooledDatabaseKey
 		}, "but no PgBouncer is deployed"},

@@ -21,7 +21,7 @@ type querier interface {
 }
 
 // Integration is one email integration: a row of StreamSpace's
-// integrations with type 'email', and the health columns migration 004
+// integrations with type 'email', and the health columns migration 005
 // adds.
 type Integration struct {
 	ID          string
