@@ -354,7 +354,8 @@ type Upload struct {
 	Initiated time.Time
 }
 
-// Uploads lists the unfinished multipart uploads under prefix.
+// Uploads lists the unfinished multipart uploads under prefix. MinIO lists
+// only the uploads of a prefix that is a whole key; AWS S3 lists any.
 func (s *Store) Uploads(ctx context.Context, prefix string) ([]Upload, error) {
 	var all []Upload
 	in := &s3.ListMultipartUploadsInput{Bucket: aws.String(s.bucket), Prefix: aws.String(prefix)}

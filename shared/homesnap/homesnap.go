@@ -1,0 +1,408 @@
+// Package homesnap streams a session pod's home directory (/config) to
+// object storage as a .tar.gz with a manifest: the capture both the
+// snapshot function and the restore function's pre-restore backup use.
+//
+// The pod runs only `tar -cf - -C /config .`, with no compression, so the
+// user's desktop does not pay for its own backup. In one pass the function
+// then counts the tar stream's entries and bytes (and stops at a cap),
+// gzips it, hashes the gzip stream with SHA-256 and uploads it as a
+// multipart upload. Nothing is held in memory beyond a few upload parts and
+// nothing touches local disk. The manifest is written last, as the marker
+// that the archive is complete (docs/snapshots.md).
+package homesnap
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+
+	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/kube"
+	"github.com/streamspace-dev/functions/shared/objstore"
+)
+
+// Home is the mount point of a session's home directory.
+const Home = "/config"
+
+// Command is what the pod runs: an uncompressed tar of /config's contents
+// on stdout.
+var Command = []string{"tar", "-cf", "-", "-C", Home, "."}
+
+// Tool names the producer in the manifest, so a restore can tell how an
+// archive was made.
+const Tool = "streamspace-functions/homesnap v1 (GNU tar -cf, klauspost/compress gzip)"
+
+// ManifestVersion is the manifest format's version.
+const ManifestVersion = 1
+
+// tarChangedStatus is GNU tar's exit status for "file changed as we read
+// it": the archive is complete, one file in it may be inconsistent.
+const tarChangedStatus = 1
+
+// Stage names the part of a capture that failed.
+type Stage string
+
+// The stages.
+const (
+	StagePod      Stage = "pod"      // finding or reaching the pod
+	StageTar      Stage = "tar"      // the pod's tar, or its stream
+	StageLimit    Stage = "limit"    // the home is larger than the cap
+	StageCompress Stage = "compress" // gzip
+	StageUpload   Stage = "upload"   // the multipart upload
+	StageManifest Stage = "manifest" // writing the manifest
+)
+
+// Error is a capture that failed at Stage.
+type Error struct {
+	Stage Stage
+	Err   error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s: %v", e.Stage, e.Err) }
+func (e *Error) Unwrap() error { return e.Err }
+
+// StageOf is the stage of a capture error, or "" for other errors.
+func StageOf(err error) Stage {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Stage
+	}
+	return ""
+}
+
+// Execer runs a command in a pod (kube.Client).
+type Execer interface {
+	Exec(ctx context.Context, pod kube.Pod, cmd []string, s kube.Streams) error
+}
+
+// Store is the object storage a capture writes to (objstore.Store).
+type Store interface {
+	Upload(ctx context.Context, key string, r io.Reader, o objstore.UploadOptions) (objstore.Object, error)
+	Put(ctx context.Context, key string, body []byte, contentType string) (objstore.Object, error)
+	Delete(ctx context.Context, keys ...string) error
+}
+
+// Progress is how far a capture got.
+type Progress struct {
+	// Bytes is the uncompressed tar stream read so far.
+	Bytes int64
+	// Entries is the tar entries read so far.
+	Entries int64
+	// Stored is the compressed bytes produced so far.
+	Stored int64
+}
+
+// Request is one capture.
+type Request struct {
+	Pod         kube.Pod
+	ArchiveKey  string
+	ManifestKey string
+	// MaxBytes caps the uncompressed tar stream; past it the capture fails
+	// at StageLimit. It also sizes the upload's parts.
+	MaxBytes int64
+	// Level is the gzip level, 0 (stored, still .tar.gz) to 9.
+	Level int
+	// Progress, when set, is called every ProgressEvery while the capture
+	// runs, from another goroutine.
+	Progress      func(Progress)
+	ProgressEvery time.Duration
+	// Labels are copied into the manifest (snapshot, session and user ids).
+	Labels map[string]string
+}
+
+// Manifest describes a stored archive; it is written next to it, last.
+type Manifest struct {
+	Version int    `json:"version"`
+	Archive string `json:"archive"`
+	// ETag and VersionID pin the archive for a restore.
+	ETag      string `json:"etag"`
+	VersionID string `json:"versionId,omitempty"`
+	// SHA256 is the hash of the stored (gzip) object.
+	SHA256 string `json:"sha256"`
+	// SizeBytes is the stored object's size.
+	SizeBytes int64 `json:"sizeBytes"`
+	// Entries is the number of tar entries, "./" included.
+	Entries int64 `json:"entries"`
+	// TarBytes is the uncompressed tar stream's size; ContentBytes the sum
+	// of the regular files' sizes in it.
+	TarBytes     int64             `json:"tarBytes"`
+	ContentBytes int64             `json:"contentBytes"`
+	Compression  string            `json:"compression"`
+	Level        int               `json:"level"`
+	Source       string            `json:"source"`
+	Pod          ManifestPod       `json:"pod"`
+	StartedAt    time.Time         `json:"startedAt"`
+	FinishedAt   time.Time         `json:"finishedAt"`
+	Seconds      float64           `json:"seconds"`
+	Tool         string            `json:"tool"`
+	Warnings     []string          `json:"warnings,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
+}
+
+// ManifestPod is the pod an archive was taken from.
+type ManifestPod struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Node      string `json:"node,omitempty"`
+	UID       int    `json:"uid"`
+	GID       int    `json:"gid"`
+}
+
+// Result is a capture that completed: its manifest, as stored.
+type Result struct {
+	Manifest Manifest
+	// ManifestObject is the manifest's object.
+	ManifestObject objstore.Object
+}
+
+// errLimit is the cap being passed, recorded as the tar stage's failure.
+var errLimit = errors.New("the home directory is larger than the snapshot limit")
+
+// Capture runs the pod's tar and stores its gzip with a manifest. It
+// returns only after every goroutine it started has ended. On failure the
+// multipart upload has been aborted and no archive or manifest is left;
+// the error is an *Error naming the stage.
+func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, error) {
+	if req.Level < 0 || req.Level > 9 {
+		return Result{}, &Error{Stage: StageCompress, Err: fmt.Errorf("gzip level %d: want 0 to 9", req.Level)}
+	}
+	started := time.Now().UTC()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var first firstError
+	var tarBytes, entries, contentBytes, stored atomic.Int64
+	var warnings []string
+
+	tarR, tarW := io.Pipe()
+	gzR, gzW := io.Pipe()
+	var wg sync.WaitGroup
+
+	// The pod's tar writes its stream into tarW.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := ex.Exec(ctx, req.Pod, Command, kube.Streams{Stdout: tarW})
+		if code := kube.ExitCode(err); code == tarChangedStatus {
+			var ee *kube.ExitError
+			errors.As(err, &ee)
+			warnings = append(warnings, "tar: a file changed while it was read (exit status 1): "+lastLine(ee.Stderr))
+			err = nil
+		}
+		if err != nil {
+			stage := StageTar
+			if k := errs.KindOf(err); kube.ExitCode(err) < 0 && (k == errs.NotFound || k == errs.Forbidden) {
+				stage = StagePod
+			}
+			first.set(stage, err)
+			cancel()
+		}
+		tarW.CloseWithError(err)
+	}()
+
+	// One goroutine counts the tar stream and gzips it into gzW.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := compress(tarR, gzW, req, &tarBytes, &entries, &contentBytes)
+		if err != nil {
+			if errors.Is(err, errLimit) {
+				first.set(StageLimit, err)
+			} else {
+				first.set(StageCompress, err)
+			}
+			cancel()
+			tarR.CloseWithError(err)
+		}
+		gzW.CloseWithError(err)
+	}()
+
+	if req.Progress != nil && req.ProgressEvery > 0 {
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			t := time.NewTicker(req.ProgressEvery)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					req.Progress(Progress{Bytes: tarBytes.Load(), Entries: entries.Load(), Stored: stored.Load()})
+				}
+			}
+		}()
+	}
+
+	// This goroutine hashes the gzip stream as the upload reads it.
+	hash := sha256.New()
+	body := io.TeeReader(gzR, writerFunc(func(p []byte) (int, error) {
+		stored.Add(int64(len(p)))
+		return hash.Write(p)
+	}))
+	obj, err := st.Upload(ctx, req.ArchiveKey, body, objstore.UploadOptions{
+		ContentType: "application/gzip",
+		MaxBytes:    req.MaxBytes + req.MaxBytes/100 + 1<<20,
+		Metadata:    req.Labels,
+	})
+	if err != nil {
+		first.set(StageUpload, err)
+		cancel()
+	}
+	gzR.CloseWithError(errors.Join(err, io.ErrClosedPipe))
+	wg.Wait()
+	if err := first.get(); err != nil {
+		if obj.Key != "" {
+			// The upload completed from a stream that then failed (a tar
+			// exit status after its last byte): the archive is not kept.
+			_ = st.Delete(context.WithoutCancel(ctx), req.ArchiveKey)
+		}
+		return Result{}, err
+	}
+
+	finished := time.Now().UTC()
+	m := Manifest{
+		Version: ManifestVersion, Archive: req.ArchiveKey, ETag: obj.ETag, VersionID: obj.VersionID,
+		SHA256: hex.EncodeToString(hash.Sum(nil)), SizeBytes: stored.Load(),
+		Entries: entries.Load(), TarBytes: tarBytes.Load(), ContentBytes: contentBytes.Load(),
+		Compression: "gzip", Level: req.Level, Source: Home,
+		Pod:       ManifestPod{Namespace: req.Pod.Namespace, Name: req.Pod.Name, Node: req.Pod.Node, UID: req.Pod.UID, GID: req.Pod.GID},
+		StartedAt: started, FinishedAt: finished, Seconds: finished.Sub(started).Seconds(),
+		Tool: Tool, Warnings: warnings, Labels: req.Labels,
+	}
+	doc, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return Result{}, &Error{Stage: StageManifest, Err: err}
+	}
+	mo, err := st.Put(ctx, req.ManifestKey, doc, "application/json")
+	if err != nil {
+		// Without its manifest the archive is incomplete by definition.
+		_ = st.Delete(context.WithoutCancel(ctx), req.ArchiveKey)
+		return Result{}, &Error{Stage: StageManifest, Err: err}
+	}
+	return Result{Manifest: m, ManifestObject: mo}, nil
+}
+
+// compress reads the tar stream from r, counting entries and bytes and
+// stopping past req.MaxBytes, and writes its gzip to w. Every byte of the
+// stream is compressed, the end-of-archive blocks and padding included, so
+// the stored archive is exactly what tar wrote.
+func compress(r io.Reader, w io.Writer, req Request, tarBytes, entries, contentBytes *atomic.Int64) error {
+	zw, err := gzip.NewWriterLevel(w, req.Level)
+	if err != nil {
+		return err
+	}
+	counted := &limitCounter{r: r, n: tarBytes, max: req.MaxBytes}
+	tee := io.TeeReader(counted, zw)
+	tr := tar.NewReader(tee)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read tar stream: %w", err)
+		}
+		entries.Add(1)
+		if h.Typeflag == tar.TypeReg {
+			contentBytes.Add(h.Size)
+		}
+	}
+	if _, err := io.Copy(io.Discard, tee); err != nil {
+		return fmt.Errorf("read tar stream: %w", err)
+	}
+	return zw.Close()
+}
+
+// limitCounter counts what passes and fails once more than max has.
+type limitCounter struct {
+	r   io.Reader
+	n   *atomic.Int64
+	max int64
+}
+
+func (l *limitCounter) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if total := l.n.Add(int64(n)); l.max > 0 && total > l.max {
+		return 0, fmt.Errorf("%w (%d bytes)", errLimit, l.max)
+	}
+	return n, err
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// firstError keeps the first failure of a capture: the cause, not the
+// broken pipes it leads to elsewhere.
+type firstError struct {
+	mu  sync.Mutex
+	err *Error
+}
+
+func (f *firstError) set(stage Stage, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil {
+		f.err = &Error{Stage: stage, Err: err}
+	}
+}
+
+func (f *firstError) get() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil {
+		return nil
+	}
+	return f.err
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
+}
+
+// Prefix is where every archive and manifest is stored.
+const Prefix = "snapshots/"
+
+// ArchiveKey is where snapshot id of user's session is stored:
+// snapshots/{userId}/{sessionId}/{snapshotId}.tar.gz.
+func ArchiveKey(user, session, id string) string {
+	return Prefix + user + "/" + session + "/" + id + ".tar.gz"
+}
+
+// ManifestKey is the manifest beside the archive at archiveKey.
+func ManifestKey(archiveKey string) string {
+	return strings.TrimSuffix(archiveKey, ".tar.gz") + ".json"
+}
+
+// SnapshotID is the snapshot id of an archive or manifest key, and false
+// for any other key.
+func SnapshotID(key string) (string, bool) {
+	if !strings.HasPrefix(key, Prefix) {
+		return "", false
+	}
+	base := key[strings.LastIndexByte(key, '/')+1:]
+	for _, ext := range []string{".tar.gz", ".json"} {
+		if id, ok := strings.CutSuffix(base, ext); ok && id != "" {
+			return id, true
+		}
+	}
+	return "", false
+}
