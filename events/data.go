@@ -69,6 +69,8 @@ type SnapshotProgressData struct {
 	SessionID  string `json:"sessionId"`
 	Phase      string `json:"phase"`
 	Bytes      int64  `json:"bytes"`
+	// Entries is the number of archive entries read so far.
+	Entries int64 `json:"entries,omitempty"`
 }
 
 // SnapshotCompletedData describes a stored snapshot archive.

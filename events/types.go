@@ -61,4 +61,11 @@ const (
 	// PruneSource makes every function that records processed events delete
 	// the records older than PROCESSED_EVENTS_RETENTION.
 	PruneSource = "/apis/v1/namespaces/streamspace/pingsources/processed-events-prune"
+	// SnapshotRetentionSource makes the snapshot function enforce retention
+	// (expired snapshots, maxSnapshots per session) and sweep the objects
+	// whose row is gone, daily.
+	SnapshotRetentionSource = "/apis/v1/namespaces/streamspace/pingsources/snapshot-retention"
+	// SnapshotScheduleSource makes the snapshot function take the automatic
+	// snapshots that are due, and take over jobs whose owner died.
+	SnapshotScheduleSource = "/apis/v1/namespaces/streamspace/pingsources/snapshot-schedule"
 )

@@ -1,0 +1,293 @@
+package function
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/db"
+	"github.com/streamspace-dev/functions/shared/errs"
+)
+
+// The metadata keys the function writes into session_snapshots.metadata
+// beside the client's own (which may not use them): the stored archive's
+// record, and the failed stage.
+const (
+	archiveKey = "archive"
+	failureKey = "failure"
+)
+
+// Snapshot is a row of StreamSpace's session_snapshots, in the JSON shape
+// of StreamSpace's snapshot handler.
+type Snapshot struct {
+	ID           string          `json:"id"`
+	SessionID    string          `json:"sessionId"`
+	UserID       string          `json:"userId"`
+	Name         string          `json:"name"`
+	Description  string          `json:"description,omitempty"`
+	Type         Type            `json:"type"`
+	Status       Status          `json:"status"`
+	StoragePath  string          `json:"storagePath,omitempty"`
+	SizeBytes    int64           `json:"sizeBytes"`
+	Metadata     json.RawMessage `json:"metadata,omitempty"`
+	CreatedAt    time.Time       `json:"createdAt"`
+	CompletedAt  *time.Time      `json:"completedAt,omitempty"`
+	ExpiresAt    *time.Time      `json:"expiresAt,omitempty"`
+	ErrorMessage string          `json:"errorMessage,omitempty"`
+}
+
+// snapshotColumns are the columns Snapshot scans, from session_snapshots s.
+// StreamSpace's columns are nullable; a NULL reads as empty.
+const snapshotColumns = `s.id, coalesce(s.session_id, ''), coalesce(s.user_id, ''), s.name,
+	coalesce(s.description, ''), coalesce(s.type, 'manual'), coalesce(s.status, 'creating'),
+	coalesce(s.storage_path, ''), coalesce(s.size_bytes, 0), coalesce(s.metadata, '{}'),
+	coalesce(s.created_at, localtimestamp), s.completed_at, s.expires_at, coalesce(s.error_message, '')`
+
+func scanSnapshot(row pgx.Row) (Snapshot, error) {
+	var s Snapshot
+	var meta []byte
+	err := row.Scan(&s.ID, &s.SessionID, &s.UserID, &s.Name, &s.Description, &s.Type, &s.Status,
+		&s.StoragePath, &s.SizeBytes, &meta, &s.CreatedAt, &s.CompletedAt, &s.ExpiresAt, &s.ErrorMessage)
+	s.Metadata = meta
+	return s, err
+}
+
+// Session is the part of StreamSpace's sessions row the function uses.
+type Session struct {
+	ID, UserID, State, Namespace string
+	Config                       SnapshotConfig
+}
+
+// sessionSQL reads a session; for update locks it when a snapshot of it
+// is being created, so its state cannot change under the check.
+const sessionSQL = `
+	select id, coalesce(user_id, ''), coalesce(state, ''), coalesce(namespace, ''), snapshot_config
+	from sessions where id = $1`
+
+// session loads session id for who: errs.NotFound when it does not exist
+// or who may not see it (allowed).
+func session(ctx context.Context, tx pgx.Tx, who authn.Identity, id string, lock bool) (Session, error) {
+	q := sessionSQL
+	if lock {
+		q += ` for no key update`
+	}
+	var s Session
+	var raw []byte
+	err := tx.QueryRow(ctx, q, id).Scan(&s.ID, &s.UserID, &s.State, &s.Namespace, &raw)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !allowed(who, s.UserID)) {
+		return Session{}, errs.E(errs.NotFound, "session %s not found", id)
+	}
+	if err != nil {
+		return Session{}, db.Classify(fmt.Errorf("load session %s: %w", id, err))
+	}
+	s.Config = readConfig(raw)
+	return s, nil
+}
+
+// allowed is the access rule: a session's snapshots are its owner's
+// (sessions.user_id), and admins may act on every session's. Anyone else is
+// told the session does not exist.
+func allowed(who authn.Identity, owner string) bool {
+	return who.Role == authn.Admin || (owner != "" && who.Subject == owner)
+}
+
+// runningState is sessions.state of a session whose pod runs.
+const runningState = "running"
+
+// quotaSQL serialises the snapshots one user creates (a transaction-level
+// advisory lock, which PgBouncer's transaction mode allows) and then counts
+// what the quota counts: every snapshot not deleted or failed, and the
+// bytes stored.
+const quotaLockSQL = `select pg_advisory_xact_lock(hashtextextended('snapshot-quota:' || $1, 0))`
+
+const quotaSQL = `
+	select count(*), coalesce(sum(size_bytes), 0)
+	from session_snapshots
+	where user_id = $1 and status not in ('deleted', 'failed')`
+
+// Quota is the per-user limit on snapshots.
+type Quota struct {
+	Count int64
+	Bytes int64
+}
+
+// checkQuota refuses a new snapshot of user's beyond q with errs.Conflict.
+// It runs in the creating transaction, after quotaLockSQL.
+func checkQuota(ctx context.Context, tx pgx.Tx, user string, q Quota) error {
+	if _, err := tx.Exec(ctx, quotaLockSQL, user); err != nil {
+		return db.Classify(fmt.Errorf("lock quota of %s: %w", user, err))
+	}
+	var n, bytes int64
+	if err := tx.QueryRow(ctx, quotaSQL, user).Scan(&n, &bytes); err != nil {
+		return db.Classify(fmt.Errorf("count snapshots of %s: %w", user, err))
+	}
+	if n >= q.Count {
+		return errs.E(errs.Conflict, "snapshot quota reached: %d snapshots of at most %d; delete one first", n, q.Count)
+	}
+	if bytes >= q.Bytes {
+		return errs.E(errs.Conflict, "snapshot quota reached: %d bytes stored of at most %d; delete a snapshot first", bytes, q.Bytes)
+	}
+	return nil
+}
+
+// insertSQL creates a snapshot row, creating, with its storage path set.
+// $1 id, $2 session, $3 user, $4 name, $5 description, $6 type, $7 path,
+// $8 metadata, $9 lifetime in seconds or null.
+const insertSQL = `
+	insert into session_snapshots
+		(id, session_id, user_id, name, description, type, status, storage_path, metadata, expires_at)
+	values ($1, $2, $3, $4, nullif($5, ''), $6, 'creating', $7, $8::jsonb,
+		localtimestamp + make_interval(secs => $9::double precision))
+	returning created_at, expires_at`
+
+func insertSnapshot(ctx context.Context, tx pgx.Tx, s *Snapshot, in CreateInput) error {
+	var life *float64
+	if in.ExpiresIn > 0 {
+		v := in.ExpiresIn.Seconds()
+		life = &v
+	}
+	err := tx.QueryRow(ctx, insertSQL, s.ID, s.SessionID, s.UserID, s.Name, s.Description, string(s.Type), s.StoragePath, in.Metadata, life).
+		Scan(&s.CreatedAt, &s.ExpiresAt)
+	if err != nil {
+		return db.Classify(fmt.Errorf("insert snapshot: %w", err))
+	}
+	s.Status = Creating
+	s.Metadata = in.Metadata
+	return nil
+}
+
+// getSQL reads one snapshot of a session.
+const getSQL = `select ` + snapshotColumns + ` from session_snapshots s where s.id = $1 and s.session_id = $2`
+
+func getSnapshot(ctx context.Context, tx pgx.Tx, session, id string, lock bool) (Snapshot, error) {
+	q := getSQL
+	if lock {
+		q += ` for update`
+	}
+	s, err := scanSnapshot(tx.QueryRow(ctx, q, id, session))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Snapshot{}, errs.E(errs.NotFound, "snapshot %s not found", id)
+	}
+	if err != nil {
+		return Snapshot{}, db.Classify(fmt.Errorf("load snapshot %s: %w", id, err))
+	}
+	return s, nil
+}
+
+// byIDSQL reads a snapshot by id alone, for the job.
+const byIDSQL = `select ` + snapshotColumns + ` from session_snapshots s where s.id = $1`
+
+func snapshotByID(ctx context.Context, tx pgx.Tx, id string, lock bool) (Snapshot, error) {
+	q := byIDSQL
+	if lock {
+		q += ` for update`
+	}
+	s, err := scanSnapshot(tx.QueryRow(ctx, q, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Snapshot{}, errs.E(errs.NotFound, "snapshot %s not found", id)
+	}
+	if err != nil {
+		return Snapshot{}, db.Classify(fmt.Errorf("load snapshot %s: %w", id, err))
+	}
+	return s, nil
+}
+
+// listSessionSQL is a page of a session's snapshots that are not deleted,
+// newest first; $2 limit, $3 offset. The window count is the total.
+const listSessionSQL = `
+	select ` + snapshotColumns + `, count(*) over ()
+	from session_snapshots s
+	where s.session_id = $1 and s.status <> 'deleted'
+	order by s.created_at desc, s.id
+	limit $2 offset $3`
+
+// listUserSQL is the same across the sessions of user $1.
+const listUserSQL = `
+	select ` + snapshotColumns + `, count(*) over ()
+	from session_snapshots s
+	where s.user_id = $1 and s.status <> 'deleted'
+	order by s.created_at desc, s.id
+	limit $2 offset $3`
+
+func listSnapshots(ctx context.Context, tx pgx.Tx, query, key string, p Page) ([]Snapshot, int, error) {
+	rows, err := tx.Query(ctx, query, key, p.Limit, p.Offset())
+	if err != nil {
+		return nil, 0, db.Classify(fmt.Errorf("list snapshots: %w", err))
+	}
+	defer rows.Close()
+	out := []Snapshot{}
+	total := 0
+	for rows.Next() {
+		var s Snapshot
+		var meta []byte
+		if err := rows.Scan(&s.ID, &s.SessionID, &s.UserID, &s.Name, &s.Description, &s.Type, &s.Status,
+			&s.StoragePath, &s.SizeBytes, &meta, &s.CreatedAt, &s.CompletedAt, &s.ExpiresAt, &s.ErrorMessage, &total); err != nil {
+			return nil, 0, db.Classify(fmt.Errorf("list snapshots: %w", err))
+		}
+		s.Metadata = meta
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, db.Classify(fmt.Errorf("list snapshots: %w", err))
+	}
+	return out, total, nil
+}
+
+// Stats is the answer of GET /snapshots/stats, StreamSpace's shape.
+type Stats struct {
+	TotalSnapshots     int64   `json:"totalSnapshots"`
+	AvailableSnapshots int64   `json:"availableSnapshots"`
+	TotalSizeBytes     int64   `json:"totalSizeBytes"`
+	TotalSizeGB        float64 `json:"totalSizeGB"`
+}
+
+const statsSQL = `
+	select count(*), count(*) filter (where status = 'available'), coalesce(sum(size_bytes), 0)
+	from session_snapshots
+	where user_id = $1 and status <> 'deleted'`
+
+func stats(ctx context.Context, tx pgx.Tx, user string) (Stats, error) {
+	var st Stats
+	if err := tx.QueryRow(ctx, statsSQL, user).Scan(&st.TotalSnapshots, &st.AvailableSnapshots, &st.TotalSizeBytes); err != nil {
+		return st, db.Classify(fmt.Errorf("snapshot stats: %w", err))
+	}
+	st.TotalSizeGB = float64(st.TotalSizeBytes) / (1 << 30)
+	return st, nil
+}
+
+// markDeletedSQL marks a snapshot deleted; its objects are removed after
+// the commit (and by the retention sweep, should that fail).
+const markDeletedSQL = `
+	update session_snapshots set status = 'deleted', updated_at = localtimestamp
+	where id = $1`
+
+// setConfigSQL stores a session's snapshot config.
+const setConfigSQL = `update sessions set snapshot_config = $2::jsonb where id = $1`
+
+// leaseHeldSQL checks, and holds until commit, that owner still holds the
+// job's lease: a job that lost it must not write its outcome.
+const leaseHeldSQL = `
+	select 1 from job_leases where name = $1 and owner = $2 and lease_until > now() for update`
+
+// completeSQL records a stored archive: available, its size, the archive's
+// record under metadata.archive, completed. Only a creating row changes; a
+// snapshot deleted meanwhile stays deleted.
+const completeSQL = `
+	update session_snapshots
+	set status = 'available', size_bytes = $2, completed_at = localtimestamp, updated_at = localtimestamp,
+		error_message = null,
+		metadata = coalesce(metadata, '{}') || jsonb_build_object('archive', $3::jsonb)
+	where id = $1 and status = 'creating'`
+
+// failSQL records a failed snapshot: failed, the message, and the stage
+// under metadata.failure. Only a creating row changes.
+const failSQL = `
+	update session_snapshots
+	set status = 'failed', error_message = $2, completed_at = localtimestamp, updated_at = localtimestamp,
+		metadata = coalesce(metadata, '{}') || jsonb_build_object('failure', $3::jsonb)
+	where id = $1 and status = 'creating'`
