@@ -23,6 +23,7 @@ import (
 	auth "github.com/streamspace-dev/functions/functions/auth"
 	mailtest "github.com/streamspace-dev/functions/functions/mailtest"
 	sharing "github.com/streamspace-dev/functions/functions/sharing"
+	snapshot "github.com/streamspace-dev/functions/functions/snapshot"
 	tags "github.com/streamspace-dev/functions/functions/tags"
 	versioning "github.com/streamspace-dev/functions/functions/versioning"
 	"github.com/streamspace-dev/functions/shared/errs"
@@ -56,6 +57,7 @@ func New() *Function {
 	return newWith(map[string]member{
 		auth.Name:       auth.New(),
 		sharing.Name:    sharing.New(),
+		snapshot.Name:   snapshot.New(),
 		tags.Name:       tags.New(),
 		mailtest.Name:   mailtest.New(),
 		versioning.Name: versioning.New(),

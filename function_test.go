@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -21,10 +23,33 @@ import (
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/db/dbtest"
 	"github.com/streamspace-dev/functions/shared/fntest"
+	"github.com/streamspace-dev/functions/shared/s3test"
 )
 
+// snapshotEnv configures the snapshot member, which needs object storage
+// and a cluster: a fresh bucket on the test MinIO, and a kubeconfig for an
+// API server these tests never reach (no snapshot job runs in them).
+func snapshotEnv(t *testing.T, more map[string]string) map[string]string {
+	t.Helper()
+	srv := s3test.Start(t)
+	env := srv.Env(srv.Bucket(t))
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	require.NoError(t, os.WriteFile(path, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+users: [{name: none, user: {token: none}}]
+contexts: [{name: none, context: {cluster: none, user: none}}]
+current-context: none
+`), 0o600))
+	env["KUBECONFIG"] = path
+	for k, v := range more {
+		env[k] = v
+	}
+	return env
+}
+
 func TestAllInOneRoutesEveryFunction(t *testing.T) {
-	h := fntest.Start(t, New(), nil)
+	h := fntest.Start(t, New(), snapshotEnv(t, nil))
 	tok := h.Token("alice", authn.User)
 	_, err := h.Pool.Exec(context.Background(), `
 		insert into users (id, username, email) values ('alice', 'alice', 'alice@example.com');
@@ -41,6 +66,7 @@ func TestAllInOneRoutesEveryFunction(t *testing.T) {
 		{"shares", http.MethodGet, "/api/v1/session-templates/tpl/shares", nil, http.StatusOK},
 		{"versions", http.MethodGet, "/api/v1/session-templates/tpl/versions", nil, http.StatusOK},
 		{"create a version", http.MethodPost, "/api/v1/session-templates/tpl/versions", map[string]any{"description": "first"}, http.StatusCreated},
+		{"snapshot stats", http.MethodGet, "/api/v1/snapshots/stats", nil, http.StatusOK},
 		{"no such route", http.MethodGet, "/api/v1/nothing", nil, http.StatusNotFound},
 	}
 	for _, tc := range rest {
@@ -113,12 +139,12 @@ func TestEventAuthenticationComesBeforeTheBody(t *testing.T) {
 		broker   = "system:serviceaccount:knative-eventing:broker-oidc"
 	)
 	f := New()
-	fntest.Start(t, f, map[string]string{
+	fntest.Start(t, f, snapshotEnv(t, map[string]string{
 		"EVENT_AUTH_ISSUER":   clusterURL,
 		"EVENT_AUTH_AUDIENCE": audience,
 		"EVENT_AUTH_JWKS_URL": clusterURL,
 		"EVENT_AUTH_SUBJECTS": broker,
-	})
+	}))
 	brokerToken, err := iss.Token(broker, authn.User, audience, time.Hour)
 	require.NoError(t, err)
 	otherToken, err := iss.Token("system:serviceaccount:streamspace:desktop", authn.User, audience, time.Hour)
@@ -207,4 +233,25 @@ func TestARouteClaimedTwiceStopsStartUp(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.want)
 		})
 	}
+}
+
+// TestAMemberWithoutItsConfigIsLeftOut: without S3_BUCKET (make run with no
+// object storage) the snapshot function is not configured, and the
+// all-in-one runs without it and says so; its routes are 404, its events are
+// not taken, and the others serve as usual.
+func TestAMemberWithoutItsConfigIsLeftOut(t *testing.T) {
+	h := fntest.Start(t, New(), nil)
+	tok := h.Token("alice", authn.User)
+	status, _ := h.Do(http.MethodGet, "/api/v1/snapshots/stats", tok, nil)
+	assert.Equal(t, http.StatusNotFound, status)
+	status, _ = h.Do(http.MethodGet, "/api/v1/search/filters/tags", tok, nil)
+	assert.Equal(t, http.StatusOK, status)
+	e, err := events.New("snapshot", events.SnapshotRequested, events.SnapshotRequestedData{
+		SnapshotID: "0b7e2a57-8a43-4d53-9b0e-5d6c8f1e2a10", SessionID: "s", UserID: "u"})
+	require.NoError(t, err)
+	for _, path := range []string{"/", "/events/snapshot"} {
+		status, _ := fntest.Deliver(t, h.URL+path, e, false)
+		assert.Equal(t, http.StatusBadRequest, status, "%s: final, nothing here takes it", path)
+	}
+	assert.Contains(t, h.Logs.String(), "S3_BUCKET is required")
 }

@@ -23,7 +23,7 @@ import (
 
 func TestAllInOneServesEveryMembersMetrics(t *testing.T) {
 	f := New()
-	h := fntest.Start(t, f, nil)
+	h := fntest.Start(t, f, snapshotEnv(t, nil))
 	e, err := events.New("versioning", events.TemplateUpdated, events.TemplateUpdatedData{TemplateID: "tpl", Change: "updated"})
 	require.NoError(t, err)
 	status, _ := fntest.Deliver(t, h.URL+"/events/tags", e, false)

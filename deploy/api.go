@@ -48,7 +48,7 @@ var APIPaths = map[string][]PathMatch{
 		{Type: "RegularExpression", Value: `^/api/v1/session-templates/[^/]+/versions(/[^/]+/(restore|diff))?$`},
 	},
 	"snapshot": {
-		{Type: "RegularExpression", Value: `^/api/v1/sessions/[^/]+/snapshots(/[^/]+)?$`},
+		{Type: "RegularExpression", Value: `^/api/v1/(sessions/[^/]+/snapshots(/[^/]+)?|snapshots(/stats)?)$`},
 	},
 	"restore": {
 		{Type: "RegularExpression", Value: `^/api/v1/sessions/[^/]+/snapshots/[^/]+/restore(/status)?$`},

@@ -122,8 +122,17 @@ func renderTriggers(b *bytes.Buffer, rows []events.Route, subscriber func(events
 		if uri != "" {
 			fmt.Fprintf(b, "    uri: %s\n", uri)
 		}
+		if r.Timeout != "" {
+			// A Trigger's delivery replaces the Broker's whole, so it
+			// repeats the Broker's (TestTriggersMatchRoutingTable holds
+			// them equal) and adds the timeout.
+			fmt.Fprintf(b, "  delivery:\n%s    timeout: %s\n", brokerDelivery, r.Timeout)
+		}
 	}
 }
+
+// maxRuleMatches is Gateway API's limit on the matches of one rule.
+const maxRuleMatches = 8
 
 type routeRule struct {
 	service string // Knative Service the rule forwards to
@@ -153,15 +162,31 @@ spec:
   rules:
 `)
 	for _, r := range rules {
-		b.WriteString("    - matches:\n")
-		for _, m := range r.matches {
-			fmt.Fprintf(b, "        - path:\n            type: %s\n            value: %s\n", m.Type, yamlString(m.Value))
+		// Gateway API allows at most 8 matches in a rule: a Service with
+		// more paths (the all-in-one) gets several rules.
+		for start := 0; start < len(r.matches); start += maxRuleMatches {
+			b.WriteString("    - matches:\n")
+			for _, m := range r.matches[start:min(start+maxRuleMatches, len(r.matches))] {
+				fmt.Fprintf(b, "        - path:\n            type: %s\n            value: %s\n", m.Type, yamlString(m.Value))
+			}
+			fmt.Fprintf(b, "      filters:\n        - type: URLRewrite\n          urlRewrite:\n            hostname: %s.%s.svc.cluster.local\n", r.service, namespace)
+			fmt.Fprintf(b, "      backendRefs:\n        - group: \"\"\n          kind: Service\n          name: %s\n          namespace: %s\n          port: %d\n",
+				localGatewayService, localGatewayNamespace, localGatewayPort)
 		}
-		fmt.Fprintf(b, "      filters:\n        - type: URLRewrite\n          urlRewrite:\n            hostname: %s.%s.svc.cluster.local\n", r.service, namespace)
-		fmt.Fprintf(b, "      backendRefs:\n        - group: \"\"\n          kind: Service\n          name: %s\n          namespace: %s\n          port: %d\n",
-			localGatewayService, localGatewayNamespace, localGatewayPort)
 	}
 }
+
+// brokerDelivery is the delivery of the Broker in base/broker.yaml, as a
+// Trigger with its own timeout must repeat it.
+const brokerDelivery = `    retry: 5
+    backoffPolicy: exponential
+    backoffDelay: PT0.5S
+    deadLetterSink:
+      ref:
+        apiVersion: serving.knative.dev/v1
+        kind: Service
+        name: event-dead-letter
+`
 
 func yamlString(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 

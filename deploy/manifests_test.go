@@ -20,6 +20,7 @@ import (
 	"sync"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -102,20 +103,26 @@ func (ov overlay) functionsDatabaseKey() string {
 // decoded into. A kind missing here fails the test: nothing is deployed
 // unchecked.
 var kinds = map[string]func() any{
-	"v1/Namespace":                                     func() any { return &corev1.Namespace{} },
-	"v1/ConfigMap":                                     func() any { return &corev1.ConfigMap{} },
-	"v1/Secret":                                        func() any { return &corev1.Secret{} },
-	"v1/Service":                                       func() any { return &corev1.Service{} },
-	"v1/ServiceAccount":                                func() any { return &corev1.ServiceAccount{} },
-	"batch/v1/Job":                                     func() any { return &batchv1.Job{} },
-	"apps/v1/Deployment":                               func() any { return &appsv1.Deployment{} },
-	"policy/v1/PodDisruptionBudget":                    func() any { return &policyv1.PodDisruptionBudget{} },
-	"networking.k8s.io/v1/NetworkPolicy":               func() any { return &networkingv1.NetworkPolicy{} },
-	"networking.k8s.io/v1/Ingress":                     func() any { return &networkingv1.Ingress{} },
-	"rbac.authorization.k8s.io/v1/Role":                func() any { return &rbacv1.Role{} },
-	"rbac.authorization.k8s.io/v1/RoleBinding":         func() any { return &rbacv1.RoleBinding{} },
-	"rbac.authorization.k8s.io/v1/ClusterRole":         func() any { return &rbacv1.ClusterRole{} },
-	"rbac.authorization.k8s.io/v1/ClusterRoleBinding":  func() any { return &rbacv1.ClusterRoleBinding{} },
+	"v1/Namespace":                                    func() any { return &corev1.Namespace{} },
+	"v1/ConfigMap":                                    func() any { return &corev1.ConfigMap{} },
+	"v1/Secret":                                       func() any { return &corev1.Secret{} },
+	"v1/Service":                                      func() any { return &corev1.Service{} },
+	"v1/ServiceAccount":                               func() any { return &corev1.ServiceAccount{} },
+	"batch/v1/Job":                                    func() any { return &batchv1.Job{} },
+	"apps/v1/Deployment":                              func() any { return &appsv1.Deployment{} },
+	"policy/v1/PodDisruptionBudget":                   func() any { return &policyv1.PodDisruptionBudget{} },
+	"networking.k8s.io/v1/NetworkPolicy":              func() any { return &networkingv1.NetworkPolicy{} },
+	"networking.k8s.io/v1/Ingress":                    func() any { return &networkingv1.Ingress{} },
+	"rbac.authorization.k8s.io/v1/Role":               func() any { return &rbacv1.Role{} },
+	"rbac.authorization.k8s.io/v1/RoleBinding":        func() any { return &rbacv1.RoleBinding{} },
+	"rbac.authorization.k8s.io/v1/ClusterRole":        func() any { return &rbacv1.ClusterRole{} },
+	"rbac.authorization.k8s.io/v1/ClusterRoleBinding": func() any { return &rbacv1.ClusterRoleBinding{} },
+	"admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy": func() any {
+		return &admissionregistrationv1.ValidatingAdmissionPolicy{}
+	},
+	"admissionregistration.k8s.io/v1/ValidatingAdmissionPolicyBinding": func() any {
+		return &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
+	},
 	"gateway.networking.k8s.io/v1/HTTPRoute":           func() any { return &gatewayv1.HTTPRoute{} },
 	"gateway.networking.k8s.io/v1beta1/ReferenceGrant": func() any { return &gatewayv1beta1.ReferenceGrant{} },
 	"serving.knative.dev/v1/Service":                   func() any { return &servingv1.Service{} },
@@ -134,6 +141,12 @@ var kubeAccess = map[string][]rbacv1.PolicyRule{
 	"versioning": nil, // PostgreSQL only
 	"auth":       nil, // PostgreSQL, StreamSpace's Redis and the OpenID providers; no Kubernetes API
 	"mailtest":   nil, // PostgreSQL and the mail servers it tests; no Kubernetes API
+	// Finds a session's pod by label and execs tar in it, in the sessions'
+	// namespace (functions/snapshot/role.yaml).
+	"snapshot": {
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
+	},
 }
 
 // configKeys are the keys of the shared ConfigMap (docs/runtime.md).
@@ -473,6 +486,10 @@ func TestObjects(t *testing.T) {
 					assert.Fail(t, "secrets are referenced, never committed", "%s", o)
 				case *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
 					assert.Fail(t, "functions get namespaced access only", "%s", o)
+				case *admissionregistrationv1.ValidatingAdmissionPolicy, *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
+					// Cluster-scoped: it narrows what the functions may exec
+					// (base/exec-policy.yaml).
+					assert.Empty(t, o.namespace, "%s", o)
 				default:
 					assert.Equal(t, namespace, o.namespace, "%s", o)
 				}
@@ -571,12 +588,25 @@ func TestTriggersMatchRoutingTable(t *testing.T) {
 			for _, s := range all[*servingv1.Service](b) {
 				svcs[s.Name] = true
 			}
+			timeouts := map[string]string{}
+			for _, r := range events.Routes {
+				timeouts[triggerName(r)] = r.Timeout
+			}
+			brokers := all[*eventingv1.Broker](b)
+			require.Len(t, brokers, 1)
 			got := map[triggerKey]string{}
 			for _, tr := range all[*eventingv1.Trigger](b) {
 				assert.Equal(t, broker, tr.Spec.Broker, "Trigger %s: broker", tr.Name)
 				assert.Nil(t, tr.Spec.BrokerRef, "Trigger %s: brokerRef", tr.Name)
 				assert.Empty(t, tr.Spec.Filters, "Trigger %s: use filter.attributes (exact type/source), not filters", tr.Name)
-				assert.Nil(t, tr.Spec.Delivery, "Trigger %s: delivery is the Broker's", tr.Name)
+				if timeout := timeouts[tr.Name]; timeout != "" {
+					// A long job's Trigger: the Broker's delivery and a timeout.
+					want := brokers[0].Spec.Delivery.DeepCopy()
+					want.Timeout = &timeout
+					assert.Equal(t, want, tr.Spec.Delivery, "Trigger %s: the Broker's delivery and the routing table's timeout", tr.Name)
+				} else {
+					assert.Nil(t, tr.Spec.Delivery, "Trigger %s: delivery is the Broker's", tr.Name)
+				}
 				var attrs map[string]string
 				if tr.Spec.Filter != nil {
 					attrs = map[string]string(tr.Spec.Filter.Attributes)

@@ -5,7 +5,14 @@ type Route struct {
 	Type     string
 	Source   string
 	Function string
+	// Timeout, when set, is the Trigger's delivery.timeout (ISO 8601): how
+	// long the broker waits for a long job's delivery to be answered.
+	Timeout string
 }
+
+// SnapshotDeliveryTimeout is how long a snapshot job's delivery may stay
+// open: the snapshot Service's timeoutSeconds (docs/snapshots.md).
+const SnapshotDeliveryTimeout = "PT10M"
 
 // Routes is the routing table. deploy/ has one Trigger per row, the
 // all-in-one function dispatches by it, and the local broker loads the
@@ -14,19 +21,23 @@ var Routes = []Route{
 	{Type: SessionCreated, Function: "autoscale"},
 	{Type: SessionTerminated, Function: "autoscale"},
 	{Type: Ping, Source: AutoscaleTickSource, Function: "autoscale"},
-	{Type: SnapshotRequested, Function: "snapshot"},
+	{Type: SnapshotRequested, Function: "snapshot", Timeout: SnapshotDeliveryTimeout},
+	{Type: Ping, Source: SnapshotRetentionSource, Function: "snapshot"},
+	{Type: Ping, Source: SnapshotScheduleSource, Function: "snapshot"},
 	{Type: RestoreRequested, Function: "restore"},
 	{Type: TemplateUpdated, Function: "tags"},
 	{Type: Ping, Source: MailHealthSource, Function: "mailtest"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "auth"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "mailtest"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "sharing"},
+	{Type: Ping, Source: OutboxDrainSource, Function: "snapshot"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "tags"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "versioning"},
 	{Type: Ping, Source: TagsRefreshSource, Function: "tags"},
 	{Type: Ping, Source: PruneSource, Function: "auth"},
 	{Type: Ping, Source: PruneSource, Function: "mailtest"},
 	{Type: Ping, Source: PruneSource, Function: "sharing"},
+	{Type: Ping, Source: PruneSource, Function: "snapshot"},
 	{Type: Ping, Source: PruneSource, Function: "tags"},
 	{Type: Ping, Source: PruneSource, Function: "versioning"},
 }

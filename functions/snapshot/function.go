@@ -22,6 +22,7 @@ import (
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/kube"
 	"github.com/streamspace-dev/functions/shared/objstore"
+	"github.com/streamspace-dev/functions/shared/runtime"
 	"github.com/streamspace-dev/functions/shared/service"
 )
 
@@ -55,7 +56,7 @@ type Config struct {
 	LeaseTTL time.Duration `env:"SNAPSHOT_LEASE_TTL" envDefault:"60s"`
 	// JobTimeout bounds one job; it must end before the revision's
 	// timeoutSeconds (deploy/functions/snapshot) cuts the delivery.
-	JobTimeout time.Duration `env:"SNAPSHOT_JOB_TIMEOUT" envDefault:"55m"`
+	JobTimeout time.Duration `env:"SNAPSHOT_JOB_TIMEOUT" envDefault:"570s"`
 	// ProgressInterval is how often a running job emits snapshot.progress.
 	ProgressInterval time.Duration `env:"SNAPSHOT_PROGRESS_INTERVAL" envDefault:"5s"`
 	// AutoConcurrency caps the automatic snapshots being taken at once,
@@ -72,6 +73,11 @@ type Config struct {
 
 // Validate checks what the env tags cannot express, naming the variable.
 func (c *Config) Validate() error {
+	if c.Storage.Bucket == "" {
+		// Without a bucket there is nothing to snapshot to: alone the
+		// function stops here; the all-in-one runs without it.
+		return fmt.Errorf("config: S3_BUCKET is required: %w", runtime.ErrNotConfigured)
+	}
 	var all []error
 	if err := c.Storage.Validate(); err != nil {
 		all = append(all, err)
