@@ -76,6 +76,15 @@ func TestExecPolicyOnTheAPIServer(t *testing.T) {
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
 
+	for _, sa := range []string{"snapshot", "operator"} {
+		cs, err := kubernetes.NewForConfig(c.ServiceAccountConfig(namespace, sa))
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			_, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+			return err == nil
+		}, 2*time.Minute, 20*time.Millisecond, "the Role takes effect for %s", sa)
+	}
+
 	policy, binding := policies[0].DeepCopy(), bindings[0].DeepCopy()
 	_, err = c.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, policy, metav1.CreateOptions{})
 	require.NoError(t, err)

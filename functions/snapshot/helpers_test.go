@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -111,6 +112,13 @@ func (w *world) grant(t *testing.T) {
 		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "snapshot", Namespace: "functions"}},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
+	// The API server's RBAC cache takes a moment to see a new binding.
+	cs, err := kubernetes.NewForConfig(w.cluster.ServiceAccountConfig("functions", "snapshot"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		_, err := cs.CoreV1().Pods(w.ns).List(ctx, metav1.ListOptions{})
+		return err == nil
+	}, 2*time.Minute, 20*time.Millisecond, "the Role takes effect")
 }
 
 // kubeconfig writes a kubeconfig that reaches the API server as the

@@ -254,3 +254,38 @@ func TestLeaseHeldElsewhere(t *testing.T) {
 	assert.Equal(t, "creating", string(w.snapshot(t, "s-1", id).Status))
 	assert.Equal(t, 1, w.h.Count(`select count(*) from job_leases where owner = 'live-instance'`), "its lease is untouched")
 }
+
+// TestLeaseLostMidJob: a job whose lease another owner took (its heartbeat
+// was late, and a redelivery took over) stops, leaves no upload behind, and
+// records nothing: the outcome is the new owner's to write.
+func TestLeaseLostMidJob(t *testing.T) {
+	w := newWorld(t, opts{env: map[string]string{"SNAPSHOT_MAX_BYTES": "8589934592"}})
+	pod := w.pod(t, "s-1")
+	sparse(t, filepath.Join(pod.Dir, "big"), 64<<30)
+	id := w.create(t, "s-1")
+	e := w.requested(t, id)
+	s := w.snapshot(t, "s-1", id)
+
+	done := make(chan int, 1)
+	go func() {
+		status, _ := w.h.Deliver(e, false)
+		done <- status
+	}()
+	require.Eventually(t, func() bool { return hasProgress(w) }, 2*time.Minute, 10*time.Millisecond, "the job streams")
+	_, err := w.h.Pool.Exec(context.Background(),
+		`update job_leases set owner = 'new-owner', lease_until = now() + interval '1 hour' where name = $1`, "snapshot:"+id)
+	require.NoError(t, err)
+
+	select {
+	case status := <-done:
+		assert.Equal(t, http.StatusAccepted, status)
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the job did not stop after losing its lease")
+	}
+	assert.Equal(t, "creating", string(w.snapshot(t, "s-1", id).Status), "the new owner records the outcome")
+	assert.Empty(t, w.eventsFor(events.SnapshotFailed, id))
+	assert.Empty(t, w.eventsFor(events.SnapshotCompleted, id))
+	_, _, uploads := w.objects(t, s.StoragePath)
+	assert.Zero(t, uploads, "its upload was aborted")
+	assert.Equal(t, 1, w.h.Count(`select count(*) from job_leases where owner = 'new-owner'`), "the new owner's lease is untouched")
+}

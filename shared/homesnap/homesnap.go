@@ -13,6 +13,7 @@ package homesnap
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -45,6 +46,9 @@ const Tool = "streamspace-functions/homesnap v1 (GNU tar -cf, klauspost/compress
 
 // ManifestVersion is the manifest format's version.
 const ManifestVersion = 1
+
+// handoff is the chunk one stage passes to the next.
+const handoff = 1 << 20
 
 // tarChangedStatus is GNU tar's exit status for "file changed as we read
 // it": the archive is complete, one file in it may be inconsistent.
@@ -193,12 +197,18 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := ex.Exec(ctx, req.Pod, Command, kube.Streams{Stdout: tarW})
+		// Stages hand over a MiB at a time, so each works on one chunk
+		// while the next one fills (double buffering across the pipes).
+		out := bufio.NewWriterSize(tarW, handoff)
+		err := ex.Exec(ctx, req.Pod, Command, kube.Streams{Stdout: out})
 		if code := kube.ExitCode(err); code == tarChangedStatus {
 			var ee *kube.ExitError
 			errors.As(err, &ee)
 			warnings = append(warnings, "tar: a file changed while it was read (exit status 1): "+lastLine(ee.Stderr))
 			err = nil
+		}
+		if err == nil {
+			err = out.Flush()
 		}
 		if err != nil {
 			stage := StageTar
@@ -215,7 +225,11 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := compress(tarR, gzW, req, &tarBytes, &entries, &contentBytes)
+		zout := bufio.NewWriterSize(gzW, handoff)
+		err := compress(bufio.NewReaderSize(tarR, handoff), zout, req, &tarBytes, &entries, &contentBytes)
+		if err == nil {
+			err = zout.Flush()
+		}
 		if err != nil {
 			if errors.Is(err, errLimit) {
 				first.set(StageLimit, err)

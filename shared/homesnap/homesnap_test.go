@@ -20,6 +20,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -47,7 +48,9 @@ type env struct {
 
 // setup starts a session pod on the test kubelet, a bucket on MinIO, and
 // clients acting as the function's ServiceAccount with its Role.
-func setup(t *testing.T, endpoint func(string) string) *env {
+func setupB(b *testing.B) *env { return setup(b, nil) }
+
+func setup(t testing.TB, endpoint func(string) string) *env {
 	t.Helper()
 	c := kubetest.Start(t)
 	ns := c.Namespace(t)
@@ -69,8 +72,12 @@ func setup(t *testing.T, endpoint func(string) string) *env {
 	require.NoError(t, err)
 	k, err := kube.New(c.ServiceAccountConfig("functions", "snapshot"), kube.Auto)
 	require.NoError(t, err)
-	target, err := k.SessionPod(ctx, ns, "s1")
-	require.NoError(t, err)
+	// The API server's RBAC cache takes a moment to see a new binding.
+	var target kube.Pod
+	require.Eventually(t, func() bool {
+		target, err = k.SessionPod(ctx, ns, "s1")
+		return err == nil
+	}, 2*time.Minute, 20*time.Millisecond, "the Role takes effect")
 
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)

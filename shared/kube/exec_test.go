@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/streamspace-dev/functions/shared/errs"
@@ -50,7 +51,21 @@ func grantExec(t *testing.T, c *kubetest.Cluster, namespace, name string, execVe
 	}
 	_, err = c.Client.RbacV1().RoleBindings(namespace).Create(ctx, binding, metav1.CreateOptions{})
 	require.NoError(t, err)
-	return c.ServiceAccountConfig("functions", name)
+	cfg := c.ServiceAccountConfig("functions", name)
+	waitForRBAC(t, cfg, namespace)
+	return cfg
+}
+
+// waitForRBAC waits until cfg may list pods in namespace: the API server's
+// RBAC cache takes a moment to see a new binding.
+func waitForRBAC(t testing.TB, cfg *rest.Config, namespace string) {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(cfg)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		_, err := cs.CoreV1().Pods(namespace).List(context.Background(), metav1.ListOptions{})
+		return err == nil
+	}, 2*time.Minute, 20*time.Millisecond, "the Role takes effect")
 }
 
 func client(t *testing.T, cfg *rest.Config, p kube.Protocol) *kube.Client {

@@ -140,9 +140,19 @@ func (s *Server) Bucket(tb testing.TB) string {
 	}
 	name := fmt.Sprintf("t%d-%s", s.buckets.Add(1), base)
 	name = strings.TrimRight(name, "-")
-	_, err := s.Client().CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(name)})
-	if err != nil {
-		tb.Fatalf("s3test: create bucket %s: %v", name, err)
+	// MinIO answers its liveness probe before it has initialised its
+	// storage; until then it refuses requests with
+	// XMinioServerNotInitialized, which is worth waiting out.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		_, err := s.Client().CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(name)})
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "XMinioServerNotInitialized") || time.Now().After(deadline) {
+			tb.Fatalf("s3test: create bucket %s: %v", name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	return name
 }
