@@ -301,22 +301,3 @@ func holdLease(ctx context.Context, tx pgx.Tx, id, owner string) error {
 	}
 	return err
 }
-
-// jobSessionSQL reads the session a job snapshots, whoever asked.
-const jobSessionSQL = `
-	select id, coalesce(user_id, ''), coalesce(state, ''), coalesce(namespace, ''), snapshot_config
-	from sessions where id = $1`
-
-func jobSession(ctx context.Context, tx pgx.Tx, id string) (Session, error) {
-	var s Session
-	var raw []byte
-	err := tx.QueryRow(ctx, jobSessionSQL, id).Scan(&s.ID, &s.UserID, &s.State, &s.Namespace, &raw)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Session{}, errs.E(errs.NotFound, "session %s not found", id)
-	}
-	if err != nil {
-		return Session{}, db.Classify(fmt.Errorf("load session %s: %w", id, err))
-	}
-	s.Config = readConfig(raw)
-	return s, nil
-}

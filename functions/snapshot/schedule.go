@@ -32,64 +32,6 @@ const (
 	firstRunWindow = time.Hour
 )
 
-// retentionSQL finds, for the daily retention tick, the snapshots to
-// delete and why (as docs/snapshots.md states the rules):
-//
-//   - expired: expires_at has passed;
-//   - maxSnapshots: an available snapshot beyond the session's newest
-//     retention.maxSnapshots available ones;
-//   - retentionDays: an automatic snapshot older than retention.retentionDays
-//     while retention.deleteExpiredAuto is on, or a failed one of any type
-//     older than that (it has no objects; only its row is kept for a while).
-//
-// A session's config is read key by key with its default where a key is
-// missing or not of the right JSON type (StreamSpace's own API stores the
-// config unchecked), and bounded as PUT bounds it. Only available and
-// failed snapshots are candidates: one being created or restored is left.
-const retentionSQL = `
-	with cfg as (
-		select se.id,
-			case when jsonb_typeof(se.snapshot_config->'retention'->'maxSnapshots') = 'number'
-				then least(greatest((se.snapshot_config->'retention'->>'maxSnapshots')::numeric, 1), 1000)::int
-				else 10 end as max_snapshots,
-			case when jsonb_typeof(se.snapshot_config->'retention'->'retentionDays') = 'number'
-				then least(greatest((se.snapshot_config->'retention'->>'retentionDays')::numeric, 1), 3650)::int
-				else 30 end as retention_days,
-			case when jsonb_typeof(se.snapshot_config->'retention'->'deleteExpiredAuto') = 'boolean'
-				then (se.snapshot_config->'retention'->>'deleteExpiredAuto')::boolean
-				else true end as delete_expired_auto
-		from sessions se
-		where exists (select 1 from session_snapshots x where x.session_id = se.id and x.status in ('available', 'failed'))
-	), ranked as (
-		select s.id, coalesce(s.storage_path, '') as storage_path, s.type, s.status, s.created_at, s.expires_at, s.session_id,
-			case when s.status = 'available'
-				then row_number() over (partition by s.session_id, s.status = 'available' order by s.created_at desc, s.id)
-			end as rank
-		from session_snapshots s
-		where s.status in ('available', 'failed')
-	)
-	select r.id, r.storage_path,
-		case when r.expires_at < localtimestamp then 'expired'
-		     when r.rank > c.max_snapshots then 'maxSnapshots'
-		     else 'retentionDays' end
-	from ranked r join cfg c on c.id = r.session_id
-	where r.expires_at < localtimestamp
-	   or r.rank > c.max_snapshots
-	   or (r.created_at < localtimestamp - make_interval(days => c.retention_days)
-	       and ((r.type = 'automatic' and c.delete_expired_auto) or r.status = 'failed'))
-	limit $1`
-
-// retireSQL marks the chosen snapshots deleted, if they are still
-// available or failed, and returns those it marked.
-const retireSQL = `
-	update session_snapshots set status = 'deleted', updated_at = localtimestamp
-	where id = any($1) and status in ('available', 'failed')
-	returning id, coalesce(storage_path, '')`
-
-// liveSQL returns which of the ids have a row that is not deleted: their
-// objects stay.
-const liveSQL = `select id from session_snapshots where id = any($1) and status <> 'deleted'`
-
 // onRetention is the daily snapshot-retention tick: retention, then the
 // sweep of objects whose row is gone (StreamSpace's foreign keys delete a
 // session's or a user's snapshot rows with it and leave the objects) or
@@ -208,7 +150,7 @@ func (f *Function) sweepBatch(ctx context.Context, objs []objstore.Object, grace
 	live := map[string]bool{}
 	known := map[string]bool{}
 	err := db.Read(ctx, f.svc.Pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `select id, status <> 'deleted' from session_snapshots where id = any($1)`, ids)
+		rows, err := tx.Query(ctx, liveSQL, ids)
 		if err != nil {
 			return err
 		}
@@ -240,39 +182,6 @@ func (f *Function) sweepBatch(ctx context.Context, objs []objstore.Object, grace
 	}
 	return len(doomed), nil
 }
-
-// staleSQL finds the snapshots still creating with no live lease: their
-// job's instance died (or their request was lost) and nobody runs them. A
-// row of StreamSpace's own (not a UUID) is only ever failed, once it is
-// older than $1.
-// $1 is how long a job may wait for its first delivery, $2 the age past
-// which one is given up.
-const staleSQL = `
-	select ` + snapshotColumns + `, s.created_at < localtimestamp - make_interval(secs => $2::double precision)
-	from session_snapshots s
-	where s.status = 'creating'
-	  and s.created_at < localtimestamp - make_interval(secs => $1::double precision)
-	  and not exists (select 1 from job_leases l where l.name = 'snapshot:' || s.id and l.lease_until > now())
-	order by s.created_at
-	limit 100`
-
-// scheduleLockSQL keeps two ticks (a redelivery) from scheduling at once.
-const scheduleLockSQL = `select pg_advisory_xact_lock(hashtextextended('snapshot-schedule', 0))`
-
-// dueSQL lists the running sessions with automatic snapshots on, with how
-// long ago (in seconds, measured by the database so its time zone does not
-// matter) their last automatic snapshot was made, and the automatic
-// snapshots being created now.
-const dueSQL = `
-	select se.id, se.user_id, se.snapshot_config,
-		(select extract(epoch from localtimestamp - max(s.created_at))::double precision
-		   from session_snapshots s where s.session_id = se.id and s.type = 'automatic'),
-		(select count(*) from session_snapshots s where s.status = 'creating' and s.type = 'automatic')
-	from sessions se
-	where se.state = 'running' and se.user_id is not null
-	  and se.snapshot_config->'automaticSnapshots'->>'enabled' = 'true'
-	order by se.id
-	limit $1`
 
 // onSchedule is the snapshot-schedule tick (every few minutes): it asks
 // again for the jobs nobody runs, and takes the automatic snapshots due.
