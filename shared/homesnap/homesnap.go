@@ -121,7 +121,8 @@ type Request struct {
 	// runs, from another goroutine.
 	Progress      func(Progress)
 	ProgressEvery time.Duration
-	// Labels are copied into the manifest (snapshot, session and user ids).
+	// Labels are copied into the manifest (snapshot, session and user ids);
+	// not into the object's metadata, whose headers allow only ASCII.
 	Labels map[string]string
 }
 
@@ -270,7 +271,6 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 	obj, err := st.Upload(ctx, req.ArchiveKey, body, objstore.UploadOptions{
 		ContentType: "application/gzip",
 		MaxBytes:    req.MaxBytes + req.MaxBytes/100 + 1<<20,
-		Metadata:    req.Labels,
 	})
 	if err != nil {
 		first.set(StageUpload, err)
