@@ -204,14 +204,8 @@ func (f *Function) create(w http.ResponseWriter, r *http.Request, who authn.Iden
 }
 
 func (f *Function) update(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
-	if err := manager(who); err != nil {
-		return err
-	}
-	id, err := pathID(r)
+	id, err := editable(r, who)
 	if err != nil {
-		return err
-	}
-	if err := readOnly(id); err != nil {
 		return err
 	}
 	var req IntegrationRequest
@@ -243,6 +237,19 @@ func (f *Function) update(w http.ResponseWriter, r *http.Request, who authn.Iden
 	return nil
 }
 
+// editable is the id of the integration an update or a delete names, once
+// the caller may manage integrations and the id is not the read-only env one.
+func editable(r *http.Request, who authn.Identity) (string, error) {
+	if err := manager(who); err != nil {
+		return "", err
+	}
+	id, err := pathID(r)
+	if err != nil {
+		return "", err
+	}
+	return id, readOnly(id)
+}
+
 // reseal returns stored with every value sealed under an old key sealed
 // again under the current one; a value that no longer opens stays as it
 // is (and the next test says so).
@@ -266,14 +273,8 @@ func (f *Function) reseal(id string, stored map[string]string) map[string]string
 }
 
 func (f *Function) remove(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
-	if err := manager(who); err != nil {
-		return err
-	}
-	id, err := pathID(r)
+	id, err := editable(r, who)
 	if err != nil {
-		return err
-	}
-	if err := readOnly(id); err != nil {
 		return err
 	}
 	err = f.svc.Commit(r.Context(), func(tx pgx.Tx) ([]cloudevents.Event, error) {

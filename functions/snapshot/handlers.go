@@ -172,11 +172,7 @@ func (f *Function) snapshotStats(w http.ResponseWriter, r *http.Request, who aut
 }
 
 func (f *Function) getSnapshot(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
-	sid, err := sessionID(r)
-	if err != nil {
-		return err
-	}
-	id, err := snapshotID(r)
+	sid, id, err := snapshotPath(r)
 	if err != nil {
 		return err
 	}
@@ -197,11 +193,7 @@ func (f *Function) getSnapshot(w http.ResponseWriter, r *http.Request, who authn
 }
 
 func (f *Function) deleteSnapshot(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
-	sid, err := sessionID(r)
-	if err != nil {
-		return err
-	}
-	id, err := snapshotID(r)
+	sid, id, err := snapshotPath(r)
 	if err != nil {
 		return err
 	}

@@ -152,9 +152,13 @@ func sessionID(r *http.Request) (string, error) {
 	return validate.PathID(r, "sessionId", "sessionId")
 }
 
-// snapshotID is the {snapshotId} path value.
-func snapshotID(r *http.Request) (string, error) {
-	return validate.PathID(r, "snapshotId", "snapshotId")
+// snapshotPath is the {sessionId} and {snapshotId} path values.
+func snapshotPath(r *http.Request) (sessionID, snapshotID string, err error) {
+	if sessionID, err = validate.PathID(r, "sessionId", "sessionId"); err != nil {
+		return "", "", err
+	}
+	snapshotID, err = validate.PathID(r, "snapshotId", "snapshotId")
+	return sessionID, snapshotID, err
 }
 
 // Page is a validated page of a list: limit and 1-based page number.
