@@ -21,6 +21,7 @@ import (
 
 	"github.com/streamspace-dev/functions/events"
 	auth "github.com/streamspace-dev/functions/functions/auth"
+	autoscale "github.com/streamspace-dev/functions/functions/autoscale"
 	mailtest "github.com/streamspace-dev/functions/functions/mailtest"
 	sharing "github.com/streamspace-dev/functions/functions/sharing"
 	snapshot "github.com/streamspace-dev/functions/functions/snapshot"
@@ -56,6 +57,7 @@ const Name = "all-in-one"
 func New() *Function {
 	return newWith(map[string]member{
 		auth.Name:       auth.New(),
+		autoscale.Name:  autoscale.New(),
 		sharing.Name:    sharing.New(),
 		snapshot.Name:   snapshot.New(),
 		tags.Name:       tags.New(),

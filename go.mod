@@ -10,6 +10,7 @@ require (
 	github.com/robfig/cron/v3 v3.0.1
 	github.com/streamspace-dev/functions/events v0.0.0
 	github.com/streamspace-dev/functions/functions/auth v0.0.0
+	github.com/streamspace-dev/functions/functions/autoscale v0.0.0
 	github.com/streamspace-dev/functions/functions/mailtest v0.0.0
 	github.com/streamspace-dev/functions/functions/sharing v0.0.0
 	github.com/streamspace-dev/functions/functions/snapshot v0.0.0
@@ -189,6 +190,7 @@ require (
 	k8s.io/klog/v2 v2.130.1 // indirect
 	k8s.io/kube-openapi v0.0.0-20250910181357-589584f1c912 // indirect
 	k8s.io/kubelet v0.35.7 // indirect
+	k8s.io/metrics v0.35.7 // indirect
 	k8s.io/utils v0.0.0-20251002143259-bc988d571ff4 // indirect
 	sigs.k8s.io/json v0.0.0-20250730193827-2d320260d730 // indirect
 	sigs.k8s.io/randfill v1.0.0 // indirect
@@ -202,6 +204,7 @@ tool knative.dev/eventing/cmd/event_display
 replace (
 	github.com/streamspace-dev/functions/events => ./events
 	github.com/streamspace-dev/functions/functions/auth => ./functions/auth
+	github.com/streamspace-dev/functions/functions/autoscale => ./functions/autoscale
 	github.com/streamspace-dev/functions/functions/mailtest => ./functions/mailtest
 	github.com/streamspace-dev/functions/functions/sharing => ./functions/sharing
 	github.com/streamspace-dev/functions/functions/snapshot => ./functions/snapshot

@@ -57,7 +57,7 @@ var APIPaths = map[string][]PathMatch{
 		{Type: "RegularExpression", Value: `^/api/v1/integrations/email(/[^/]+(/test)?)?$`},
 	},
 	"autoscale": {
-		{Type: "PathPrefix", Value: "/api/v1/autoscaling"},
+		{Type: "PathPrefix", Value: "/api/v1/scaling/autoscaling"},
 	},
 	"auth": {
 		{Type: "PathPrefix", Value: "/api/v1/auth/oidc"},

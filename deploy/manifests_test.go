@@ -29,6 +29,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
 	eventingconfig "knative.dev/eventing/pkg/apis/config"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
@@ -129,6 +130,7 @@ var kinds = map[string]func() any{
 	"eventing.knative.dev/v1/Broker":                   func() any { return &eventingv1.Broker{} },
 	"eventing.knative.dev/v1/Trigger":                  func() any { return &eventingv1.Trigger{} },
 	"sources.knative.dev/v1/PingSource":                func() any { return &sourcesv1.PingSource{} },
+	"sources.knative.dev/v1/ApiServerSource":           func() any { return &sourcesv1.ApiServerSource{} },
 	"sources.knative.dev/v1/SinkBinding":               func() any { return &sourcesv1.SinkBinding{} },
 }
 
@@ -136,6 +138,18 @@ var kinds = map[string]func() any{
 // the rules its ServiceAccount's Roles must grant exactly. Least privilege:
 // a function not listed here fails the test until its access is declared.
 var kubeAccess = map[string][]rbacv1.PolicyRule{
+	// autoscale reads its targets and the other scalers, writes replica
+	// counts through the scale subresource only, and reads the metrics
+	// APIs (docs/autoscale.md, RBAC).
+	"autoscale": {
+		{APIGroups: []string{"apps"}, Resources: []string{"deployments", "statefulsets"}, Verbs: []string{"get", "list"}},
+		{APIGroups: []string{"apps"}, Resources: []string{"deployments/scale", "statefulsets/scale"}, Verbs: []string{"get", "update"}},
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list"}},
+		{APIGroups: []string{"autoscaling"}, Resources: []string{"horizontalpodautoscalers"}, Verbs: []string{"list"}},
+		{APIGroups: []string{"keda.sh"}, Resources: []string{"scaledobjects"}, Verbs: []string{"list"}},
+		{APIGroups: []string{"metrics.k8s.io"}, Resources: []string{"pods"}, Verbs: []string{"list"}},
+		{APIGroups: []string{"custom.metrics.k8s.io"}, Resources: []string{"*"}, Verbs: []string{"get"}},
+	},
 	"tags":       nil, // PostgreSQL only
 	"sharing":    nil, // PostgreSQL only
 	"versioning": nil, // PostgreSQL only
@@ -684,6 +698,19 @@ func TestBrokerAndSources(t *testing.T) {
 				assert.True(t, routed[src], "PingSource %s: no routing-table row", src)
 			}
 
+			// The ApiServerSource of StreamSpace's Sessions sends to the
+			// Broker, and its event types are routed exactly when it exists.
+			apiSources := all[*sourcesv1.ApiServerSource](b)
+			for _, src := range apiSources {
+				assert.True(t, isBroker(src.Spec.Sink.Ref) && src.Spec.Sink.URI == nil, "ApiServerSource %s: sink must be the Broker", src.Name)
+				assert.Equal(t, "Resource", src.Spec.EventMode, "ApiServerSource %s: the functions read the object, so mode Resource", src.Name)
+			}
+			for _, r := range events.Routes {
+				if r.Type == events.APIServerAdd || r.Type == events.APIServerDelete {
+					assert.NotEmpty(t, apiSources, "routing table routes %s, no ApiServerSource sends it", r.Type)
+				}
+			}
+
 			sbs := all[*sourcesv1.SinkBinding](b)
 			require.Len(t, sbs, 1)
 			sb := sbs[0]
@@ -1074,8 +1101,23 @@ func TestServices(t *testing.T) {
 			}
 
 			// RBAC: each ServiceAccount gets exactly the rules of the
-			// functions running as it, and nothing for the others.
+			// functions running as it, and nothing for the others; an
+			// ApiServerSource's adapter may read, list and watch exactly
+			// the resources it watches.
 			wantRules := map[string][]rbacv1.PolicyRule{}
+			for _, src := range all[*sourcesv1.ApiServerSource](b) {
+				where := "ApiServerSource " + src.Name
+				saName := src.Spec.ServiceAccountName
+				assert.True(t, saName != "" && saName != "default" && sas[saName] != nil && usedBy[saName] == "", "%s: needs a ServiceAccount of its own", where)
+				usedBy[saName] = where
+				for _, res := range src.Spec.Resources {
+					gv, err := schema.ParseGroupVersion(res.APIVersion)
+					require.NoError(t, err, where)
+					wantRules[where] = append(wantRules[where], rbacv1.PolicyRule{
+						APIGroups: []string{gv.Group}, Resources: []string{strings.ToLower(res.Kind) + "s"}, Verbs: []string{"get", "list", "watch"},
+					})
+				}
+			}
 			for fn, sub := range deployed {
 				access, ok := kubeAccess[fn]
 				assert.True(t, ok, "function %s: declare its Kubernetes access in kubeAccess", fn)

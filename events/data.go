@@ -26,6 +26,12 @@ type SessionTerminatedData struct {
 	TerminatedAt time.Time `json:"terminatedAt"`
 }
 
+// APIServerResourceData is the data of an ApiServerSource event in Resource
+// mode: the Kubernetes object as the API server returned it. Only the
+// fields a consumer reads are checked by its schema (apiVersion, kind,
+// metadata.name and namespace); the rest is kept as it came.
+type APIServerResourceData map[string]any
+
 // SessionTagsUpdatedData reports one batch tag operation.
 type SessionTagsUpdatedData struct {
 	BatchID    string   `json:"batchId"`

@@ -28,6 +28,8 @@ var eventTypes = []struct {
 	{name: events.SessionTagsUpdated, zero: events.SessionTagsUpdatedData{}},
 	{name: events.AutoscaleScaled, zero: events.AutoscaleScaledData{}},
 	{name: events.AutoscaleFailed, zero: events.AutoscaleFailedData{}},
+	{name: events.APIServerAdd, zero: events.APIServerResourceData{}},
+	{name: events.APIServerDelete, zero: events.APIServerResourceData{}},
 	{name: events.SnapshotRequested, zero: events.SnapshotRequestedData{}},
 	{name: events.SnapshotProgress, zero: events.SnapshotProgressData{}},
 	{name: events.SnapshotCompleted, zero: events.SnapshotCompletedData{}},

@@ -36,6 +36,14 @@ const (
 
 	UserLogin = "io.streamspace.user.login.v1"
 
+	// APIServerAdd and APIServerDelete are what Knative's ApiServerSource
+	// emits in Resource mode when an object it watches is created or
+	// deleted; the data is the whole object. The autoscale function's
+	// source watches StreamSpace's Sessions (stream.space/v1alpha1), so
+	// these stand for session.created and session.terminated.
+	APIServerAdd    = "dev.knative.apiserver.resource.add"
+	APIServerDelete = "dev.knative.apiserver.resource.delete"
+
 	// Ping is the type Knative's PingSource emits; the source tells which
 	// schedule fired.
 	Ping = "dev.knative.sources.ping"

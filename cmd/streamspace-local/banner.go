@@ -22,7 +22,18 @@ const (
 	demoEventID   = "demo-template-updated-1"
 	demoEventData = `{"templateId":"demo","change":"updated"}`
 	demoMailBody  = `{"recipient":"dev@streamspace.local"}`
+	// demoPolicyBody scales the demo warm pool with one replica per
+	// session of its template, up to 5.
+	demoPolicyBody = `{"name":"demo-pool","target_type":"template","target_id":"firefox","min_replicas":0,"max_replicas":5,"metric_type":"sessions","target_metric_value":1,"cooldown_period_seconds":0,"scale_down_policy":{"stabilization_seconds":0}}`
 )
+
+// autoscaleStatus is the banner's autoscale line.
+func (r *runner) autoscaleStatus() string {
+	if r.Kube == nil {
+		return "off: the run was started with LOCAL_KUBE=false"
+	}
+	return r.Kube.Status
+}
 
 // tokens mints the development tokens: dev (admin) and alice (user).
 func (r *runner) tokens() (admin, user string, err error) {
@@ -74,6 +85,7 @@ func (r *runner) banner(w io.Writer) error {
 		fmt.Sprintf("  issuer        %s (JWKS %s%s), audience %s", r.Issuer.URL(), r.BrokerURL, jwksPath, Audience),
 		fmt.Sprintf("  event auth    %s", eventAuth),
 		fmt.Sprintf("  mail          %s", r.mailLine()),
+		fmt.Sprintf("  autoscale     %s", r.autoscaleStatus()),
 		"",
 		fmt.Sprintf("Development tokens, valid %dh:", int(tokenTTL.Hours())),
 		fmt.Sprintf("  %s (admin): %s", demoOwner, admin),
@@ -103,6 +115,17 @@ func (r *runner) banner(w io.Writer) error {
 			fmt.Sprintf("  curl -sS -X POST %s/api/v1/integrations/email/env/test \\", r.FunctionURL),
 			fmt.Sprintf("    -H 'Authorization: Bearer %s' \\", admin),
 			fmt.Sprintf("    -H 'Content-Type: application/json' -d '%s'", demoMailBody),
+		)
+	}
+	if r.Kube != nil && r.Kube.cluster != nil {
+		lines = append(lines,
+			"",
+			fmt.Sprintf("Scale the demo warm pool of template %s to its sessions (session demo-1: from 3 replicas to 1) with a policy, a dry run, then a real evaluation:", poolTemplate),
+			fmt.Sprintf("  curl -sS -X POST %s/api/v1/scaling/autoscaling/policies \\", r.FunctionURL),
+			fmt.Sprintf("    -H 'Authorization: Bearer %s' \\", admin),
+			fmt.Sprintf("    -H 'Content-Type: application/json' -d '%s'", demoPolicyBody),
+			fmt.Sprintf("  curl -sS -X POST '%s/api/v1/scaling/autoscaling/policies/1/evaluate?dryRun=true' -H 'Authorization: Bearer %s'", r.FunctionURL, admin),
+			fmt.Sprintf("  curl -sS -X POST %s/api/v1/scaling/autoscaling/policies/1/evaluate -H 'Authorization: Bearer %s'", r.FunctionURL, admin),
 		)
 	}
 	lines = append(lines, "", "Stop with Ctrl-C.")

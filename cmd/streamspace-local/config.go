@@ -38,6 +38,11 @@ type Config struct {
 	// so its login works in a browser on this machine. Hydra's database is
 	// created on the same PostgreSQL server and dropped on stop.
 	Login bool `env:"LOCAL_OIDC_LOGIN" envDefault:"true"`
+	// Kube gives the autoscale function a Kubernetes API: the cluster
+	// KUBECONFIG names, else a kube-apiserver of its own with a demo
+	// Deployment when scripts/tools has built one; otherwise the banner
+	// says autoscaling is off and why.
+	Kube bool `env:"LOCAL_KUBE" envDefault:"true"`
 }
 
 // parseConfig reads environ, then args.
@@ -53,6 +58,7 @@ func parseConfig(args []string, environ map[string]string) (Config, error) {
 	fs.StringVar(&cfg.DeadLetterFile, "dead-letters", cfg.DeadLetterFile, "file that dead letters are appended to (DEAD_LETTER_FILE)")
 	fs.BoolVar(&cfg.Seed, "seed", cfg.Seed, "add the demo rows the printed curl commands use (SEED_DEMO_DATA)")
 	fs.BoolVar(&cfg.Login, "login", cfg.Login, "start Ory Hydra, when built, for the auth function's login (LOCAL_OIDC_LOGIN)")
+	fs.BoolVar(&cfg.Kube, "kube", cfg.Kube, "run autoscale against KUBECONFIG or a local kube-apiserver (LOCAL_KUBE)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -61,6 +63,10 @@ type runner struct {
 	// EventAudience is the audience of the broker's delivery tokens, empty
 	// when the overlay's Triggers name none (no event-auth component).
 	EventAudience string
+
+	// Kube is the Kubernetes API the autoscale function uses, nil when the
+	// run was configured without one (Config.Kube false).
+	Kube *localKube
 
 	brokerSrv   *http.Server
 	deadLetters *deadLetterLog
@@ -200,6 +206,20 @@ func start(ctx context.Context, cfg Config, environ map[string]string, log *slog
 			provided[k] = v
 		}
 	}
+	if cfg.Kube {
+		ns := environ["STREAMSPACE_NAMESPACE"]
+		if ns == "" {
+			ns = "streamspace"
+		}
+		if r.Kube, err = startKube(ctx, environ, ns, filepath.Join(os.TempDir(), "streamspace-local")); err != nil {
+			fnLn.Close()
+			return nil, err
+		}
+		if r.Kube.Kubeconfig != "" {
+			provided["KUBECONFIG"] = r.Kube.Kubeconfig
+			provided["STREAMSPACE_NAMESPACE"] = ns
+		}
+	}
 	env := functionEnv(environ, provided, r.eventAuthEnv(audience, subjects))
 	fnCtx, stopFunction := context.WithCancel(context.WithoutCancel(ctx))
 	r.stopFunction, r.functionDone = stopFunction, make(chan error, 1)
@@ -304,5 +324,6 @@ func (r *runner) shutdown(ctx context.Context) error {
 	}
 	r.Login.stop()
 	r.Mail.stop()
+	r.Kube.Stop()
 	return errors.Join(errs...)
 }

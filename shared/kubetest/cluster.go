@@ -64,6 +64,26 @@ func Start(tb testing.TB) *Cluster {
 	return shared
 }
 
+// Run starts an etcd and a kube-apiserver of its own, outside a test: the
+// local runner (make run) scales a demo Deployment on it. Stop ends them.
+func Run() (*Cluster, error) {
+	etcd, err := testbin.Lookup("etcd")
+	if err != nil {
+		return nil, err
+	}
+	apiserver, err := testbin.Lookup("kube-apiserver")
+	if err != nil {
+		return nil, err
+	}
+	return start(etcd, apiserver)
+}
+
+// Stop ends a Cluster that Run started.
+func (c *Cluster) Stop() {
+	c.apiserver.Stop()
+	c.etcd.Stop()
+}
+
 func start(etcdPath, apiserverPath string) (*Cluster, error) {
 	dir, err := testbin.TempDir("kubetest")
 	if err != nil {

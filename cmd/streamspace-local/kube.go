@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/streamspace-dev/functions/shared/kubetest"
+)
+
+// demoPool is the Deployment the local run lets the autoscale function
+// scale: a template warm pool, opted in (docs/autoscale.md, Targets).
+const (
+	demoPool     = "demo-pool"
+	poolTemplate = "firefox"
+)
+
+// localKube is the Kubernetes API the local autoscale function uses.
+type localKube struct {
+	// Kubeconfig is the file the function reads (KUBECONFIG).
+	Kubeconfig string
+	// Status is the banner's line: on, and where, or off, and why.
+	Status  string
+	cluster *kubetest.Cluster
+}
+
+// startKube gives the local function a Kubernetes API: the one KUBECONFIG
+// names when it is set, else a kube-apiserver and etcd of its own when
+// scripts/tools has built them, with namespace's demo Deployment. Without
+// either, autoscaling is off and Status says why.
+func startKube(ctx context.Context, environ map[string]string, namespace, dir string) (*localKube, error) {
+	if kc := environ["KUBECONFIG"]; kc != "" {
+		return &localKube{Kubeconfig: kc, Status: fmt.Sprintf("on: the cluster KUBECONFIG names (%s), namespace %s", kc, namespace)}, nil
+	}
+	c, err := kubetest.Run()
+	if err != nil {
+		return &localKube{Status: fmt.Sprintf("off: no KUBECONFIG, and no local kube-apiserver (%v)", err)}, nil
+	}
+	lk := &localKube{cluster: c}
+	if err := demoDeployment(ctx, c, namespace); err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("local kube-apiserver: %w", err)
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["local"] = &clientcmdapi.Cluster{Server: c.Config.Host, InsecureSkipTLSVerify: true}
+	cfg.AuthInfos["local"] = &clientcmdapi.AuthInfo{Token: c.Config.BearerToken}
+	cfg.Contexts["local"] = &clientcmdapi.Context{Cluster: "local", AuthInfo: "local", Namespace: namespace}
+	cfg.CurrentContext = "local"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	lk.Kubeconfig = filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, lk.Kubeconfig); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	lk.Status = fmt.Sprintf("on: local kube-apiserver %s (kubeconfig %s), namespace %s, Deployment %s (warm pool of template %s, 3 replicas)",
+		c.Config.Host, lk.Kubeconfig, namespace, demoPool, poolTemplate)
+	return lk, nil
+}
+
+// demoDeployment creates namespace and the demo warm pool in it. The API
+// server runs no controllers, so the Deployment gets no pods: its replica
+// count is what the demo shows moving.
+func demoDeployment(ctx context.Context, c *kubetest.Cluster, namespace string) error {
+	_, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	replicas := int32(3)
+	sel := map[string]string{"app": demoPool}
+	_, err = c.Client.AppsV1().Deployments(namespace).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: demoPool, Namespace: namespace, Labels: map[string]string{
+			"streamspace.io/autoscale": "enabled", "streamspace.io/template-pool": poolTemplate,
+		}},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: sel},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: sel},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "desktop", Image: "lscr.io/linuxserver/firefox:latest"}}},
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	return nil
+}
+
+// Stop ends the local API server, when the runner started one.
+func (k *localKube) Stop() {
+	if k != nil && k.cluster != nil {
+		k.cluster.Stop()
+	}
+}
