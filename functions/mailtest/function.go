@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/streamspace-dev/functions/events"
@@ -82,9 +81,10 @@ type Function struct {
 	limiter     *limiter
 	concurrency int
 	healthLimit time.Duration
-
-	envMu sync.Mutex
-	env   *Integration // nil without SMTP_HOST
+	// env is the integration SMTP_* make, without its test times and
+	// health, which are stored (mailtest_env_integration); nil without
+	// SMTP_HOST. Set in Start, read-only afterwards.
+	env *Integration
 }
 
 // New returns an unstarted mailtest function.
@@ -166,26 +166,13 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	return nil
 }
 
-// envIntegration returns the env integration, when SMTP_HOST is set.
+// envIntegration returns the env integration as SMTP_* make it, when
+// SMTP_HOST is set; envRecord adds what is stored about it.
 func (f *Function) envIntegration() (Integration, bool) {
-	f.envMu.Lock()
-	defer f.envMu.Unlock()
 	if f.env == nil {
 		return Integration{}, false
 	}
 	return *f.env, true
-}
-
-// envTested records a test of the env integration, which has no row: its
-// times live in the instance.
-func (f *Function) envTested(success bool) {
-	f.envMu.Lock()
-	defer f.envMu.Unlock()
-	now := time.Now().UTC()
-	f.env.LastTestAt = &now
-	if success {
-		f.env.LastSuccess = &now
-	}
 }
 
 // Stop drains the outbox and closes the pool.

@@ -121,7 +121,13 @@ func (f *Function) list(w http.ResponseWriter, r *http.Request, who authn.Identi
 		return err
 	}
 	var rows []Integration
+	env, hasEnv := f.envIntegration()
 	err := db.Read(r.Context(), f.svc.Pool, func(tx pgx.Tx) error {
+		if hasEnv {
+			if err := envRecord(r.Context(), tx, &env); err != nil {
+				return err
+			}
+		}
 		var err error
 		rows, err = listIntegrations(r.Context(), tx)
 		return err
@@ -130,7 +136,7 @@ func (f *Function) list(w http.ResponseWriter, r *http.Request, who authn.Identi
 		return db.Classify(err)
 	}
 	res := ListResult{Integrations: []IntegrationView{}}
-	if env, ok := f.envIntegration(); ok {
+	if hasEnv {
 		res.Integrations = append(res.Integrations, view(env))
 	}
 	for _, it := range rows {
@@ -157,13 +163,15 @@ func (f *Function) get(w http.ResponseWriter, r *http.Request, who authn.Identit
 	return nil
 }
 
-// load reads an integration, env included.
+// load reads an integration, env included (with its stored record).
 func (f *Function) load(r *http.Request, id string) (Integration, error) {
 	if id == envIntegrationID {
-		if env, ok := f.envIntegration(); ok {
-			return env, nil
+		env, ok := f.envIntegration()
+		if !ok {
+			return Integration{}, errs.E(errs.NotFound, "email integration env not found: SMTP_HOST is not set")
 		}
-		return Integration{}, errs.E(errs.NotFound, "email integration env not found: SMTP_HOST is not set")
+		err := db.Read(r.Context(), f.svc.Pool, func(tx pgx.Tx) error { return envRecord(r.Context(), tx, &env) })
+		return env, err
 	}
 	var it Integration
 	err := db.Read(r.Context(), f.svc.Pool, func(tx pgx.Tx) error {
@@ -352,7 +360,11 @@ func (f *Function) test(w http.ResponseWriter, r *http.Request, who authn.Identi
 		}
 	}
 	err = f.svc.Commit(r.Context(), func(tx pgx.Tx) ([]cloudevents.Event, error) {
-		if id != envIntegrationID {
+		if id == envIntegrationID {
+			if err := recordEnvTest(r.Context(), tx, res.Success); err != nil {
+				return nil, err
+			}
+		} else {
 			if err := recordTest(r.Context(), tx, id, res.Success); err != nil {
 				return nil, err
 			}
@@ -365,9 +377,6 @@ func (f *Function) test(w http.ResponseWriter, r *http.Request, who authn.Identi
 	})
 	if err != nil {
 		return fmt.Errorf("record test of %s: %w", id, err)
-	}
-	if id == envIntegrationID {
-		f.envTested(res.Success)
 	}
 	runtime.AddLogAttrs(r.Context(), slog.String("integrationId", id), slog.String("testId", msg.TestID),
 		slog.Bool("success", res.Success), slog.String("errorClass", string(res.Class)), slog.String("failedStage", string(res.FailedStage)))

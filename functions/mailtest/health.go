@@ -77,17 +77,21 @@ func (f *Function) check(ctx context.Context, it Integration) checked {
 }
 
 // healthTick is the mail-health PingSource's handler: it checks every
-// enabled email integration, stores each result, and reports a change of
-// health (integration.health.changed, and a notification to each admin
-// when one starts failing) once per transition.
+// enabled email integration, the env one included when SMTP_HOST is set,
+// stores each result, and reports a change of health
+// (integration.health.changed, and a notification to each admin when one
+// starts failing) once per transition.
 func (f *Function) healthTick(ctx context.Context, e cloudevents.Event) (err error) {
 	job := f.svc.Job("mail-health")
 	job.Start()
 	defer func() { job.Done(err) }()
 	var its []Integration
+	if env, ok := f.envIntegration(); ok {
+		its = append(its, env)
+	}
 	err = db.Read(ctx, f.svc.Pool, func(tx pgx.Tx) error {
-		var err error
-		its, err = enabledIntegrations(ctx, tx)
+		rows, err := enabledIntegrations(ctx, tx)
+		its = append(its, rows...)
 		return err
 	})
 	if err != nil {
@@ -100,7 +104,9 @@ func (f *Function) healthTick(ctx context.Context, e cloudevents.Event) (err err
 }
 
 // saveHealth stores results and emits the transitions, in one unit of
-// work; it returns how many changed.
+// work; it returns how many changed. The previous health of each
+// integration, a row's or env's, is read locked in that unit of work, so
+// instances that tick at once report each transition once.
 func (f *Function) saveHealth(ctx context.Context, results []checked) (int, error) {
 	if len(results) == 0 {
 		return 0, nil
@@ -109,7 +115,12 @@ func (f *Function) saveHealth(ctx context.Context, results []checked) (int, erro
 	statuses := make([]string, 0, len(results))
 	classes := make([]string, 0, len(results))
 	errors := make([]string, 0, len(results))
-	for _, r := range results {
+	var env *checked
+	for i, r := range results {
+		if r.id == envIntegrationID {
+			env = &results[i]
+			continue
+		}
 		n, err := strconv.ParseInt(r.id, 10, 32)
 		if err != nil {
 			continue
@@ -123,27 +134,31 @@ func (f *Function) saveHealth(ctx context.Context, results []checked) (int, erro
 	err := f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
 		changed = 0
 		previous := map[string]HealthStatus{}
-		rows, err := tx.Query(ctx, lockHealthSQL, ids)
-		if err != nil {
-			return nil, db.Classify(fmt.Errorf("lock integrations: %w", err))
-		}
-		for rows.Next() {
-			var id int64
-			var status string
-			if err := rows.Scan(&id, &status); err != nil {
-				rows.Close()
+		if len(ids) > 0 {
+			if err := lockRowsHealth(ctx, tx, ids, previous); err != nil {
 				return nil, err
 			}
-			previous[strconv.FormatInt(id, 10)] = HealthStatus(status)
+			if _, err := tx.Exec(ctx, saveHealthSQL, ids, statuses, classes, errors); err != nil {
+				return nil, db.Classify(fmt.Errorf("save health: %w", err))
+			}
 		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, db.Classify(fmt.Errorf("lock integrations: %w", err))
-		}
-		if _, err := tx.Exec(ctx, saveHealthSQL, ids, statuses, classes, errors); err != nil {
-			return nil, db.Classify(fmt.Errorf("save health: %w", err))
+		// The env record is locked after the rows, in every tick, so two
+		// ticks never wait for each other in opposite orders.
+		if env != nil {
+			prev, err := lockEnvHealth(ctx, tx)
+			if err != nil {
+				return nil, err
+			}
+			previous[envIntegrationID] = prev
+			if err := saveEnvHealth(ctx, tx, *env); err != nil {
+				return nil, err
+			}
 		}
 		for _, r := range results {
+			if r.id == envIntegrationID {
+				// Its password comes from SMTP_*: nothing rotates.
+				continue
+			}
 			if err := storeRotated(ctx, tx, r.id, r.rotated); err != nil {
 				return nil, err
 			}
@@ -173,6 +188,28 @@ func (f *Function) saveHealth(ctx context.Context, results []checked) (int, erro
 		return out, nil
 	})
 	return changed, err
+}
+
+// lockRowsHealth reads the stored health of the rows ids into previous,
+// locking them for the transaction.
+func lockRowsHealth(ctx context.Context, tx pgx.Tx, ids []int32, previous map[string]HealthStatus) error {
+	rows, err := tx.Query(ctx, lockHealthSQL, ids)
+	if err != nil {
+		return db.Classify(fmt.Errorf("lock integrations: %w", err))
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var status string
+		if err := rows.Scan(&id, &status); err != nil {
+			return err
+		}
+		previous[strconv.FormatInt(id, 10)] = HealthStatus(status)
+	}
+	if err := rows.Err(); err != nil {
+		return db.Classify(fmt.Errorf("lock integrations: %w", err))
+	}
+	return nil
 }
 
 // notifyAdmins writes one StreamSpace notification per admin for each

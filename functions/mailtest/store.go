@@ -22,7 +22,8 @@ type querier interface {
 
 // Integration is one email integration: a row of StreamSpace's
 // integrations with type 'email', and the health columns migration 005
-// adds.
+// adds; or the env integration, whose times and health are its record in
+// mailtest_env_integration.
 type Integration struct {
 	ID          string
 	Name        string
@@ -260,6 +261,96 @@ func storeRotated(ctx context.Context, tx pgx.Tx, id, sealed string) error {
 	}
 	if _, err := tx.Exec(ctx, rotateRefreshSQL, id, sealed); err != nil {
 		return db.Classify(fmt.Errorf("store the rotated refresh token of %s: %w", id, err))
+	}
+	return nil
+}
+
+// The env integration has no row in integrations: its test times and
+// health are in the project's table mailtest_env_integration (migration
+// 007), one row with id 'env', so every instance shares them and they
+// outlive a scale to zero.
+
+// envRecordSQL reads the env integration's record.
+const envRecordSQL = `
+select last_test_at, last_success_at, coalesce(health_status, 'unknown'), health_checked_at,
+       coalesce(health_error_class, ''), coalesce(health_error, '')
+from mailtest_env_integration where id = $1`
+
+// envTestedSQL records a test of the env integration: last_test_at always,
+// last_success_at on success.
+const envTestedSQL = `
+insert into mailtest_env_integration as e (id, last_test_at, last_success_at)
+values ($1, now(), case when $2 then now() end)
+on conflict (id) do update
+set last_test_at = excluded.last_test_at,
+    last_success_at = coalesce(excluded.last_success_at, e.last_success_at)`
+
+// envEnsureSQL creates the env record if it is missing, so that
+// lockEnvHealthSQL always finds a row to lock: two first ticks that
+// overlap then wait for each other like two later ones.
+const envEnsureSQL = `insert into mailtest_env_integration (id) values ($1) on conflict (id) do nothing`
+
+// lockEnvHealthSQL reads the env integration's stored health, locked, as
+// lockHealthSQL does for rows.
+const lockEnvHealthSQL = `
+select coalesce(health_status, 'unknown') from mailtest_env_integration where id = $1 for update`
+
+// saveEnvHealthSQL stores a check of the env integration.
+const saveEnvHealthSQL = `
+update mailtest_env_integration
+set health_status = $2, health_checked_at = now(), health_error_class = nullif($3, ''), health_error = nullif($4, '')
+where id = $1`
+
+// envRecord fills in the env integration's stored test times and health;
+// before its first test or check they stay empty and the health unknown.
+func envRecord(ctx context.Context, q querier, it *Integration) error {
+	var status string
+	var h Health
+	var lastTest, lastSuccess *time.Time
+	err := q.QueryRow(ctx, envRecordSQL, envIntegrationID).Scan(&lastTest, &lastSuccess, &status, &h.CheckedAt, &h.ErrorClass, &h.Error)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return db.Classify(fmt.Errorf("load the env integration's record: %w", err))
+	}
+	h.Status, h.CheckedAt = HealthStatus(status), utc(h.CheckedAt)
+	it.LastTestAt, it.LastSuccess, it.Health = utc(lastTest), utc(lastSuccess), h
+	return nil
+}
+
+// utc is t in UTC, as the rows' timestamps read.
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+func recordEnvTest(ctx context.Context, tx pgx.Tx, success bool) error {
+	if _, err := tx.Exec(ctx, envTestedSQL, envIntegrationID, success); err != nil {
+		return db.Classify(fmt.Errorf("record test of env: %w", err))
+	}
+	return nil
+}
+
+// lockEnvHealth returns the env integration's stored health, its record
+// locked for the transaction.
+func lockEnvHealth(ctx context.Context, tx pgx.Tx) (HealthStatus, error) {
+	if _, err := tx.Exec(ctx, envEnsureSQL, envIntegrationID); err != nil {
+		return "", db.Classify(fmt.Errorf("lock the env integration's record: %w", err))
+	}
+	var status string
+	if err := tx.QueryRow(ctx, lockEnvHealthSQL, envIntegrationID).Scan(&status); err != nil {
+		return "", db.Classify(fmt.Errorf("lock the env integration's record: %w", err))
+	}
+	return HealthStatus(status), nil
+}
+
+func saveEnvHealth(ctx context.Context, tx pgx.Tx, r checked) error {
+	if _, err := tx.Exec(ctx, saveEnvHealthSQL, envIntegrationID, string(r.status), string(r.class), r.err); err != nil {
+		return db.Classify(fmt.Errorf("save the env integration's health: %w", err))
 	}
 	return nil
 }

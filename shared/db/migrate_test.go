@@ -19,7 +19,7 @@ import (
 )
 
 // projectTables are the tables the migrations create; nothing else is ours.
-var projectTables = []string{"auth_identities", "auth_login_states", "auth_provider_groups", "autoscale_policy_state", "autoscale_recommendations", "event_dead_letters", "event_outbox", "job_leases", "processed_events", "schema_version"}
+var projectTables = []string{"auth_identities", "auth_login_states", "auth_provider_groups", "autoscale_policy_state", "autoscale_recommendations", "event_dead_letters", "event_outbox", "job_leases", "mailtest_env_integration", "processed_events", "schema_version"}
 
 func TestMigrateRefusesADatabaseWithoutStreamSpace(t *testing.T) {
 	t.Parallel()
