@@ -161,6 +161,10 @@ var kubeAccess = map[string][]rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
 		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
 	},
+	// restore needs pods get/list and pods/exec create in the sessions'
+	// namespace through the Role the snapshot function's deploy defines; its
+	// binding is added with that Role (docs/restore.md).
+	"restore": nil,
 }
 
 // configKeys are the keys of the shared ConfigMap (docs/runtime.md).

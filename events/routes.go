@@ -37,6 +37,7 @@ var Routes = []Route{
 	{Type: Ping, Source: OutboxDrainSource, Function: "snapshot"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "tags"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "versioning"},
+	{Type: Ping, Source: OutboxDrainSource, Function: "restore"},
 	{Type: Ping, Source: TagsRefreshSource, Function: "tags"},
 	{Type: Ping, Source: PruneSource, Function: "auth"},
 	{Type: Ping, Source: PruneSource, Function: "mailtest"},
@@ -44,6 +45,7 @@ var Routes = []Route{
 	{Type: Ping, Source: PruneSource, Function: "snapshot"},
 	{Type: Ping, Source: PruneSource, Function: "tags"},
 	{Type: Ping, Source: PruneSource, Function: "versioning"},
+	{Type: Ping, Source: PruneSource, Function: "restore"},
 }
 
 // RoutesFor returns the rows that deliver to function.
