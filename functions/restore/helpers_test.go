@@ -40,7 +40,7 @@ current-context: c
 	}
 }
 
-func exec(t *testing.T, h *fntest.Harness, sql string, args ...any) {
+func sqlExec(t *testing.T, h *fntest.Harness, sql string, args ...any) {
 	t.Helper()
 	_, err := h.Pool.Exec(context.Background(), sql, args...)
 	require.NoError(t, err, sql)
@@ -49,7 +49,7 @@ func exec(t *testing.T, h *fntest.Harness, sql string, args ...any) {
 // addSession adds a StreamSpace session of user in state.
 func addSession(t *testing.T, h *fntest.Harness, id, user, state string) {
 	t.Helper()
-	exec(t, h, `insert into sessions (id, user_id, template_name, state, namespace) values ($1, $2, 'firefox', $3, 'streamspace')`,
+	sqlExec(t, h, `insert into sessions (id, user_id, template_name, state, namespace) values ($1, $2, 'firefox', $3, 'streamspace')`,
 		id, user, state)
 }
 
@@ -57,7 +57,7 @@ func addSession(t *testing.T, h *fntest.Harness, id, user, state string) {
 func addSnapshot(t *testing.T, h *fntest.Harness, session, user, status string) string {
 	t.Helper()
 	id := uuid.NewString()
-	exec(t, h, `insert into session_snapshots (id, session_id, user_id, name, type, status, storage_path)
+	sqlExec(t, h, `insert into session_snapshots (id, session_id, user_id, name, type, status, storage_path)
 		values ($1, $2, $3, 'nightly', 'manual', $4, $5)`,
 		id, session, user, status, function.ArchiveKey(user, session, id))
 	return id

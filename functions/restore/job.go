@@ -190,9 +190,10 @@ func (f *Function) runJob(ctx context.Context, e cloudevents.Event) error {
 		// The new owner finishes the job; this one must not write.
 		return nil
 	}
-	if err != nil && errs.KindOf(err) == errs.Unavailable && !r.recorded {
-		// Nothing was recorded (the database is down): let the broker
-		// redeliver, and the next owner resume from the recorded phase.
+	if err != nil && !r.recorded {
+		// The outcome could not be recorded (the database is down): let
+		// the broker redeliver, and the next owner resume from the
+		// recorded phase.
 		return err
 	}
 	return nil

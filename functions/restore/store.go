@@ -224,12 +224,12 @@ where id = $1 and status in ('pending', 'in_progress')`
 const finishJobSQL = `
 with j as (
 	update snapshot_restore_jobs
-	set status = $2, completed_at = localtimestamp, error_message = nullif($3, '')
+	set status = $2::text, completed_at = localtimestamp, error_message = nullif($3::text, '')
 	where id = $1
 	returning snapshot_id)
 update session_snapshots s
-set status = $4, updated_at = localtimestamp,
-    error_message = case when $4 = 'failed' then nullif($3, '') else s.error_message end
+set status = $4::text, updated_at = localtimestamp,
+    error_message = case when $4::text = 'failed' then nullif($3::text, '') else s.error_message end
 from j
 where s.id = j.snapshot_id and s.status = 'restoring'`
 
@@ -243,8 +243,8 @@ values ($1, $2, $3, $4, 'Taken automatically before a restore replaced this sess
 // $4.
 const backupDoneSQL = `
 update session_snapshots
-set status = $2, size_bytes = $3, metadata = $4, updated_at = localtimestamp,
-    completed_at = case when $2 = 'available' then localtimestamp else completed_at end
+set status = $2::text, size_bytes = $3, metadata = $4, updated_at = localtimestamp,
+    completed_at = case when $2::text = 'available' then localtimestamp else completed_at end
 where id = $1`
 
 // backupMetaSQL rewrites a backup's metadata (the job's phase and outcome).
