@@ -20,6 +20,7 @@ import (
 
 	"github.com/streamspace-dev/functions/events"
 	function "github.com/streamspace-dev/functions/functions/restore"
+	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/objstore"
 )
 
@@ -169,18 +170,15 @@ func TestRestoreVetFailureLeavesConfigUntouched(t *testing.T) {
 		{name: "setuid file", data: hostile(t, dir, hostileEntry{name: "./su", typ: tar.TypeReg, mode: 0o4755, body: "#!/bin/sh"}),
 			reason: "setuid"},
 		{name: "10 GB bomb behind a 1 MiB manifest", data: hostile(t, dir, hostileEntry{name: "./zeros", typ: tar.TypeReg, mode: 0o644, claim: 10 << 30}),
-			man: map[string]any{"sha256": strings.Repeat("0", 64), "entries": 2, "bytes": 1 << 20}, reason: "exceed 1048576 bytes"},
+			man: map[string]any{"entries": 2, "contentBytes": 1 << 20}, reason: "exceed 1048576 bytes"},
 		{name: "checksum mismatch", data: goodArchive,
-			man: map[string]any{"sha256": strings.Repeat("ab", 32), "entries": 2, "bytes": 4}, reason: "does not match the manifest"},
-		{name: "truncated archive", data: goodArchive[:len(goodArchive)-8], reason: "truncated"},
+			man: map[string]any{"sha256": strings.Repeat("ab", 32)}, reason: "does not match the manifest"},
+		{name: "truncated archive", data: goodArchive[:len(goodArchive)-8],
+			man: map[string]any{"entries": 2, "contentBytes": 4}, reason: "truncated"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			man := tc.man
-			if man == nil && tc.name == "truncated archive" {
-				man = map[string]any{"sha256": strings.Repeat("0", 64), "entries": 2, "bytes": 4}
-			}
-			snap := w.storeArchive(t, tc.data, man)
+			snap := w.storeArchive(t, tc.data, tc.man)
 			id, e := w.request(t, snap)
 			require.Equal(t, 2, w.deliver(t, e)/100)
 			row := w.job(t, snap, id)
@@ -214,7 +212,7 @@ func TestRestoreRollsBack(t *testing.T) {
 	ownHome(t, w)
 	before := fileState(t, w.pod.Dir)
 	snap := w.storeSnapshot(t, snapshotDir(t))
-	snapKey = function.ArchiveKey(w.user, w.session, snap)
+	snapKey = homesnap.ArchiveKey(w.user, w.session, snap)
 	id, e := w.request(t, snap)
 	require.Equal(t, 2, w.deliver(t, e)/100)
 
@@ -250,7 +248,7 @@ func TestRestorePodDisappears(t *testing.T) {
 	writeTree(t, w.pod.Dir, homeBefore)
 	ownHome(t, w)
 	snap := w.storeSnapshot(t, snapshotDir(t))
-	snapKey = function.ArchiveKey(w.user, w.session, snap)
+	snapKey = homesnap.ArchiveKey(w.user, w.session, snap)
 	id, e := w.request(t, snap)
 	require.Equal(t, 2, w.deliver(t, e)/100)
 
@@ -297,7 +295,7 @@ func TestRestoreRedelivery(t *testing.T) {
 	ownHome(t, w)
 	src := snapshotDir(t)
 	snap := w.storeSnapshot(t, src)
-	snapKey = function.ArchiveKey(w.user, w.session, snap)
+	snapKey = homesnap.ArchiveKey(w.user, w.session, snap)
 	id, e := w.request(t, snap)
 
 	first := make(chan int, 1)

@@ -127,7 +127,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 		f.objects, f.pods = f.wrap(f.objects, f.pods)
 	}
 	f.manifests = manifests{store: f.objects}
-	f.capture = newCapturer(store, f.pods, f.cfg)
+	f.capture = homeCapturer{pods: f.pods, store: store, maxBytes: f.cfg.MaxBytes}
 	f.jobs = svc.Job("restore")
 	f.owner, _ = os.Hostname()
 	if f.owner == "" {

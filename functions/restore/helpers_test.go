@@ -10,8 +10,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
-	function "github.com/streamspace-dev/functions/functions/restore"
 	"github.com/streamspace-dev/functions/shared/fntest"
+	"github.com/streamspace-dev/functions/shared/homesnap"
 )
 
 // wait bounds every wait on a condition: generous, so a busy machine is
@@ -59,7 +59,7 @@ func addSnapshot(t *testing.T, h *fntest.Harness, session, user, status string) 
 	id := uuid.NewString()
 	sqlExec(t, h, `insert into session_snapshots (id, session_id, user_id, name, type, status, storage_path)
 		values ($1, $2, $3, 'nightly', 'manual', $4, $5)`,
-		id, session, user, status, function.ArchiveKey(user, session, id))
+		id, session, user, status, homesnap.ArchiveKey(user, session, id))
 	return id
 }
 

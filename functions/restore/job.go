@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -18,6 +17,7 @@ import (
 	"github.com/streamspace-dev/functions/shared/archive"
 	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/kube"
 	"github.com/streamspace-dev/functions/shared/objstore"
 	"github.com/streamspace-dev/functions/shared/runtime"
@@ -72,7 +72,7 @@ func progressOf(status JobStatus, p Phase) Progress {
 }
 
 // configDir is the session container's home mount.
-const configDir = "/config"
+const configDir = homesnap.Home
 
 // The commands run in the session container. /config is the home mount;
 // only its contents are cleared, never the mount point, and find stays on
@@ -89,7 +89,6 @@ func chownCmd(uid, gid int) []string {
 
 // objects is the storage the job reads archives from.
 type objects interface {
-	Head(ctx context.Context, key string) (objstore.Object, error)
 	Get(ctx context.Context, key string, pin objstore.Pin) (io.ReadCloser, objstore.Object, error)
 }
 
@@ -102,21 +101,13 @@ type pods interface {
 // capturer takes a pre-restore backup: the pod's /config, archived and
 // stored under key with its manifest.
 type capturer interface {
-	Capture(ctx context.Context, pod kube.Pod, key string) (captured, error)
+	Capture(ctx context.Context, pod kube.Pod, key string, labels map[string]string) (homesnap.Manifest, error)
 }
 
-// captured is what a capture stored.
-type captured struct {
-	ETag    string
-	SHA256  string
-	Entries int64
-	Bytes   int64
-	Size    int64
-}
-
-// manifestReader reads a snapshot's manifest.
+// manifestReader reads a snapshot's manifest: what its archive must match,
+// and the pin of the archive it describes.
 type manifestReader interface {
-	Manifest(ctx context.Context, archiveKey string) (archive.Expect, error)
+	Manifest(ctx context.Context, archiveKey string) (archive.Expect, objstore.Pin, error)
 }
 
 // errLeaseLost ends a job whose lease another owner took over.
@@ -250,15 +241,10 @@ func (r *run) execute(ctx context.Context) error {
 	// 1. Vet: the stored object, pinned to the ETag seen now, must pass
 	// every check before anything touches the pod.
 	key := j.Snapshot.StoragePath
-	want, err := r.f.manifests.Manifest(ctx, key)
+	want, pin, err := r.f.manifests.Manifest(ctx, key)
 	if err != nil {
 		return r.fail(ctx, fmt.Errorf("read the snapshot's manifest: %w", err), nil)
 	}
-	head, err := r.f.objects.Head(ctx, key)
-	if err != nil {
-		return r.fail(ctx, fmt.Errorf("find the snapshot's archive: %w", err), nil)
-	}
-	pin := objstore.Pin{ETag: head.ETag, VersionID: head.VersionID}
 	if err := r.vet(ctx, key, pin, want); err != nil {
 		return r.fail(ctx, fmt.Errorf("vet the snapshot: %w", err), err)
 	}
@@ -343,7 +329,7 @@ func (r *run) backup(ctx context.Context) error {
 	j := &r.j
 	if j.Backup.ID == "" {
 		id := uuid.NewString()
-		b := backup{ID: id, Status: SnapshotCreating, StoragePath: ArchiveKey(j.Target.UserID, j.TargetSessionID, id),
+		b := backup{ID: id, Status: SnapshotCreating, StoragePath: homesnap.ArchiveKey(j.Target.UserID, j.TargetSessionID, id),
 			Meta: backupMeta{RestoreJobID: j.ID, Phase: PhaseBackingUp}}
 		meta, err := json.Marshal(b.Meta)
 		if err != nil {
@@ -362,13 +348,15 @@ func (r *run) backup(ctx context.Context) error {
 		}
 		j.Backup = b
 	}
-	c, err := r.f.capture.Capture(ctx, r.pod, j.Backup.StoragePath)
+	m, err := r.f.capture.Capture(ctx, r.pod, j.Backup.StoragePath, map[string]string{
+		"snapshot": j.Backup.ID, "session": j.TargetSessionID, "user": j.Target.UserID, "restoreJob": j.ID})
 	if err != nil {
 		r.backupFailed(err)
 		return err
 	}
 	j.Backup.Status = SnapshotAvailable
-	j.Backup.Meta.SHA256, j.Backup.Meta.Entries, j.Backup.Meta.Bytes, j.Backup.Meta.ETag = c.SHA256, c.Entries, c.Bytes, c.ETag
+	j.Backup.Meta.SHA256, j.Backup.Meta.Entries, j.Backup.Meta.Bytes = m.SHA256, m.Entries, m.ContentBytes
+	j.Backup.Meta.ETag, j.Backup.Meta.VersionID = m.ETag, m.VersionID
 	meta, err := json.Marshal(j.Backup.Meta)
 	if err != nil {
 		return err
@@ -377,7 +365,7 @@ func (r *run) backup(ctx context.Context) error {
 		return err
 	}
 	return r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
-		_, err := tx.Exec(ctx, backupDoneSQL, j.Backup.ID, SnapshotAvailable, c.Size, meta)
+		_, err := tx.Exec(ctx, backupDoneSQL, j.Backup.ID, SnapshotAvailable, m.SizeBytes, meta)
 		return nil, err
 	})
 }
@@ -602,7 +590,7 @@ func (r *run) rollback(ctx context.Context) error {
 	if err := r.f.pods.Exec(ctx, r.pod, clearCmd, kube.Streams{}); err != nil {
 		return fmt.Errorf("clear /config: %w", err)
 	}
-	restored, err := r.extract(ctx, b.StoragePath, objstore.Pin{ETag: b.Meta.ETag}, want)
+	restored, err := r.extract(ctx, b.StoragePath, objstore.Pin{ETag: b.Meta.ETag, VersionID: b.Meta.VersionID}, want)
 	if err != nil {
 		return err
 	}
@@ -613,17 +601,6 @@ func (r *run) rollback(ctx context.Context) error {
 		return fmt.Errorf("chown /config: %w", err)
 	}
 	return nil
-}
-
-// ArchiveKey is where a snapshot's archive is stored; its manifest is
-// ManifestKey of it.
-func ArchiveKey(userID, sessionID, snapshotID string) string {
-	return "snapshots/" + userID + "/" + sessionID + "/" + snapshotID + ".tar.gz"
-}
-
-// ManifestKey is the manifest's key for an archive's key.
-func ManifestKey(archiveKey string) string {
-	return strings.TrimSuffix(archiveKey, ".tar.gz") + ".json"
 }
 
 func namespace(ns, fallback string) string { return kube.Namespace(ns, fallback) }

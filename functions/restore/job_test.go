@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,6 +32,7 @@ import (
 	function "github.com/streamspace-dev/functions/functions/restore"
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/fntest"
+	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/kubetest"
 	"github.com/streamspace-dev/functions/shared/s3test"
 )
@@ -132,29 +134,30 @@ func (w *world) storeSnapshot(t *testing.T, dir string) string {
 	return w.storeArchive(t, data, nil)
 }
 
-// storeArchive uploads data as a snapshot; man overrides the manifest
-// computed from data when not nil.
+// storeArchive uploads data as a snapshot with its manifest, in the
+// snapshot function's format; man overrides manifest fields computed from
+// data.
 func (w *world) storeArchive(t *testing.T, data []byte, man map[string]any) string {
 	t.Helper()
 	id := addSnapshot(t, w.h, w.session, w.user, "available")
-	key := function.ArchiveKey(w.user, w.session, id)
-	if man == nil {
-		entries, bytes := countEntries(t, data)
-		sum := sha256.Sum256(data)
-		man = map[string]any{"sha256": hex.EncodeToString(sum[:]), "entries": entries, "bytes": bytes}
-	}
-	raw, err := json.Marshal(man)
-	require.NoError(t, err)
-	w.put(t, key, data)
-	w.put(t, function.ManifestKey(key), raw)
-	return id
-}
-
-func (w *world) put(t *testing.T, key string, data []byte) {
-	t.Helper()
-	_, err := w.s3.Client().PutObject(context.Background(), &s3.PutObjectInput{
+	key := homesnap.ArchiveKey(w.user, w.session, id)
+	out, err := w.s3.Client().PutObject(context.Background(), &s3.PutObjectInput{
 		Bucket: aws.String(w.bucket), Key: aws.String(key), Body: bytes.NewReader(data)})
 	require.NoError(t, err)
+	var entries, content int64
+	if _, given := man["entries"]; !given {
+		entries, content = countEntries(t, data)
+	}
+	sum := sha256.Sum256(data)
+	m := map[string]any{"version": 1, "archive": key, "etag": aws.ToString(out.ETag), "sha256": hex.EncodeToString(sum[:]),
+		"sizeBytes": len(data), "entries": entries, "contentBytes": content, "compression": "gzip"}
+	maps.Copy(m, man)
+	raw, err := json.Marshal(m)
+	require.NoError(t, err)
+	_, err = w.s3.Client().PutObject(context.Background(), &s3.PutObjectInput{
+		Bucket: aws.String(w.bucket), Key: aws.String(homesnap.ManifestKey(key)), Body: bytes.NewReader(raw)})
+	require.NoError(t, err)
+	return id
 }
 
 // countEntries counts a tar.gz's entries and content bytes with no

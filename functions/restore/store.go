@@ -166,8 +166,9 @@ type backupMeta struct {
 	SHA256  string `json:"sha256,omitempty"`
 	Entries int64  `json:"entries,omitempty"`
 	Bytes   int64  `json:"bytes,omitempty"`
-	// ETag pins the backup archive for the rollback's read.
-	ETag string `json:"etag,omitempty"`
+	// ETag and VersionID pin the backup archive for the rollback's read.
+	ETag      string `json:"etag,omitempty"`
+	VersionID string `json:"versionId,omitempty"`
 }
 
 // jobSQL reads job $1, locked against a concurrent change of its status,
