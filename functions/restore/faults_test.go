@@ -227,6 +227,8 @@ func TestRestoreRollsBack(t *testing.T) {
 	waitEvent(t, w.h, events.RestoreFailed, id, &d)
 	assert.True(t, d.RolledBack)
 	assert.Equal(t, 0, w.h.Count(`select count(*) from notifications`))
+	assert.Equal(t, 1.0, w.h.Scrape().Value("streamspace_functions_jobs_finished_total",
+		map[string]string{"function": "restore", "job": "restore", "outcome": "failed"}))
 }
 
 // TestRestorePodDisappears breaks the pod while the archive streams into

@@ -58,7 +58,7 @@ type world struct {
 
 // newWorld starts everything; wrap, when not nil, wraps the job's storage
 // and pod clients with a fault.
-func newWorld(t *testing.T, wrap func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods)) *world {
+func newWorld(t *testing.T, wrap func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods), extra ...map[string]string) *world {
 	t.Helper()
 	w := &world{s3: s3test.Start(t), cluster: kubetest.Start(t), session: "s-1", user: "alice", uid: 4242}
 	w.bucket = w.s3.Bucket(t)
@@ -72,6 +72,9 @@ func newWorld(t *testing.T, wrap func(w *world, o function.Objects, p function.P
 	env["KUBECONFIG"] = kubeconfig(t, w.cluster, "restore")
 	env["STREAMSPACE_NAMESPACE"] = w.ns
 	env["RESTORE_LEASE_TTL"] = "3s"
+	for _, e := range extra {
+		maps.Copy(env, e)
+	}
 	f := function.New()
 	if wrap != nil {
 		function.WithFaults(f, func(o function.Objects, p function.Pods) (function.Objects, function.Pods) { return wrap(w, o, p) })
@@ -324,8 +327,27 @@ func (w *world) deliver(t *testing.T, e cloudevents.Event) int {
 	return status
 }
 
+// TestRestoreJob restores a snapshot into a session over each pods/exec
+// protocol: /config becomes the snapshot, owned by the session's user, and
+// the backup holds what it was.
 func TestRestoreJob(t *testing.T) {
-	w := newWorld(t, nil)
+	tests := []struct {
+		name     string
+		protocol string
+	}{
+		{name: "auto websocket then spdy", protocol: ""},
+		{name: "spdy", protocol: "spdy"},
+		{name: "websocket", protocol: "websocket"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, nil, map[string]string{"KUBE_EXEC_PROTOCOL": tc.protocol})
+			restoreJob(t, w)
+		})
+	}
+}
+
+func restoreJob(t *testing.T, w *world) {
 	writeTree(t, w.pod.Dir, homeBefore)
 	before := fileState(t, w.pod.Dir)
 	src := snapshotDir(t)
@@ -370,8 +392,27 @@ func TestRestoreJob(t *testing.T) {
 	require.NoError(t, err)
 	entries, _ := countEntries(t, tarred)
 	assert.Equal(t, entries-1, done.FileCount, "every entry but the root")
+	for _, phase := range []function.Phase{function.PhaseVetting, function.PhaseBackingUp, function.PhaseClearing,
+		function.PhaseExtracting, function.PhaseVerifying} {
+		assert.True(t, hasProgress(w, id, phase), "a progress event for %s", phase)
+	}
 
 	// A redelivery after the end changes nothing.
 	assert.Equal(t, 2, w.deliver(t, e)/100)
 	assert.Equal(t, 1, w.h.Count(`select count(*) from session_snapshots where type = 'pre-restore'`))
+	scrape := w.h.Scrape()
+	assert.Equal(t, 1.0, scrape.Value("streamspace_functions_jobs_finished_total", map[string]string{"function": "restore", "job": "restore", "outcome": "succeeded"}))
+	assert.Equal(t, 0.0, scrape.Value("streamspace_functions_jobs_active", map[string]string{"function": "restore", "job": "restore"}))
+}
+
+// hasProgress says whether a progress event for phase of job reached the
+// sink.
+func hasProgress(w *world, job string, phase function.Phase) bool {
+	for _, e := range w.h.Sink.Events() {
+		var d events.RestoreProgressData
+		if e.Type() == events.RestoreProgress && e.DataAs(&d) == nil && d.RestoreJobID == job && d.Phase == string(phase) {
+			return true
+		}
+	}
+	return false
 }
