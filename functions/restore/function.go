@@ -50,7 +50,7 @@ type Config struct {
 	LeaseTTL time.Duration `env:"RESTORE_LEASE_TTL" envDefault:"30s"`
 	// JobTimeout bounds one attempt at a job; a rollback gets as long
 	// again. Keep it below the revision's timeoutSeconds.
-	JobTimeout time.Duration `env:"RESTORE_JOB_TIMEOUT" envDefault:"50m"`
+	JobTimeout time.Duration `env:"RESTORE_JOB_TIMEOUT" envDefault:"9m"`
 }
 
 // Validate checks what the env tags cannot express.
