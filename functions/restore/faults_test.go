@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -14,12 +16,14 @@ import (
 	"testing"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/streamspace-dev/functions/events"
 	function "github.com/streamspace-dev/functions/functions/restore"
+	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/objstore"
 )
@@ -349,4 +353,37 @@ func countEvents(w *world, typ, job string) int {
 		}
 	}
 	return n
+}
+
+// TestRestoreWithoutAPod restores into a session whose row says running but
+// that has no pod (hibernated since): the job fails cleanly before
+// anything, and the snapshot is available again.
+func TestRestoreWithoutAPod(t *testing.T) {
+	w := newWorld(t, nil)
+	sqlExec(t, w.h, `insert into sessions (id, user_id, template_name, state, namespace) values ('s-gone', $1, 'firefox', 'running', $2)`,
+		w.user, w.ns)
+	snap := w.storeSnapshot(t, snapshotDir(t))
+	status, body := w.h.Do(http.MethodPost, restorePath(w.session, snap), w.h.Token(w.user, authn.User),
+		map[string]string{"targetSessionId": "s-gone"})
+	require.Equal(t, http.StatusAccepted, status, "%s", body)
+	var res function.RestoreResult
+	require.NoError(t, json.Unmarshal(body, &res))
+	var e cloudevents.Event
+	require.Eventually(t, func() bool {
+		for _, ev := range w.h.Sink.Events() {
+			var d events.RestoreRequestedData
+			if ev.Type() == events.RestoreRequested && ev.DataAs(&d) == nil && d.RestoreJobID == res.RestoreJobID {
+				e = ev
+				return true
+			}
+		}
+		return false
+	}, wait, 20*time.Millisecond)
+	require.Equal(t, 2, w.deliver(t, e)/100)
+	row := w.job(t, snap, res.RestoreJobID)
+	assert.Equal(t, "failed", row.Status)
+	assert.Contains(t, row.Error, "find the session's pod")
+	assert.False(t, row.RolledBack)
+	assert.Empty(t, row.Backup)
+	assert.Equal(t, "available", row.SnapshotStatus)
 }

@@ -223,7 +223,7 @@ func (r *run) execute(ctx context.Context) error {
 		return err
 	}
 	var err error
-	if r.pod, err = r.f.pods.SessionPod(ctx, namespace(j.Target.Namespace, r.f.cfg.Namespace), j.TargetSessionID); err != nil {
+	if r.pod, err = r.f.pods.SessionPod(ctx, kube.Namespace(j.Target.Namespace, r.f.cfg.Namespace), j.TargetSessionID); err != nil {
 		return r.fail(ctx, fmt.Errorf("find the session's pod: %w", err), nil)
 	}
 
@@ -602,5 +602,3 @@ func (r *run) rollback(ctx context.Context) error {
 	}
 	return nil
 }
-
-func namespace(ns, fallback string) string { return kube.Namespace(ns, fallback) }
