@@ -136,7 +136,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	svc.Mux.Route("POST /api/v1/sessions/{sessionId}/snapshots/{snapshotId}/restore", f.restore)
 	svc.Mux.Route("GET /api/v1/sessions/{sessionId}/snapshots/{snapshotId}/restore/status", f.status)
 	svc.Mux.On(events.RestoreRequested, f.runJob)
-	svc.Mux.OnSource(events.Ping, events.OutboxDrainSource, svc.DrainOutbox)
+	svc.Mux.OnSource(events.Ping, events.OutboxDrainSource, f.drain)
 	svc.Mux.OnSource(events.Ping, events.PruneSource, svc.PruneProcessed)
 	return nil
 }

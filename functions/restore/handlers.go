@@ -1,7 +1,9 @@
 package function
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -147,4 +149,38 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
+}
+
+// drain is the outbox-drain PingSource's handler: it sends what the outbox
+// holds, and asks again for every stale job (staleJobsSQL) with a fresh
+// snapshot.restore.requested, in one transaction with the restart of its
+// clock. The job's lease makes a second ask harmless: a job that runs is
+// acknowledged, one whose owner died is taken over, one that ended is not
+// run again.
+func (f *Function) drain(ctx context.Context, e cloudevents.Event) error {
+	if err := f.svc.DrainOutbox(ctx, e); err != nil {
+		return err
+	}
+	var asked int
+	err := f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		jobs, err := staleJobs(ctx, tx, f.cfg.JobTimeout+f.cfg.LeaseTTL)
+		if err != nil {
+			return nil, err
+		}
+		var evs []cloudevents.Event
+		for _, j := range jobs {
+			if _, err := tx.Exec(ctx, touchJobSQL, j.ID); err != nil {
+				return nil, err
+			}
+			ev, err := requested(j.ID, RestoreInput{SnapshotID: j.SnapshotID, TargetSessionID: j.TargetSessionID}, j.UserID)
+			if err != nil {
+				return nil, err
+			}
+			evs = append(evs, ev)
+		}
+		asked = len(evs)
+		return evs, nil
+	})
+	runtime.AddLogAttrs(ctx, slog.Int("staleRestoreJobsAsked", asked))
+	return err
 }

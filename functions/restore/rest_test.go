@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -156,4 +157,78 @@ func TestRestoreStatus(t *testing.T) {
 			assert.Equal(t, len(tc.wantJobs), got.Count)
 		})
 	}
+}
+
+// TestStaleJobsAreAskedAgain delivers the outbox-drain tick: jobs left
+// pending or running with no live lease for longer than a job may take are
+// asked for again, once per quiet interval; the others are left alone.
+func TestStaleJobsAreAskedAgain(t *testing.T) {
+	h := fntest.Start(t, function.New(), offlineEnv(t))
+	h.AddUser("alice", authn.User)
+	addSession(t, h, "s-alice", "alice", "running")
+	snap := addSnapshot(t, h, "s-alice", "alice", "restoring")
+	jobs := map[string]struct {
+		status string
+		age    string
+		lease  string // "" none, else the lease's remaining time
+		asked  bool
+	}{
+		"pending, its event lost":     {status: "pending", age: "1 hour", asked: true},
+		"running, its owner gone":     {status: "in_progress", age: "1 hour", lease: "-1 minute", asked: true},
+		"running, its owner renewing": {status: "in_progress", age: "1 hour", lease: "30 seconds"},
+		"pending, just asked":         {status: "pending", age: "1 minute"},
+		"completed long ago":          {status: "completed", age: "1 hour"},
+		"failed long ago":             {status: "failed", age: "1 hour"},
+	}
+	ids := map[string]string{}
+	for name, j := range jobs {
+		id := uuid.NewString()
+		ids[name] = id
+		sqlExec(t, h, `insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status, started_at)
+			values ($1, $2, 's-alice', 's-alice', 'alice', $3, localtimestamp - $4::interval)`, id, snap, j.status, j.age)
+		if j.lease != "" {
+			sqlExec(t, h, `insert into job_leases (name, owner, lease_until, heartbeat_at) values ($1, 'pod-a', now() + $2::interval, now())`,
+				"restore:"+id, j.lease)
+		}
+	}
+	tests := []struct {
+		name string
+		want func(asked bool) bool
+	}{
+		{name: "the first tick asks for the stale jobs", want: func(asked bool) bool { return asked }},
+		{name: "the next tick asks for none again", want: func(bool) bool { return false }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := map[string]int{}
+			for name := range jobs {
+				before[name] = countRequested(h, ids[name])
+			}
+			e, err := events.New("test", events.Ping, events.PingData{Job: "outbox-drain"})
+			require.NoError(t, err)
+			e.SetSource(events.OutboxDrainSource)
+			status, _ := h.Deliver(e, false)
+			require.Equal(t, 2, status/100)
+			require.Eventually(t, func() bool { return h.Count(`select count(*) from event_outbox`) == 0 }, wait, 20*time.Millisecond)
+			for name, j := range jobs {
+				got := countRequested(h, ids[name]) - before[name]
+				want := 0
+				if tc.want(j.asked) {
+					want = 1
+				}
+				assert.Equal(t, want, got, name)
+			}
+		})
+	}
+}
+
+func countRequested(h *fntest.Harness, job string) int {
+	n := 0
+	for _, e := range h.Sink.Events() {
+		var d events.RestoreRequestedData
+		if e.Type() == events.RestoreRequested && e.DataAs(&d) == nil && d.RestoreJobID == job {
+			n++
+		}
+	}
+	return n
 }

@@ -321,3 +321,47 @@ func listJobs(ctx context.Context, q querier, snapshotID string) ([]JobView, err
 	}
 	return out, nil
 }
+
+// staleJobsSQL picks up to 50 jobs that are pending or in progress, were
+// last started more than $1 seconds ago, and have no live lease: their
+// event was lost (dead-lettered while the function was down), or their
+// owner died and the broker stopped redelivering. Rows another sweep holds
+// are skipped.
+const staleJobsSQL = `
+select j.id, coalesce(j.snapshot_id, ''), coalesce(j.target_session_id, ''), coalesce(j.user_id, '')
+from snapshot_restore_jobs j
+where j.status in ('pending', 'in_progress')
+  and j.started_at < localtimestamp - make_interval(secs => $1)
+  and not exists (select 1 from job_leases l where l.name = 'restore:' || j.id and l.lease_until > now())
+order by j.started_at
+limit 50
+for update of j skip locked`
+
+// touchJobSQL restarts a stale job's clock, so it is asked again only after
+// another quiet interval.
+const touchJobSQL = `update snapshot_restore_jobs set started_at = localtimestamp where id = $1`
+
+// staleJob is a job a sweep asks for again.
+type staleJob struct {
+	ID, SnapshotID, TargetSessionID, UserID string
+}
+
+func staleJobs(ctx context.Context, q querier, after time.Duration) ([]staleJob, error) {
+	rows, err := q.Query(ctx, staleJobsSQL, after.Seconds())
+	if err != nil {
+		return nil, db.Classify(fmt.Errorf("stale restore jobs: %w", err))
+	}
+	defer rows.Close()
+	var out []staleJob
+	for rows.Next() {
+		var j staleJob
+		if err := rows.Scan(&j.ID, &j.SnapshotID, &j.TargetSessionID, &j.UserID); err != nil {
+			return nil, fmt.Errorf("stale restore jobs: %w", err)
+		}
+		out = append(out, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, db.Classify(fmt.Errorf("stale restore jobs: %w", err))
+	}
+	return out, nil
+}
