@@ -188,12 +188,12 @@ func checkTarget(target string) string {
 // looped.
 func (t *tree) resolve(base []string, rel string, followLast, record bool) ([]string, string) {
 	cur := append([]string(nil), base...)
-	todo := splitPath(rel)
+	rest := splitPath(rel)
 	hops := 0
-	for len(todo) > 0 {
-		el := todo[0]
-		todo = todo[1:]
-		last := len(todo) == 0
+	for len(rest) > 0 {
+		el := rest[0]
+		rest = rest[1:]
+		last := len(rest) == 0
 		switch el {
 		case "", ".":
 			continue
@@ -216,7 +216,7 @@ func (t *tree) resolve(base []string, rel string, followLast, record bool) ([]st
 			if hops > maxHops {
 				return nil, "has too many levels of symlinks"
 			}
-			todo = append(splitPath(target), todo...)
+			rest = append(splitPath(target), rest...)
 			continue
 		}
 		cur = append(cur, el)

@@ -36,7 +36,7 @@ func Vet(ctx context.Context, r io.Reader, lim Limits, want *Expect) (Summary, e
 // entry was written; callers re-pack an object that already passed Vet.
 func Repack(ctx context.Context, w io.Writer, r io.Reader, lim Limits, want *Expect) (Summary, error) {
 	bw := bufio.NewWriterSize(w, 256<<10)
-	out := &repacker{tw: tar.NewWriter(bw), names: newNameSetBuilder()}
+	out := &repacker{tw: tar.NewWriter(bw), names: newNameSetBuilder(), buf: make([]byte, 64<<10)}
 	sum, err := scan(ctx, r, lim, want, out)
 	if errors.Is(err, ErrRejected) {
 		// The entries before the failing one were checked; passing them on
@@ -59,6 +59,7 @@ func Repack(ctx context.Context, w io.Writer, r io.Reader, lim Limits, want *Exp
 type repacker struct {
 	tw    *tar.Writer
 	names *nameSetBuilder
+	buf   []byte // one copy buffer for every entry
 }
 
 func (p *repacker) write(h *tar.Header, e entry, body io.Reader) error {
@@ -89,7 +90,7 @@ func (p *repacker) write(h *tar.Header, e entry, body io.Reader) error {
 		return fmt.Errorf("repack: write header %q: %w", e.key, err)
 	}
 	if out.Size > 0 {
-		if _, err := io.Copy(p.tw, body); err != nil {
+		if _, err := io.CopyBuffer(p.tw, body, p.buf); err != nil {
 			return err
 		}
 	}
