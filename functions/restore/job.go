@@ -80,7 +80,10 @@ const configDir = homesnap.Home
 var (
 	clearCmd   = []string{"find", configDir, "-xdev", "-mindepth", "1", "-delete"}
 	extractCmd = []string{"tar", "-xf", "-", "-C", configDir}
-	listCmd    = []string{"sh", "-c", "cd " + configDir + " && exec find . -mindepth 1 -print0"}
+	// listCmd prints /config first, then every path under it; no shell, so
+	// the exec admission policy can hold the functions to tar, find and
+	// chown.
+	listCmd = []string{"find", configDir, "-xdev", "-print0"}
 )
 
 func chownCmd(uid, gid int) []string {

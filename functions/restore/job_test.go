@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -59,6 +60,12 @@ type world struct {
 // newWorld starts everything; wrap, when not nil, wraps the job's storage
 // and pod clients with a fault.
 func newWorld(t *testing.T, wrap func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods), extra ...map[string]string) *world {
+	return newWorldWithRules(t, wrap, nil, extra...)
+}
+
+// newWorldWithRules is newWorld with extra RBAC rules for the function.
+func newWorldWithRules(t *testing.T, wrap func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods),
+	rules []rbacv1.PolicyRule, extra ...map[string]string) *world {
 	t.Helper()
 	w := &world{s3: s3test.Start(t), cluster: kubetest.Start(t), session: "s-1", user: "alice", uid: 4242}
 	w.bucket = w.s3.Bucket(t)
@@ -66,7 +73,7 @@ func newWorld(t *testing.T, wrap func(w *world, o function.Objects, p function.P
 	kubelet := w.cluster.Kubelet(t)
 	w.pod = kubelet.Pod(t, w.ns, kubetest.PodSpec{SessionID: w.session,
 		Env: map[string]string{"PUID": strconv.Itoa(w.uid), "PGID": strconv.Itoa(w.uid)}})
-	sessionRole(t, w.cluster, w.ns, "restore")
+	sessionRole(t, w.cluster, w.ns, "restore", rules...)
 
 	env := w.s3.Env(w.bucket)
 	env["KUBECONFIG"] = kubeconfig(t, w.cluster, "restore")
@@ -87,26 +94,33 @@ func newWorld(t *testing.T, wrap func(w *world, o function.Objects, p function.P
 	return w
 }
 
-// sessionRole is what the snapshot and restore functions' Role grants in the
-// sessions' namespace, bound to the function's ServiceAccount.
-func sessionRole(t *testing.T, c *kubetest.Cluster, ns, sa string) {
+// sessionRole is what the restore function's Role grants in the sessions'
+// namespace (deploy/functions/restore/role.yaml), bound to its
+// ServiceAccount, plus extra rules. It returns once the binding is in force.
+func sessionRole(t *testing.T, c *kubetest.Cluster, ns, sa string, extra ...rbacv1.PolicyRule) {
 	t.Helper()
 	ctx := context.Background()
+	rules := append([]rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
+		// SPDY's POST needs create; a WebSocket exec (a GET) would need get,
+		// so the function falls back to SPDY.
+		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
+	}, extra...)
 	_, err := c.Client.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: "session-exec"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
-			// SPDY clients POST (create); WebSocket clients GET (get).
-			{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create", "get"}},
-		},
-	}, metav1.CreateOptions{})
+		ObjectMeta: metav1.ObjectMeta{Name: "restore-sessions"}, Rules: rules}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	_, err = c.Client.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "session-exec-" + sa},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "session-exec"},
+		ObjectMeta: metav1.ObjectMeta{Name: "restore-sessions"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "restore-sessions"},
 		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: functionsNamespace}},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
+	as, err := kubernetes.NewForConfig(c.ServiceAccountConfig(functionsNamespace, sa))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		_, err := as.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		return err == nil
+	}, wait, 20*time.Millisecond, "the RoleBinding never took effect")
 }
 
 // kubeconfig writes a kubeconfig that reaches the cluster as the
@@ -331,17 +345,19 @@ func (w *world) deliver(t *testing.T, e cloudevents.Event) int {
 // protocol: /config becomes the snapshot, owned by the session's user, and
 // the backup holds what it was.
 func TestRestoreJob(t *testing.T) {
+	wsExec := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"get"}}
 	tests := []struct {
 		name     string
 		protocol string
+		rules    []rbacv1.PolicyRule
 	}{
-		{name: "auto websocket then spdy", protocol: ""},
+		{name: "auto falls back to spdy under the deploy role", protocol: ""},
 		{name: "spdy", protocol: "spdy"},
-		{name: "websocket", protocol: "websocket"},
+		{name: "websocket where the role allows it", protocol: "websocket", rules: []rbacv1.PolicyRule{wsExec}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, nil, map[string]string{"KUBE_EXEC_PROTOCOL": tc.protocol})
+			w := newWorldWithRules(t, nil, tc.rules, map[string]string{"KUBE_EXEC_PROTOCOL": tc.protocol})
 			restoreJob(t, w)
 		})
 	}

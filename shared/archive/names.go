@@ -9,6 +9,7 @@ import (
 	"io"
 	"path"
 	"slices"
+	"strings"
 )
 
 // NameSet is the set of names a Repack wrote, kept as 64-bit hashes (eight
@@ -33,14 +34,17 @@ func (s *NameSet) Contains(name string) bool {
 	return ok
 }
 
-// CountPresent reads a NUL-separated list of the paths present under the
-// root, as `find . -mindepth 1 -print0` run in the root prints it, and
-// returns how many distinct names of the set are among them. Paths not in
-// the set (files the session created meanwhile) are ignored.
+// CountPresent reads a NUL-separated list of paths as `find ROOT -print0`
+// prints it — ROOT itself first, then every path under it as ROOT/… — and
+// returns how many distinct names of the set are among them. The root is
+// taken from the list, so ROOT may be spelt any way. Paths not in the set
+// (files the session created meanwhile) are ignored.
 func (s *NameSet) CountPresent(r io.Reader) (int, error) {
 	found := make([]uint64, (len(s.sums)+63)/64)
 	present := 0
 	br := bufio.NewReaderSize(r, 64<<10)
+	var root string
+	first := true
 	for {
 		line, err := br.ReadSlice(0)
 		if errors.Is(err, bufio.ErrBufferFull) {
@@ -54,10 +58,17 @@ func (s *NameSet) CountPresent(r io.Reader) (int, error) {
 			}
 		}
 		if len(line) > 0 && err == nil {
-			name := normalize(string(bytes.TrimSuffix(line, []byte{0})))
-			if i, ok := s.index(name); ok && found[i/64]&(1<<(i%64)) == 0 {
-				found[i/64] |= 1 << (i % 64)
-				present++
+			p := string(bytes.TrimSuffix(line, []byte{0}))
+			switch {
+			case first:
+				root = strings.TrimSuffix(p, "/") + "/"
+				first = false
+			case strings.HasPrefix(p, root):
+				name := normalize(p[len(root):])
+				if i, ok := s.index(name); ok && found[i/64]&(1<<(i%64)) == 0 {
+					found[i/64] |= 1 << (i % 64)
+					present++
+				}
 			}
 		}
 		if err == io.EOF {

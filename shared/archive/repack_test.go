@@ -132,9 +132,7 @@ func TestRepackRoundTrip(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.change(t)
-			cmd := exec.Command("find", ".", "-mindepth", "1", "-print0")
-			cmd.Dir = dst
-			out, err := cmd.Output()
+			out, err := exec.Command("find", dst, "-print0").Output()
 			require.NoError(t, err)
 			n, err := rsum.Restored.CountPresent(bytes.NewReader(out))
 			require.NoError(t, err)
