@@ -161,10 +161,12 @@ var kubeAccess = map[string][]rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
 		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
 	},
-	// restore needs pods get/list and pods/exec create in the sessions'
-	// namespace through the Role the snapshot function's deploy defines; its
-	// binding is added with that Role (docs/restore.md).
-	"restore": nil,
+	// Finds a session's pod by label and execs tar, find and chown in it, in
+	// the sessions' namespace (functions/restore/role.yaml).
+	"restore": {
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
+	},
 }
 
 // configKeys are the keys of the shared ConfigMap (docs/runtime.md).
