@@ -244,7 +244,7 @@ func (c *loadClient) run(ctx context.Context, sessions []string, template string
 // table lock, no lock on a catalog row, no lock held while refreshing the
 // popular-tag view.
 func TestStreamSpaceWritesUnaffected(t *testing.T) {
-	h := fntest.Start(t, New(), membersEnv(t, nil))
+	h := fntest.Start(t, New(), nil)
 	ctx := context.Background()
 	dsn := dbtest.URL(t, h.Pool)
 

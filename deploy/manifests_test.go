@@ -1157,13 +1157,16 @@ func TestServices(t *testing.T) {
 	}
 }
 
+// normRules is the set of rules r grants, comparable: RBAC grants the union
+// of a subject's rules, so functions in one Service that need the same rule
+// (snapshot's and restore's in the all-in-one) need it once.
 func normRules(r []rbacv1.PolicyRule) []string {
 	out := []string{}
 	for _, x := range r {
 		out = append(out, fmt.Sprint(x.APIGroups, x.Resources, x.ResourceNames, x.Verbs))
 	}
 	sort.Strings(out)
-	return out
+	return slices.Compact(out)
 }
 
 func checkContainer(t *testing.T, where string, c corev1.Container, knative bool) {

@@ -14,6 +14,10 @@ type Route struct {
 // open: the snapshot Service's timeoutSeconds (docs/snapshots.md).
 const SnapshotDeliveryTimeout = "PT10M"
 
+// RestoreDeliveryTimeout is how long a restore job's delivery may stay open:
+// the restore Service's timeoutSeconds (docs/restore.md).
+const RestoreDeliveryTimeout = "PT10M"
+
 // Routes is the routing table. deploy/ has one Trigger per row, the
 // all-in-one function dispatches by it, and the local broker loads the
 // Triggers; a test in deploy keeps them in step.
@@ -28,7 +32,7 @@ var Routes = []Route{
 	{Type: SnapshotRequested, Function: "snapshot", Timeout: SnapshotDeliveryTimeout},
 	{Type: Ping, Source: SnapshotRetentionSource, Function: "snapshot"},
 	{Type: Ping, Source: SnapshotScheduleSource, Function: "snapshot"},
-	{Type: RestoreRequested, Function: "restore"},
+	{Type: RestoreRequested, Function: "restore", Timeout: RestoreDeliveryTimeout},
 	{Type: TemplateUpdated, Function: "tags"},
 	{Type: Ping, Source: MailHealthSource, Function: "mailtest"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "auth"},

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -376,37 +375,6 @@ func TestFunctionEnv(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			assert.Equal(t, tc.want, functionEnv(environ, map[string]string{"PORT": "8080"}, tc.eventAuth))
-		})
-	}
-}
-
-func TestMembersEnv(t *testing.T) {
-	home := t.TempDir()
-	withKube := t.TempDir()
-	require.NoError(t, os.MkdirAll(filepath.Join(withKube, ".kube"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(withKube, ".kube", "config"), []byte("apiVersion: v1\nkind: Config\n"), 0o600))
-	dir := t.TempDir()
-	written := filepath.Join(dir, "streamspace-local-kubeconfig")
-	tests := []struct {
-		name    string
-		environ map[string]string
-		want    map[string]string
-	}{
-		{"nothing set: local defaults", map[string]string{"HOME": home},
-			map[string]string{"S3_BUCKET": localS3Bucket, "S3_ENDPOINT": localS3Endpoint, "S3_FORCE_PATH_STYLE": "true", "KUBECONFIG": written}},
-		{"the user's kubeconfig", map[string]string{"HOME": withKube},
-			map[string]string{"S3_BUCKET": localS3Bucket, "S3_ENDPOINT": localS3Endpoint, "S3_FORCE_PATH_STYLE": "true",
-				"KUBECONFIG": filepath.Join(withKube, ".kube", "config")}},
-		{"what is set is kept", map[string]string{"HOME": home, "S3_BUCKET": "b", "S3_ENDPOINT": "http://minio:9000", "KUBECONFIG": "/k"},
-			map[string]string{}},
-		{"a bucket on AWS gets no endpoint", map[string]string{"S3_BUCKET": "", "S3_ENDPOINT": "https://s3.example", "KUBERNETES_SERVICE_HOST": "10.0.0.1"},
-			map[string]string{"S3_BUCKET": localS3Bucket}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := membersEnv(tc.environ, dir)
-			require.NoError(t, err)
-			assert.Equal(t, tc.want, got)
 		})
 	}
 }

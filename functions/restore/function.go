@@ -20,6 +20,7 @@ import (
 	"github.com/streamspace-dev/functions/shared/kube"
 	"github.com/streamspace-dev/functions/shared/metrics"
 	"github.com/streamspace-dev/functions/shared/objstore"
+	"github.com/streamspace-dev/functions/shared/runtime"
 	"github.com/streamspace-dev/functions/shared/service"
 )
 
@@ -38,7 +39,7 @@ type Config struct {
 	KubeConfig string `env:"KUBECONFIG"`
 	// ExecProtocol is the pods/exec protocol: empty (WebSocket, falling back
 	// to SPDY), websocket or spdy.
-	ExecProtocol kube.Protocol `env:"KUBE_EXEC_PROTOCOL"`
+	ExecProtocol kube.Protocol `env:"RESTORE_EXEC_PROTOCOL"`
 	// MaxBytes caps the uncompressed size of an archive a restore accepts;
 	// the snapshot's manifest lowers it for each archive.
 	MaxBytes int64 `env:"RESTORE_MAX_BYTES" envDefault:"68719476736"`
@@ -55,6 +56,11 @@ type Config struct {
 
 // Validate checks what the env tags cannot express.
 func (c *Config) Validate() error {
+	if c.Storage.Bucket == "" {
+		// Without a bucket there are no snapshots to restore: alone the
+		// function stops here; the all-in-one leaves it out.
+		return fmt.Errorf("config: S3_BUCKET is required: %w", runtime.ErrNotConfigured)
+	}
 	var all []error
 	if err := c.Storage.Validate(); err != nil {
 		all = append(all, err)
@@ -62,7 +68,7 @@ func (c *Config) Validate() error {
 	switch c.ExecProtocol {
 	case kube.Auto, kube.WebSocket, kube.SPDY:
 	default:
-		all = append(all, fmt.Errorf("KUBE_EXEC_PROTOCOL %q: want websocket, spdy or empty", string(c.ExecProtocol)))
+		all = append(all, fmt.Errorf("RESTORE_EXEC_PROTOCOL %q: want websocket, spdy or empty", string(c.ExecProtocol)))
 	}
 	if c.MaxBytes < 1 {
 		all = append(all, fmt.Errorf("RESTORE_MAX_BYTES %d: want at least 1", c.MaxBytes))

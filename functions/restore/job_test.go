@@ -357,7 +357,7 @@ func TestRestoreJob(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorldWithRules(t, nil, tc.rules, map[string]string{"KUBE_EXEC_PROTOCOL": tc.protocol})
+			w := newWorldWithRules(t, nil, tc.rules, map[string]string{"RESTORE_EXEC_PROTOCOL": tc.protocol})
 			restoreJob(t, w)
 		})
 	}
