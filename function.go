@@ -23,6 +23,7 @@ import (
 	auth "github.com/streamspace-dev/functions/functions/auth"
 	autoscale "github.com/streamspace-dev/functions/functions/autoscale"
 	mailtest "github.com/streamspace-dev/functions/functions/mailtest"
+	restore "github.com/streamspace-dev/functions/functions/restore"
 	sharing "github.com/streamspace-dev/functions/functions/sharing"
 	snapshot "github.com/streamspace-dev/functions/functions/snapshot"
 	tags "github.com/streamspace-dev/functions/functions/tags"
@@ -58,6 +59,7 @@ func New() *Function {
 	return newWith(map[string]member{
 		auth.Name:       auth.New(),
 		autoscale.Name:  autoscale.New(),
+		restore.Name:    restore.New(),
 		sharing.Name:    sharing.New(),
 		snapshot.Name:   snapshot.New(),
 		tags.Name:       tags.New(),

@@ -12,6 +12,7 @@ require (
 	github.com/streamspace-dev/functions/functions/auth v0.0.0
 	github.com/streamspace-dev/functions/functions/autoscale v0.0.0
 	github.com/streamspace-dev/functions/functions/mailtest v0.0.0
+	github.com/streamspace-dev/functions/functions/restore v0.0.0
 	github.com/streamspace-dev/functions/functions/sharing v0.0.0
 	github.com/streamspace-dev/functions/functions/snapshot v0.0.0
 	github.com/streamspace-dev/functions/functions/tags v0.0.0
@@ -206,6 +207,7 @@ replace (
 	github.com/streamspace-dev/functions/functions/auth => ./functions/auth
 	github.com/streamspace-dev/functions/functions/autoscale => ./functions/autoscale
 	github.com/streamspace-dev/functions/functions/mailtest => ./functions/mailtest
+	github.com/streamspace-dev/functions/functions/restore => ./functions/restore
 	github.com/streamspace-dev/functions/functions/sharing => ./functions/sharing
 	github.com/streamspace-dev/functions/functions/snapshot => ./functions/snapshot
 	github.com/streamspace-dev/functions/functions/tags => ./functions/tags

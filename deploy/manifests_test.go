@@ -161,6 +161,12 @@ var kubeAccess = map[string][]rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
 		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
 	},
+	// Finds a session's pod by label and execs tar, find and chown in it, in
+	// the sessions' namespace (functions/restore/role.yaml).
+	"restore": {
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
+	},
 }
 
 // configKeys are the keys of the shared ConfigMap (docs/runtime.md).
@@ -1151,13 +1157,16 @@ func TestServices(t *testing.T) {
 	}
 }
 
+// normRules is the set of rules r grants, comparable: RBAC grants the union
+// of a subject's rules, so functions in one Service that need the same rule
+// (snapshot's and restore's in the all-in-one) need it once.
 func normRules(r []rbacv1.PolicyRule) []string {
 	out := []string{}
 	for _, x := range r {
 		out = append(out, fmt.Sprint(x.APIGroups, x.Resources, x.ResourceNames, x.Verbs))
 	}
 	sort.Strings(out)
-	return out
+	return slices.Compact(out)
 }
 
 func checkContainer(t *testing.T, where string, c corev1.Container, knative bool) {

@@ -14,6 +14,10 @@ type Route struct {
 // open: the snapshot Service's timeoutSeconds (docs/snapshots.md).
 const SnapshotDeliveryTimeout = "PT10M"
 
+// RestoreDeliveryTimeout is how long a restore job's delivery may stay open:
+// the restore Service's timeoutSeconds (docs/restore.md).
+const RestoreDeliveryTimeout = "PT10M"
+
 // Routes is the routing table. deploy/ has one Trigger per row, the
 // all-in-one function dispatches by it, and the local broker loads the
 // Triggers; a test in deploy keeps them in step.
@@ -28,7 +32,7 @@ var Routes = []Route{
 	{Type: SnapshotRequested, Function: "snapshot", Timeout: SnapshotDeliveryTimeout},
 	{Type: Ping, Source: SnapshotRetentionSource, Function: "snapshot"},
 	{Type: Ping, Source: SnapshotScheduleSource, Function: "snapshot"},
-	{Type: RestoreRequested, Function: "restore"},
+	{Type: RestoreRequested, Function: "restore", Timeout: RestoreDeliveryTimeout},
 	{Type: TemplateUpdated, Function: "tags"},
 	{Type: Ping, Source: MailHealthSource, Function: "mailtest"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "auth"},
@@ -37,6 +41,7 @@ var Routes = []Route{
 	{Type: Ping, Source: OutboxDrainSource, Function: "snapshot"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "tags"},
 	{Type: Ping, Source: OutboxDrainSource, Function: "versioning"},
+	{Type: Ping, Source: OutboxDrainSource, Function: "restore"},
 	{Type: Ping, Source: TagsRefreshSource, Function: "tags"},
 	{Type: Ping, Source: PruneSource, Function: "auth"},
 	{Type: Ping, Source: PruneSource, Function: "mailtest"},
@@ -44,6 +49,7 @@ var Routes = []Route{
 	{Type: Ping, Source: PruneSource, Function: "snapshot"},
 	{Type: Ping, Source: PruneSource, Function: "tags"},
 	{Type: Ping, Source: PruneSource, Function: "versioning"},
+	{Type: Ping, Source: PruneSource, Function: "restore"},
 }
 
 // RoutesFor returns the rows that deliver to function.

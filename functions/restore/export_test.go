@@ -1,0 +1,15 @@
+package function
+
+// Objects and Pods are the storage and pod clients a job uses, for tests
+// that wrap them with a fault.
+type (
+	Objects = objects
+	Pods    = pods
+)
+
+// WithFaults makes f wrap its storage and pod clients with wrap when it
+// starts.
+func WithFaults(f *Function, wrap func(Objects, Pods) (Objects, Pods)) *Function {
+	f.wrap = wrap
+	return f
+}

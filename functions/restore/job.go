@@ -1,0 +1,607 @@
+package function
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/streamspace-dev/functions/events"
+	"github.com/streamspace-dev/functions/shared/archive"
+	"github.com/streamspace-dev/functions/shared/db"
+	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/homesnap"
+	"github.com/streamspace-dev/functions/shared/kube"
+	"github.com/streamspace-dev/functions/shared/objstore"
+	"github.com/streamspace-dev/functions/shared/runtime"
+)
+
+// Phase is the step a restore job is in (docs/restore.md).
+type Phase string
+
+// The phases, in order; RollingBack follows a failure after Clearing.
+const (
+	PhasePending     Phase = "pending"
+	PhaseVetting     Phase = "vetting"
+	PhaseBackingUp   Phase = "backing-up"
+	PhaseClearing    Phase = "clearing"
+	PhaseExtracting  Phase = "extracting"
+	PhaseVerifying   Phase = "verifying"
+	PhaseRollingBack Phase = "rolling-back"
+	PhaseCompleted   Phase = "completed"
+	PhaseFailed      Phase = "failed"
+)
+
+var phaseSteps = map[Phase]int{
+	PhasePending: 0, PhaseVetting: 1, PhaseBackingUp: 2, PhaseClearing: 3, PhaseExtracting: 4, PhaseVerifying: 5,
+	PhaseRollingBack: 5, PhaseCompleted: 6, PhaseFailed: 6,
+}
+
+// Progress is a job's progress as the status route reports it.
+type Progress struct {
+	Phase Phase `json:"phase"`
+	// Step is the number of the phase, of Steps.
+	Step  int `json:"step"`
+	Steps int `json:"steps"`
+	// Percent is Step of Steps, as a whole percentage.
+	Percent int `json:"percent"`
+}
+
+func progressOf(status JobStatus, p Phase) Progress {
+	switch status {
+	case JobPending:
+		p = PhasePending
+	case JobCompleted:
+		p = PhaseCompleted
+	case JobFailed:
+		p = PhaseFailed
+	case JobInProgress:
+		if p == "" {
+			p = PhaseVetting
+		}
+	}
+	step := phaseSteps[p]
+	return Progress{Phase: p, Step: step, Steps: 6, Percent: step * 100 / 6}
+}
+
+// configDir is the session container's home mount.
+const configDir = homesnap.Home
+
+// The commands run in the session container. /config is the home mount;
+// only its contents are cleared, never the mount point, and find stays on
+// that file system (-xdev) so nothing mounted below it is touched.
+var (
+	clearCmd   = []string{"find", configDir, "-xdev", "-mindepth", "1", "-delete"}
+	extractCmd = []string{"tar", "-xf", "-", "-C", configDir}
+	// listCmd prints /config first, then every path under it; no shell, so
+	// the exec admission policy can hold the functions to tar, find and
+	// chown.
+	listCmd = []string{"find", configDir, "-xdev", "-print0"}
+)
+
+func chownCmd(uid, gid int) []string {
+	return []string{"chown", "-R", fmt.Sprintf("%d:%d", uid, gid), configDir}
+}
+
+// objects is the storage the job reads archives from.
+type objects interface {
+	Get(ctx context.Context, key string, pin objstore.Pin) (io.ReadCloser, objstore.Object, error)
+}
+
+// pods finds a session's pod and runs commands in it.
+type pods interface {
+	SessionPod(ctx context.Context, namespace, session string) (kube.Pod, error)
+	Exec(ctx context.Context, pod kube.Pod, cmd []string, s kube.Streams) error
+}
+
+// capturer takes a pre-restore backup: the pod's /config, archived and
+// stored under key with its manifest.
+type capturer interface {
+	Capture(ctx context.Context, pod kube.Pod, key string, labels map[string]string) (homesnap.Manifest, error)
+}
+
+// manifestReader reads a snapshot's manifest: what its archive must match,
+// and the pin of the archive it describes.
+type manifestReader interface {
+	Manifest(ctx context.Context, archiveKey string) (archive.Expect, objstore.Pin, error)
+}
+
+// errLeaseLost ends a job whose lease another owner took over.
+var errLeaseLost = errors.New("the job's lease was lost to another owner")
+
+// runJob is the handler of snapshot.restore.requested: it runs the job to
+// its end while holding the job's lease, so that a redelivery while it runs
+// is acknowledged and a redelivery after this owner died takes over.
+func (f *Function) runJob(ctx context.Context, e cloudevents.Event) error {
+	var d events.RestoreRequestedData
+	if err := e.DataAs(&d); err != nil {
+		return errs.Wrap(errs.Invalid, err, "restore.requested: data")
+	}
+	j, err := f.readJob(ctx, d.RestoreJobID)
+	if err != nil {
+		return err
+	}
+	if j.Status == JobCompleted || j.Status == JobFailed {
+		runtime.MarkDuplicate(ctx)
+		return nil
+	}
+	owner := f.owner + "/" + uuid.NewString()
+	lease, ok, err := db.AcquireLease(ctx, f.svc.Pool, "restore:"+j.ID, owner, f.cfg.LeaseTTL)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		// Another instance holds a live lease: this is a redelivery while
+		// the job runs there.
+		runtime.AddLogAttrs(ctx, slog.String("restoreJob", j.ID), slog.String("outcome", "running elsewhere"))
+		runtime.MarkDuplicate(ctx)
+		return nil
+	}
+	// The job outlives a delivery that the broker gave up on: the lease,
+	// not the request, says who runs it.
+	jctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancel(nil)
+	jctx, cancelT := context.WithTimeout(jctx, f.cfg.JobTimeout)
+	defer cancelT()
+	stop := lease.Keep(jctx, 0)
+	go func() {
+		select {
+		case <-lease.Lost():
+			cancel(errLeaseLost)
+		case <-jctx.Done():
+		}
+	}()
+	defer func() {
+		stop()
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer rcancel()
+		if err := lease.Release(rctx); err != nil {
+			f.svc.Log.Warn("release restore lease", "restoreJob", j.ID, "error", err)
+		}
+	}()
+
+	// Read again under the lease: a previous owner may have ended it.
+	if j, err = f.readJob(jctx, j.ID); err != nil {
+		return err
+	}
+	if j.Status == JobCompleted || j.Status == JobFailed {
+		runtime.MarkDuplicate(ctx)
+		return nil
+	}
+	f.jobs.Start()
+	r := &run{f: f, j: j, e: e, lease: lease}
+	err = r.execute(jctx)
+	f.jobs.Done(err)
+	runtime.AddLogAttrs(ctx, slog.String("restoreJob", j.ID), slog.Bool("rolledBack", r.rolledBack))
+	if errors.Is(context.Cause(jctx), errLeaseLost) {
+		// The new owner finishes the job; this one must not write.
+		return nil
+	}
+	if err != nil && !r.recorded {
+		// The outcome could not be recorded (the database is down): let
+		// the broker redeliver, and the next owner resume from the
+		// recorded phase.
+		return err
+	}
+	return nil
+}
+
+func (f *Function) readJob(ctx context.Context, id string) (job, error) {
+	var j job
+	err := db.InTx(ctx, f.svc.Pool, func(tx pgx.Tx) error {
+		var err error
+		j, err = loadJob(ctx, tx, id)
+		return err
+	})
+	return j, err
+}
+
+// run is one attempt at a job.
+type run struct {
+	f     *Function
+	j     job
+	e     cloudevents.Event
+	lease *db.Lease
+	pod   kube.Pod
+	// cleared is set once /config may have lost files: from then on a
+	// failure rolls back.
+	cleared    bool
+	rolledBack bool
+	// recorded is set once the job's outcome is in the database.
+	recorded bool
+}
+
+// execute runs the steps and records the outcome. The returned error is the
+// job's failure, already recorded unless recorded is false.
+func (r *run) execute(ctx context.Context) error {
+	j := r.j
+	if err := r.start(ctx); err != nil {
+		return err
+	}
+	var err error
+	if r.pod, err = r.f.pods.SessionPod(ctx, kube.Namespace(j.Target.Namespace, r.f.cfg.Namespace), j.TargetSessionID); err != nil {
+		return r.fail(ctx, fmt.Errorf("find the session's pod: %w", err), nil)
+	}
+
+	// A previous owner that recorded a phase after backing up may have
+	// changed /config; this attempt starts from the backup it took.
+	resumed := j.Backup.ID != "" && j.Backup.Status == SnapshotAvailable &&
+		j.Backup.Meta.Phase != PhaseBackingUp && j.Backup.Meta.Phase != ""
+	if resumed {
+		r.cleared = true
+		if j.Backup.Meta.Phase == PhaseRollingBack {
+			return r.fail(ctx, errors.New("the previous attempt failed and was rolling back"), nil)
+		}
+	}
+
+	// 1. Vet: the stored object, pinned to the ETag seen now, must pass
+	// every check before anything touches the pod.
+	key := j.Snapshot.StoragePath
+	want, pin, err := r.f.manifests.Manifest(ctx, key)
+	if err != nil {
+		return r.fail(ctx, fmt.Errorf("read the snapshot's manifest: %w", err), nil)
+	}
+	if err := r.vet(ctx, key, pin, want); err != nil {
+		return r.fail(ctx, fmt.Errorf("vet the snapshot: %w", err), err)
+	}
+
+	// 2. Back up the current /config as a pre-restore snapshot.
+	if !resumed {
+		if err := r.backup(ctx); err != nil {
+			return r.fail(ctx, fmt.Errorf("back up /config: %w", err), nil)
+		}
+	}
+
+	// 3-5. Clear, extract the re-packed stream, verify and chown.
+	if err := r.phase(ctx, PhaseClearing); err != nil {
+		return r.fail(ctx, err, nil)
+	}
+	r.cleared = true
+	files, err := r.replace(ctx, key, pin, want)
+	if err != nil {
+		return r.fail(ctx, fmt.Errorf("restore the snapshot: %w", err), nil)
+	}
+	// 6. Done.
+	return r.finish(ctx, files)
+}
+
+func (r *run) start(ctx context.Context) error {
+	return r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		if _, err := tx.Exec(ctx, startJobSQL, r.j.ID); err != nil {
+			return nil, err
+		}
+		ev, err := progressed(r.j, PhaseVetting)
+		return []cloudevents.Event{ev}, err
+	})
+}
+
+// phase records that the job enters p, in its backup's metadata, with a
+// progress event. Before the backup exists only the event goes out.
+func (r *run) phase(ctx context.Context, p Phase) error {
+	if err := r.alive(ctx); err != nil {
+		return err
+	}
+	return r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		if r.j.Backup.ID != "" {
+			r.j.Backup.Meta.Phase = p
+			meta, err := json.Marshal(r.j.Backup.Meta)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(ctx, backupMetaSQL, r.j.Backup.ID, meta); err != nil {
+				return nil, err
+			}
+		}
+		ev, err := progressed(r.j, p)
+		return []cloudevents.Event{ev}, err
+	})
+}
+
+// alive fails once the lease is lost, so that no phase is recorded by an
+// owner that was replaced.
+func (r *run) alive(ctx context.Context) error {
+	select {
+	case <-r.lease.Lost():
+		return errLeaseLost
+	default:
+	}
+	return context.Cause(ctx)
+}
+
+func (r *run) vet(ctx context.Context, key string, pin objstore.Pin, want archive.Expect) error {
+	body, _, err := r.f.objects.Get(ctx, key, pin)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	_, err = archive.Vet(ctx, body, r.f.cfg.limits(), &want)
+	return err
+}
+
+// backup creates the pre-restore snapshot row, captures /config into it and
+// records its manifest. A previous attempt's unfinished row is reused, so
+// its key is the same and the stale upload is replaced.
+func (r *run) backup(ctx context.Context) error {
+	j := &r.j
+	if j.Backup.ID == "" {
+		id := uuid.NewString()
+		b := backup{ID: id, Status: SnapshotCreating, StoragePath: homesnap.ArchiveKey(j.Target.UserID, j.TargetSessionID, id),
+			Meta: backupMeta{RestoreJobID: j.ID, Phase: PhaseBackingUp}}
+		meta, err := json.Marshal(b.Meta)
+		if err != nil {
+			return err
+		}
+		err = r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+			if _, err := tx.Exec(ctx, insertBackupSQL, b.ID, j.TargetSessionID, j.Target.UserID,
+				"Before restore "+j.ID, b.StoragePath, meta); err != nil {
+				return nil, err
+			}
+			ev, err := progressed(*j, PhaseBackingUp)
+			return []cloudevents.Event{ev}, err
+		})
+		if err != nil {
+			return err
+		}
+		j.Backup = b
+	}
+	m, err := r.f.capture.Capture(ctx, r.pod, j.Backup.StoragePath, map[string]string{
+		"snapshot": j.Backup.ID, "session": j.TargetSessionID, "user": j.Target.UserID, "restoreJob": j.ID})
+	if err != nil {
+		r.backupFailed(err)
+		return err
+	}
+	j.Backup.Status = SnapshotAvailable
+	j.Backup.Meta.SHA256, j.Backup.Meta.Entries, j.Backup.Meta.Bytes = m.SHA256, m.Entries, m.ContentBytes
+	j.Backup.Meta.ETag, j.Backup.Meta.VersionID = m.ETag, m.VersionID
+	meta, err := json.Marshal(j.Backup.Meta)
+	if err != nil {
+		return err
+	}
+	if err := r.alive(ctx); err != nil {
+		return err
+	}
+	return r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		_, err := tx.Exec(ctx, backupDoneSQL, j.Backup.ID, SnapshotAvailable, m.SizeBytes, meta)
+		return nil, err
+	})
+}
+
+// backupFailed marks the backup row failed, so it is not listed as a usable
+// snapshot; the job's own failure is recorded by its caller.
+func (r *run) backupFailed(cause error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	meta, _ := json.Marshal(r.j.Backup.Meta)
+	err := r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		_, err := tx.Exec(ctx, backupDoneSQL, r.j.Backup.ID, SnapshotFailed, 0, meta)
+		return nil, err
+	})
+	if err != nil {
+		r.f.svc.Log.Warn("mark pre-restore backup failed", "restoreJob", r.j.ID, "error", err, "cause", cause)
+	}
+}
+
+// replace clears /config, extracts the archive at key re-packed from
+// checked entries, checks every restored entry is there and gives the files
+// to the session's user. It returns the number of entries restored.
+func (r *run) replace(ctx context.Context, key string, pin objstore.Pin, want archive.Expect) (int64, error) {
+	if err := r.f.pods.Exec(ctx, r.pod, clearCmd, kube.Streams{}); err != nil {
+		return 0, fmt.Errorf("clear /config: %w", err)
+	}
+	if err := r.phase(ctx, PhaseExtracting); err != nil {
+		return 0, err
+	}
+	restored, err := r.extract(ctx, key, pin, want)
+	if err != nil {
+		return 0, err
+	}
+	if err := r.phase(ctx, PhaseVerifying); err != nil {
+		return 0, err
+	}
+	if err := r.verify(ctx, restored); err != nil {
+		return 0, err
+	}
+	if err := r.f.pods.Exec(ctx, r.pod, chownCmd(r.pod.UID, r.pod.GID), kube.Streams{}); err != nil {
+		return 0, fmt.Errorf("chown /config: %w", err)
+	}
+	return int64(restored.Len()), nil
+}
+
+// extract streams the object at key, pinned, through archive.Repack into
+// the pod's tar. A failure on either side stops the other.
+func (r *run) extract(ctx context.Context, key string, pin objstore.Pin, want archive.Expect) (*archive.NameSet, error) {
+	body, _, err := r.f.objects.Get(ctx, key, pin)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	pr, pw := io.Pipe()
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		sum archive.Summary
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sum, err := archive.Repack(ectx, pw, body, r.f.cfg.limits(), &want)
+		pw.CloseWithError(err)
+		if err != nil {
+			// The pod's tar must not take a truncated stream for a whole one.
+			cancel()
+		}
+		done <- result{sum, err}
+	}()
+	execErr := r.f.pods.Exec(ectx, r.pod, extractCmd, kube.Streams{Stdin: pr})
+	pr.CloseWithError(errors.New("the pod's tar stopped reading"))
+	res := <-done
+	if res.err != nil {
+		return nil, fmt.Errorf("re-pack the archive: %w", res.err)
+	}
+	if execErr != nil {
+		return nil, fmt.Errorf("extract into /config: %w", execErr)
+	}
+	return res.sum.Restored, nil
+}
+
+// verify counts, in the pod, the restored entries that are there; every one
+// must be. Files the session created meanwhile are not counted.
+func (r *run) verify(ctx context.Context, restored *archive.NameSet) error {
+	pr, pw := io.Pipe()
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := restored.CountPresent(pr)
+		pr.CloseWithError(err)
+		done <- result{n, err}
+	}()
+	err := r.f.pods.Exec(ctx, r.pod, listCmd, kube.Streams{Stdout: pw})
+	pw.CloseWithError(err)
+	res := <-done
+	if err != nil {
+		return fmt.Errorf("list /config: %w", err)
+	}
+	if res.err != nil {
+		return res.err
+	}
+	if res.n != restored.Len() {
+		return fmt.Errorf("verify: %d of %d restored entries are in /config", res.n, restored.Len())
+	}
+	return nil
+}
+
+// finish records a completed job, its snapshot available again, and the
+// processed event, in one transaction.
+func (r *run) finish(ctx context.Context, files int64) error {
+	if err := r.alive(ctx); err != nil {
+		return err
+	}
+	r.j.Backup.Meta.Phase = PhaseCompleted
+	meta, err := json.Marshal(r.j.Backup.Meta)
+	if err != nil {
+		return err
+	}
+	_, err = r.f.svc.Once(ctx, r.e, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		if _, err := tx.Exec(ctx, finishJobSQL, r.j.ID, JobCompleted, "", SnapshotAvailable); err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, backupMetaSQL, r.j.Backup.ID, meta); err != nil {
+			return nil, err
+		}
+		ev, err := completed(r.j, files)
+		return []cloudevents.Event{ev}, err
+	})
+	if err == nil {
+		r.recorded = true
+	}
+	return err
+}
+
+// fail ends the job as failed. After /config was cleared it first puts the
+// backup back; if that fails too, every admin is notified. rejected, when
+// not nil, is the vet's verdict on the snapshot, which then becomes failed:
+// no later restore of it could pass.
+func (r *run) fail(ctx context.Context, cause, rejected error) error {
+	if errors.Is(context.Cause(ctx), errLeaseLost) {
+		return cause
+	}
+	reason := cause.Error()
+	rollbackFailed := false
+	if r.cleared {
+		if err := r.rollback(ctx); err != nil {
+			rollbackFailed = true
+			reason += "; rollback failed: " + err.Error()
+			r.f.svc.Log.Error("restore rollback failed: /config is not as before the restore",
+				"restoreJob", r.j.ID, "session", r.j.TargetSessionID, "backup", r.j.Backup.ID, "error", err)
+		} else {
+			r.rolledBack = true
+			reason += "; /config was rolled back to the pre-restore snapshot " + r.j.Backup.ID
+		}
+	}
+	snapStatus := SnapshotAvailable
+	if errors.Is(rejected, archive.ErrRejected) {
+		snapStatus = SnapshotFailed
+	}
+	r.j.Backup.Meta.Phase = PhaseFailed
+	r.j.Backup.Meta.RolledBack = r.rolledBack
+	r.j.Backup.Meta.RollbackFailed = rollbackFailed
+	meta, err := json.Marshal(r.j.Backup.Meta)
+	if err != nil {
+		return errors.Join(cause, err)
+	}
+	// The outcome is recorded even when the job's own time ran out.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_, err = r.f.svc.Once(wctx, r.e, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		if _, err := tx.Exec(wctx, finishJobSQL, r.j.ID, JobFailed, truncate(reason, 4000), snapStatus); err != nil {
+			return nil, err
+		}
+		if r.j.Backup.ID != "" {
+			if _, err := tx.Exec(wctx, backupMetaSQL, r.j.Backup.ID, meta); err != nil {
+				return nil, err
+			}
+		}
+		if rollbackFailed {
+			data, err := json.Marshal(map[string]string{"restoreJobId": r.j.ID, "sessionId": r.j.TargetSessionID,
+				"snapshotId": r.j.SnapshotID, "backupSnapshotId": r.j.Backup.ID, "userId": r.j.Target.UserID})
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(wctx, notifyAdminsSQL, "Restore failed and could not be rolled back",
+				fmt.Sprintf("Restoring snapshot %s into session %s failed after its files were cleared, and putting back the pre-restore snapshot %s failed too. The session's /config needs an operator.",
+					r.j.SnapshotID, r.j.TargetSessionID, r.j.Backup.ID), data); err != nil {
+				return nil, err
+			}
+		}
+		ev, err := failed(r.j, reason, r.rolledBack)
+		return []cloudevents.Event{ev}, err
+	})
+	if err != nil {
+		return errors.Join(cause, err)
+	}
+	r.recorded = true
+	return cause
+}
+
+// rollback puts the pre-restore backup back into /config: clear, extract
+// (re-packed and checked like any archive), verify, chown.
+func (r *run) rollback(ctx context.Context) error {
+	b := r.j.Backup
+	if b.ID == "" || b.Status != SnapshotAvailable {
+		return errors.New("no pre-restore backup to roll back to")
+	}
+	// The rollback gets its own time: the job's may be what ran out.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.f.cfg.JobTimeout)
+	defer cancel()
+	if err := r.phase(ctx, PhaseRollingBack); err != nil {
+		return err
+	}
+	if r.pod.Name == "" {
+		return errors.New("the session has no pod")
+	}
+	want := archive.Expect{SHA256: b.Meta.SHA256, Entries: b.Meta.Entries, Bytes: b.Meta.Bytes}
+	if err := r.f.pods.Exec(ctx, r.pod, clearCmd, kube.Streams{}); err != nil {
+		return fmt.Errorf("clear /config: %w", err)
+	}
+	restored, err := r.extract(ctx, b.StoragePath, objstore.Pin{ETag: b.Meta.ETag, VersionID: b.Meta.VersionID}, want)
+	if err != nil {
+		return err
+	}
+	if err := r.verify(ctx, restored); err != nil {
+		return err
+	}
+	if err := r.f.pods.Exec(ctx, r.pod, chownCmd(r.pod.UID, r.pod.GID), kube.Streams{}); err != nil {
+		return fmt.Errorf("chown /config: %w", err)
+	}
+	return nil
+}

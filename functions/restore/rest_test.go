@@ -1,0 +1,234 @@
+package function_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/streamspace-dev/functions/events"
+	function "github.com/streamspace-dev/functions/functions/restore"
+	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/fntest"
+)
+
+func TestRestoreRequest(t *testing.T) {
+	h := fntest.Start(t, function.New(), offlineEnv(t))
+	h.AddUser("alice", authn.User)
+	h.AddUser("bob", authn.User)
+	h.AddUser("root", authn.Admin)
+	addSession(t, h, "s-alice", "alice", "running")
+	addSession(t, h, "s-alice-2", "alice", "running")
+	addSession(t, h, "s-alice-3", "alice", "running")
+	addSession(t, h, "s-alice-off", "alice", "hibernated")
+	addSession(t, h, "s-bob", "bob", "running")
+	snap := addSnapshot(t, h, "s-alice", "alice", "available")
+	snap2 := addSnapshot(t, h, "s-alice", "alice", "available")
+	snap3 := addSnapshot(t, h, "s-alice", "alice", "available")
+	creating := addSnapshot(t, h, "s-alice", "alice", "creating")
+	bobs := addSnapshot(t, h, "s-bob", "bob", "available")
+	alice, bob, root := h.Token("alice", authn.User), h.Token("bob", authn.User), h.StreamSpaceToken("root", authn.Admin)
+
+	tests := []struct {
+		name       string
+		token      string
+		path       string
+		body       any
+		wantStatus int
+		wantTarget string // on 202
+		wantInMsg  string // on an error
+	}{
+		{name: "the owner restores into the snapshot's session, no body", token: alice, path: restorePath("s-alice", snap),
+			wantStatus: http.StatusAccepted, wantTarget: "s-alice"},
+		{name: "a second restore into a session with one in progress", token: alice, path: restorePath("s-alice", snap2),
+			wantStatus: http.StatusConflict, wantInMsg: "already has a restore in progress"},
+		{name: "the owner restores into another of their sessions", token: alice, path: restorePath("s-alice", snap2),
+			body: map[string]string{"targetSessionId": "s-alice-2"}, wantStatus: http.StatusAccepted, wantTarget: "s-alice-2"},
+		{name: "a snapshot being restored is not available", token: alice, path: restorePath("s-alice", snap),
+			body: map[string]string{"targetSessionId": "s-alice-3"}, wantStatus: http.StatusConflict, wantInMsg: "not available"},
+		{name: "a snapshot still being created", token: alice, path: restorePath("s-alice", creating),
+			body: map[string]string{"targetSessionId": "s-alice-3"}, wantStatus: http.StatusConflict, wantInMsg: "not available (status: creating)"},
+		{name: "a session that is not running", token: alice, path: restorePath("s-alice", snap3),
+			body: map[string]string{"targetSessionId": "s-alice-off"}, wantStatus: http.StatusConflict, wantInMsg: "is not running"},
+		{name: "another user's session as the target is not found", token: alice, path: restorePath("s-alice", snap3),
+			body: map[string]string{"targetSessionId": "s-bob"}, wantStatus: http.StatusNotFound, wantInMsg: "targetSessionId"},
+		{name: "a missing target session", token: alice, path: restorePath("s-alice", snap3),
+			body: map[string]string{"targetSessionId": "s-nope"}, wantStatus: http.StatusNotFound, wantInMsg: "targetSessionId"},
+		{name: "another user's snapshot is not found", token: alice, path: restorePath("s-bob", bobs),
+			wantStatus: http.StatusNotFound, wantInMsg: "session s-bob not found"},
+		{name: "a snapshot of another session is not found", token: bob, path: restorePath("s-bob", snap3),
+			wantStatus: http.StatusNotFound, wantInMsg: "snapshot"},
+		{name: "an unknown field", token: alice, path: restorePath("s-alice", snap3),
+			body: map[string]any{"targetSession": "s-alice-3"}, wantStatus: http.StatusBadRequest, wantInMsg: "targetSession"},
+		{name: "an over-long target", token: alice, path: restorePath("s-alice", snap3),
+			body: map[string]any{"targetSessionId": strings.Repeat("s", 256)}, wantStatus: http.StatusBadRequest, wantInMsg: "targetSessionId"},
+		{name: "a target of the wrong type", token: alice, path: restorePath("s-alice", snap3),
+			body: map[string]any{"targetSessionId": 7}, wantStatus: http.StatusBadRequest, wantInMsg: "targetSessionId"},
+		{name: "no token", path: restorePath("s-alice", snap3), wantStatus: http.StatusUnauthorized},
+		{name: "an admin restores a user's snapshot", token: root, path: restorePath("s-alice", snap3),
+			body: map[string]string{"targetSessionId": "s-alice-3"}, wantStatus: http.StatusAccepted, wantTarget: "s-alice-3"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			jobsBefore := h.Count(`select count(*) from snapshot_restore_jobs`)
+			// Every earlier event has left, so any event now would be this
+			// request's.
+			require.Eventually(t, func() bool { return h.Count(`select count(*) from event_outbox`) == 0 }, wait, 20*time.Millisecond)
+			arrivedBefore := h.Sink.Arrived()
+			status, body := h.Do(http.MethodPost, tc.path, tc.token, tc.body)
+			require.Equal(t, tc.wantStatus, status, "%s", body)
+			if tc.wantStatus != http.StatusAccepted {
+				if tc.wantStatus != http.StatusUnauthorized {
+					_, msg := fntest.ErrorBody(t, body)
+					assert.Contains(t, msg, tc.wantInMsg)
+				}
+				assert.Equal(t, jobsBefore, h.Count(`select count(*) from snapshot_restore_jobs`), "a refusal leaves no job")
+				assert.Equal(t, 0, h.Count(`select count(*) from event_outbox`), "a refusal queues no event")
+				assert.Equal(t, arrivedBefore, h.Sink.Arrived(), "a refusal sends no event")
+				return
+			}
+			var res function.RestoreResult
+			require.NoError(t, json.Unmarshal(body, &res))
+			assert.Equal(t, "Restore job initiated", res.Message)
+			assert.Equal(t, function.JobPending, res.Status)
+			assert.Equal(t, tc.wantTarget, res.TargetSessionID)
+			assert.NotEmpty(t, res.RestoreJobID)
+			assert.Equal(t, 1, h.Count(`select count(*) from snapshot_restore_jobs
+				where id = $1 and snapshot_id = $2 and target_session_id = $3 and user_id = 'alice' and status = 'pending'`,
+				res.RestoreJobID, res.SnapshotID, tc.wantTarget))
+			assert.Equal(t, 1, h.Count(`select count(*) from session_snapshots where id = $1 and status = 'restoring'`, res.SnapshotID))
+			var d events.RestoreRequestedData
+			waitEvent(t, h, events.RestoreRequested, res.RestoreJobID, &d)
+			assert.Equal(t, events.RestoreRequestedData{RestoreJobID: res.RestoreJobID, SnapshotID: res.SnapshotID,
+				SessionID: tc.wantTarget, UserID: "alice"}, d)
+		})
+	}
+}
+
+func TestRestoreStatus(t *testing.T) {
+	h := fntest.Start(t, function.New(), offlineEnv(t))
+	h.AddUser("alice", authn.User)
+	h.AddUser("bob", authn.User)
+	addSession(t, h, "s-alice", "alice", "running")
+	snap := addSnapshot(t, h, "s-alice", "alice", "available")
+	none := addSnapshot(t, h, "s-alice", "alice", "available")
+	alice, bob := h.Token("alice", authn.User), h.Token("bob", authn.User)
+	status, body := h.Do(http.MethodPost, restorePath("s-alice", snap), alice, nil)
+	require.Equal(t, http.StatusAccepted, status, "%s", body)
+	var res function.RestoreResult
+	require.NoError(t, json.Unmarshal(body, &res))
+
+	tests := []struct {
+		name       string
+		token      string
+		snapshot   string
+		wantStatus int
+		wantJobs   []string
+	}{
+		{name: "the owner sees the pending job", token: alice, snapshot: snap, wantStatus: http.StatusOK, wantJobs: []string{res.RestoreJobID}},
+		{name: "no jobs yet", token: alice, snapshot: none, wantStatus: http.StatusOK, wantJobs: []string{}},
+		{name: "another user gets 404", token: bob, snapshot: snap, wantStatus: http.StatusNotFound},
+		{name: "a missing snapshot is 404", token: alice, snapshot: "00000000-0000-4000-8000-000000000000", wantStatus: http.StatusNotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := h.Do(http.MethodGet, restorePath("s-alice", tc.snapshot)+"/status", tc.token, nil)
+			require.Equal(t, tc.wantStatus, status, "%s", body)
+			if status != http.StatusOK {
+				fntest.ErrorBody(t, body)
+				return
+			}
+			var got function.StatusResult
+			require.NoError(t, json.Unmarshal(body, &got))
+			ids := []string{}
+			for _, j := range got.RestoreJobs {
+				ids = append(ids, j.ID)
+				assert.Equal(t, function.JobPending, j.Status)
+				assert.Equal(t, function.Progress{Phase: function.PhasePending, Step: 0, Steps: 6, Percent: 0}, j.Progress)
+				assert.False(t, j.RolledBack)
+				assert.Nil(t, j.CompletedAt)
+			}
+			assert.Equal(t, tc.wantJobs, ids)
+			assert.Equal(t, len(tc.wantJobs), got.Count)
+		})
+	}
+}
+
+// TestStaleJobsAreAskedAgain delivers the outbox-drain tick: jobs left
+// pending or running with no live lease for longer than a job may take are
+// asked for again, once per quiet interval; the others are left alone.
+func TestStaleJobsAreAskedAgain(t *testing.T) {
+	h := fntest.Start(t, function.New(), offlineEnv(t))
+	h.AddUser("alice", authn.User)
+	addSession(t, h, "s-alice", "alice", "running")
+	snap := addSnapshot(t, h, "s-alice", "alice", "restoring")
+	jobs := map[string]struct {
+		status string
+		age    string
+		lease  string // "" none, else the lease's remaining time
+		asked  bool
+	}{
+		"pending, its event lost":     {status: "pending", age: "1 hour", asked: true},
+		"running, its owner gone":     {status: "in_progress", age: "1 hour", lease: "-1 minute", asked: true},
+		"running, its owner renewing": {status: "in_progress", age: "1 hour", lease: "30 seconds"},
+		"pending, just asked":         {status: "pending", age: "1 minute"},
+		"completed long ago":          {status: "completed", age: "1 hour"},
+		"failed long ago":             {status: "failed", age: "1 hour"},
+	}
+	ids := map[string]string{}
+	for name, j := range jobs {
+		id := uuid.NewString()
+		ids[name] = id
+		sqlExec(t, h, `insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status, started_at)
+			values ($1, $2, 's-alice', 's-alice', 'alice', $3, localtimestamp - $4::interval)`, id, snap, j.status, j.age)
+		if j.lease != "" {
+			sqlExec(t, h, `insert into job_leases (name, owner, lease_until, heartbeat_at) values ($1, 'pod-a', now() + $2::interval, now())`,
+				"restore:"+id, j.lease)
+		}
+	}
+	tests := []struct {
+		name string
+		want func(asked bool) bool
+	}{
+		{name: "the first tick asks for the stale jobs", want: func(asked bool) bool { return asked }},
+		{name: "the next tick asks for none again", want: func(bool) bool { return false }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := map[string]int{}
+			for name := range jobs {
+				before[name] = countRequested(h, ids[name])
+			}
+			e, err := events.New("test", events.Ping, events.PingData{Job: "outbox-drain"})
+			require.NoError(t, err)
+			e.SetSource(events.OutboxDrainSource)
+			status, _ := h.Deliver(e, false)
+			require.Equal(t, 2, status/100)
+			require.Eventually(t, func() bool { return h.Count(`select count(*) from event_outbox`) == 0 }, wait, 20*time.Millisecond)
+			for name, j := range jobs {
+				got := countRequested(h, ids[name]) - before[name]
+				want := 0
+				if tc.want(j.asked) {
+					want = 1
+				}
+				assert.Equal(t, want, got, name)
+			}
+		})
+	}
+}
+
+func countRequested(h *fntest.Harness, job string) int {
+	n := 0
+	for _, e := range h.Sink.Events() {
+		var d events.RestoreRequestedData
+		if e.Type() == events.RestoreRequested && e.DataAs(&d) == nil && d.RestoreJobID == job {
+			n++
+		}
+	}
+	return n
+}

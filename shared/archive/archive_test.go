@@ -1,0 +1,266 @@
+package archive_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/streamspace-dev/functions/shared/archive"
+)
+
+func TestVetRejects(t *testing.T) {
+	good := tgz(t, dir("./"), file("./a.txt", "hello"))
+	long := strings.Repeat("x", 5000)
+	tests := []struct {
+		name   string
+		data   []byte
+		lim    archive.Limits
+		want   *archive.Expect
+		entry  string // the entry the rejection names ("" for the stream)
+		reason string // a part of the rejection's reason
+	}{
+		{name: "traversal", data: tgz(t, dir("./"), file("../evil", "x")),
+			entry: "../evil", reason: "parent directory reference"},
+		{name: "traversal inside a path", data: tgz(t, dir("./"), dir("./a/"), file("a/../../evil", "x")),
+			entry: "a/../../evil", reason: "parent directory reference"},
+		{name: "dot-dot that cleaning would hide", data: tgz(t, symlink("l", "sub/deep"), file("l/../x", "x")),
+			entry: "l/../x", reason: "parent directory reference"},
+		{name: "absolute path", data: tgz(t, file("/etc/passwd", "root::0:0")),
+			entry: "/etc/passwd", reason: "absolute path"},
+		{name: "symlink escape", data: tgz(t, dir("./"), symlink("./evil", "../../etc")),
+			entry: "./evil", reason: "leaves the root"},
+		{name: "absolute symlink target", data: tgz(t, symlink("etc", "/etc")),
+			entry: "etc", reason: "absolute target"},
+		{name: "symlink escape from a subdirectory", data: tgz(t, dir("a/"), dir("a/b/"), symlink("a/b/up", "../../..")),
+			entry: "a/b/up", reason: "leaves the root"},
+		{name: "two-link chain: later link turns an earlier one outward",
+			data:  tgz(t, symlink("a", "d/.."), symlink("d", ".")),
+			entry: "d", reason: "earlier link resolves through"},
+		{name: "two-link chain: link placed through a link to the root",
+			data:  tgz(t, symlink("a", "."), symlink("a/b", "..")),
+			entry: "a/b", reason: "leaves the root"},
+		{name: "three-link chain", data: tgz(t, symlink("x", "y/z/.."), symlink("y", "."), symlink("z", "..")),
+			entry: "y", reason: "earlier link resolves through"},
+		{name: "link through itself", data: tgz(t, symlink("a", "a/..")),
+			entry: "a", reason: "through the link itself"},
+		{name: "directory replaces a link another link resolves through",
+			data:  tgz(t, dir("q/"), dir("q/r/"), symlink("p", "q/r"), symlink("z", "p/../.."), dir("p/")),
+			entry: "p/", reason: "replaces the symlink"},
+		{name: "file written through a link replaced later", data: tgz(t, symlink("l", "sub"), file("l", "x")),
+			entry: "l", reason: "replaces the symlink"},
+		{name: "symlink loop", data: tgz(t, symlink("a", "b"), symlink("b", "a"), file("a/x", "x")),
+			entry: "a/x", reason: "too many levels of symlinks"},
+		{name: "hardlink to outside", data: tgz(t, dir("./"), hardlink("./h", "../etc/shadow")),
+			entry: "./h", reason: "parent directory reference"},
+		{name: "hardlink to an absolute path", data: tgz(t, hardlink("h", "/etc/shadow")),
+			entry: "h", reason: "absolute path"},
+		{name: "hardlink through a link to outside the directory", data: tgz(t, symlink("l", "."), hardlink("h", "l/../x")),
+			entry: "h", reason: "parent directory reference"},
+		{name: "hardlink to a symlink moves its target", data: tgz(t, dir("d/"), symlink("d/s", ".."), hardlink("h", "d/s")),
+			entry: "h", reason: "hardlink to the symlink"},
+		{name: "hardlink to the root", data: tgz(t, hardlink("h", "./")),
+			entry: "h", reason: "hardlink to the root"},
+		{name: "character device", data: tgz(t, dir("./"), special("./null", tar.TypeChar)),
+			entry: "./null", reason: "device node"},
+		{name: "block device", data: tgz(t, special("sda", tar.TypeBlock)),
+			entry: "sda", reason: "device node"},
+		{name: "FIFO", data: tgz(t, special("pipe", tar.TypeFifo)),
+			entry: "pipe", reason: "FIFO"},
+		{name: "setuid file", data: tgz(t, withMode(file("./su", "#!/bin/sh"), 0o4755)),
+			entry: "./su", reason: "setuid or setgid"},
+		{name: "setgid directory", data: tgz(t, withMode(dir("shared/"), 0o2775)),
+			entry: "shared/", reason: "setuid or setgid"},
+		{name: "sticky bit", data: tgz(t, withMode(dir("tmp/"), 0o1777)),
+			entry: "tmp/", reason: "sticky bit"},
+		{name: "root that is not a directory", data: tgz(t, file(".", "x")),
+			entry: ".", reason: "root must be a directory"},
+		{name: "over-long name", data: tgz(t, file(long, "x")),
+			entry: long, reason: "longer than 4096"},
+		{name: "entry cap", data: tgz(t, dir("./"), file("a", "1"), file("b", "2")), lim: archive.Limits{MaxEntries: 2},
+			reason: "more than 2 entries"},
+		{name: "byte cap", data: tgz(t, file("a", "123"), file("b", "456")), lim: archive.Limits{MaxBytes: 5},
+			entry: "b", reason: "exceed 5 bytes"},
+		{name: "truncated gzip trailer", data: good[:len(good)-4], reason: "truncated"},
+		{name: "truncated in the middle", data: good[:len(good)/2], reason: "truncated"},
+		{name: "empty stream", data: nil, reason: "truncated"},
+		{name: "not gzip", data: []byte("plain text, not an archive"), reason: "gzip header"},
+		{name: "trailing garbage", data: append(append([]byte(nil), good...), "garbage after the end"...),
+			reason: "trailing garbage"},
+		{name: "checksum mismatch", data: good, want: &archive.Expect{SHA256: sha([]byte("another object")), Entries: 2, Bytes: 5},
+			reason: "does not match the manifest"},
+		{name: "entry count mismatch", data: good, want: &archive.Expect{SHA256: sha(good), Entries: 3, Bytes: 5},
+			reason: "2 entries, the manifest says 3"},
+		{name: "content size mismatch", data: good, want: &archive.Expect{SHA256: sha(good), Entries: 2, Bytes: 6},
+			reason: "5 bytes, the manifest says 6"},
+		{name: "more bytes than the manifest says", data: good, want: &archive.Expect{SHA256: sha(good), Entries: 2, Bytes: 4},
+			entry: "./a.txt", reason: "exceed 4 bytes"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := archive.Vet(context.Background(), bytes.NewReader(tc.data), tc.lim, tc.want)
+			require.Error(t, err)
+			assert.ErrorIs(t, err, archive.ErrRejected)
+			var rej *archive.Rejection
+			require.ErrorAs(t, err, &rej)
+			assert.Equal(t, tc.entry, rej.Entry, "rejected entry")
+			assert.Contains(t, rej.Reason, tc.reason)
+		})
+	}
+}
+
+// TestVetStopsStreamedBombs feeds archives far too large to build in memory
+// through a pipe, and checks that the caps stop reading them early: the
+// generator is never allowed much further than the cap.
+func TestVetStopsStreamedBombs(t *testing.T) {
+	tests := []struct {
+		name        string
+		lim         archive.Limits
+		want        *archive.Expect
+		gen         func(tw *tar.Writer) error
+		reason      string
+		maxProduced int64 // uncompressed bytes the generator may get out before Vet stops it
+	}{
+		{
+			name: "one 10 GB file of zeros", lim: archive.Limits{MaxBytes: 1 << 30},
+			gen: func(tw *tar.Writer) error {
+				if err := tw.WriteHeader(&tar.Header{Name: "./zeros", Mode: 0o644, Size: 10 << 30, Typeflag: tar.TypeReg}); err != nil {
+					return err
+				}
+				return writeZeros(tw, 10<<30)
+			},
+			reason: "exceed 1073741824 bytes", maxProduced: 64 << 20,
+		},
+		{
+			name: "one 10 GB file of zeros behind a manifest of 1 MiB", want: &archive.Expect{Entries: 1, Bytes: 1 << 20},
+			gen: func(tw *tar.Writer) error {
+				if err := tw.WriteHeader(&tar.Header{Name: "./zeros", Mode: 0o644, Size: 10 << 30, Typeflag: tar.TypeReg}); err != nil {
+					return err
+				}
+				return writeZeros(tw, 10<<30)
+			},
+			reason: "exceed 1048576 bytes", maxProduced: 64 << 20,
+		},
+		{
+			name: "10 GB of zeros in 1 MiB files", lim: archive.Limits{MaxBytes: 256 << 20},
+			gen: func(tw *tar.Writer) error {
+				for i := range 10 << 10 {
+					if err := tw.WriteHeader(&tar.Header{Name: "z/" + strings.Repeat("0", i%7) + string(rune('a'+i%26)) + strconv.Itoa(i),
+						Mode: 0o644, Size: 1 << 20, Typeflag: tar.TypeReg}); err != nil {
+						return err
+					}
+					if err := writeZeros(tw, 1<<20); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+			reason: "exceed 268435456 bytes", maxProduced: 320 << 20,
+		},
+		{
+			name: "1,000,000 tiny entries", lim: archive.Limits{MaxEntries: 250_000},
+			gen: func(tw *tar.Writer) error {
+				for i := range 1_000_000 {
+					if err := tw.WriteHeader(&tar.Header{Name: "f" + strconv.Itoa(i), Mode: 0o644, Typeflag: tar.TypeReg}); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+			reason: "more than 250000 entries", maxProduced: 300_000 * 512,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := generate(tc.gen)
+			_, err := archive.Vet(context.Background(), g.r, tc.lim, tc.want)
+			produced := g.stop()
+			require.ErrorIs(t, err, archive.ErrRejected)
+			assert.Contains(t, err.Error(), tc.reason)
+			assert.LessOrEqual(t, produced, tc.maxProduced, "bytes generated before the cap stopped the read")
+		})
+	}
+}
+
+func TestVetAccepts(t *testing.T) {
+	longDir := "./" + strings.Repeat("d", 200) + "/"
+	longFile := longDir + strings.Repeat("f", 300) + ".txt"
+	tests := []struct {
+		name    string
+		ents    []ent
+		entries int64
+		bytes   int64
+	}{
+		{name: "files and directories", ents: []ent{dir("./"), dir("./a/"), file("./a/x", "hello"), file("./b", "")},
+			entries: 4, bytes: 5},
+		{name: "empty directories", ents: []ent{dir("./"), dir("./empty/"), dir("./empty/deeper/")}, entries: 3},
+		{name: "symlinks inside the root", ents: []ent{dir("./"), dir("./a/"), dir("./a/b/"),
+			symlink("./a/b/up", "../../c"), symlink("./top", "a/b"), symlink("./dangling", "nowhere/yet"),
+			symlink("./self-dir", "."), symlink("./a/b/back", "..")}, entries: 8},
+		{name: "files through symlinked directories", ents: []ent{dir("sub/"), symlink("l", "sub"), file("l/f", "x"),
+			symlink("m", "l/."), file("m/g", "yz")}, entries: 5, bytes: 3},
+		{name: "forward reference resolved by a later directory", ents: []ent{symlink("a", "d/../x"), dir("d/"), dir("x/")},
+			entries: 3},
+		{name: "long names (PAX)", ents: []ent{dir("./"), dir(longDir), file(longFile, "long"),
+			symlink(longDir+"l", strings.Repeat("f", 300)+".txt")}, entries: 4, bytes: 4},
+		{name: "hardlinks inside", ents: []ent{dir("./"), dir("./a/"), file("./a/x", "data"), hardlink("./h", "./a/x"),
+			hardlink("a/h2", "h")}, entries: 5, bytes: 4},
+		{name: "no root entry", ents: []ent{file("x", "1")}, entries: 1, bytes: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			data := tgz(t, tc.ents...)
+			sum, err := archive.Vet(context.Background(), bytes.NewReader(data), archive.Limits{},
+				&archive.Expect{SHA256: sha(data), Entries: tc.entries, Bytes: tc.bytes})
+			require.NoError(t, err)
+			assert.Equal(t, tc.entries, sum.Entries)
+			assert.Equal(t, tc.bytes, sum.Bytes)
+			assert.Equal(t, sha(data), sum.SHA256)
+			assert.Equal(t, int64(len(data)), sum.CompressedBytes)
+		})
+	}
+}
+
+type failingReader struct {
+	r     io.Reader
+	after int
+	err   error
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if f.after <= 0 {
+		return 0, f.err
+	}
+	p = p[:min(len(p), f.after)]
+	n, err := f.r.Read(p)
+	f.after -= n
+	return n, err
+}
+
+func TestVetReadErrorIsNotARejection(t *testing.T) {
+	data := tgz(t, mixedTree(1<<20)...)
+	dropped := errors.New("connection reset by peer")
+	tests := []struct {
+		name  string
+		after int
+	}{
+		{name: "at the start", after: 0},
+		{name: "in the middle", after: len(data) / 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := archive.Vet(context.Background(), &failingReader{r: bytes.NewReader(data), after: tc.after, err: dropped},
+				archive.Limits{}, nil)
+			require.Error(t, err)
+			assert.ErrorIs(t, err, dropped)
+			assert.NotErrorIs(t, err, archive.ErrRejected)
+		})
+	}
+}

@@ -1,0 +1,235 @@
+package archive
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+)
+
+// Vet reads the tar.gz stream r to its end and checks every entry, the caps,
+// and, when want is not nil, the manifest's checksum, entry count and bytes. It returns a *Rejection for
+// anything wrong with the stream itself, and another error when reading r
+// failed.
+func Vet(ctx context.Context, r io.Reader, lim Limits, want *Expect) (Summary, error) {
+	return scan(ctx, r, lim, want, nil)
+}
+
+// Repack reads the tar.gz stream r, checks every entry as Vet does, and
+// writes a plain tar stream of the checked entries to w. Entries are named by
+// their real paths (no symlink in their directories), without the root
+// directory, with permission bits only, no owner and no extended attributes;
+// symlink targets are kept as stored.
+//
+// The stream is checked as it is copied, so when it fails, w has received
+// the entries before the failing one but never that entry, and no tar end
+// marker: the reader at the other end sees a truncated archive. The checksum
+// is known only at the end, so a mismatch there is reported after every
+// entry was written; callers re-pack an object that already passed Vet.
+func Repack(ctx context.Context, w io.Writer, r io.Reader, lim Limits, want *Expect) (Summary, error) {
+	bw := bufio.NewWriterSize(w, 256<<10)
+	out := &repacker{tw: tar.NewWriter(bw), names: newNameSetBuilder(), buf: make([]byte, 64<<10)}
+	sum, err := scan(ctx, r, lim, want, out)
+	if errors.Is(err, ErrRejected) {
+		// The entries before the failing one were checked; passing them on
+		// keeps what the other end sees the same however the buffer fell.
+		_ = bw.Flush()
+	}
+	if err != nil {
+		return sum, err
+	}
+	if err := out.tw.Close(); err != nil {
+		return sum, fmt.Errorf("repack: finish tar: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return sum, fmt.Errorf("repack: flush: %w", err)
+	}
+	sum.Restored = out.names.build()
+	return sum, nil
+}
+
+type repacker struct {
+	tw    *tar.Writer
+	names *nameSetBuilder
+	buf   []byte // one copy buffer for every entry
+}
+
+func (p *repacker) write(h *tar.Header, e entry, body io.Reader) error {
+	if e.key == "" {
+		return nil
+	}
+	out := &tar.Header{
+		Name:    e.key,
+		Mode:    h.Mode & modePerm,
+		ModTime: h.ModTime.Truncate(time.Second),
+		Format:  tar.FormatUnknown,
+	}
+	switch h.Typeflag {
+	case tar.TypeDir:
+		out.Typeflag = tar.TypeDir
+		out.Name += "/"
+	case tar.TypeSymlink:
+		out.Typeflag = tar.TypeSymlink
+		out.Linkname = e.link
+	case tar.TypeLink:
+		out.Typeflag = tar.TypeLink
+		out.Linkname = e.link
+	default:
+		out.Typeflag = tar.TypeReg
+		out.Size = h.Size
+	}
+	if err := p.tw.WriteHeader(out); err != nil {
+		return fmt.Errorf("repack: write header %q: %w", e.key, err)
+	}
+	if out.Size > 0 {
+		if _, err := io.CopyBuffer(p.tw, body, p.buf); err != nil {
+			return err
+		}
+	}
+	p.names.add(e.key)
+	return nil
+}
+
+// source counts and hashes the compressed bytes and remembers the first
+// error of the underlying reader, so that a failure to read (transient) is
+// told apart from a malformed stream (a Rejection).
+type source struct {
+	r   io.Reader
+	h   hash.Hash
+	n   int64
+	err error
+}
+
+func (s *source) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	s.h.Write(p[:n])
+	if err != nil && err != io.EOF && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}
+
+func scan(ctx context.Context, r io.Reader, lim Limits, want *Expect, out *repacker) (Summary, error) {
+	lim = lim.withDefaults()
+	if want != nil && want.Bytes >= 0 && want.Bytes < lim.MaxBytes {
+		lim.MaxBytes = want.Bytes
+	}
+	src := &source{r: r, h: sha256.New()}
+	var sum Summary
+	fail := func(err error) (Summary, error) {
+		if src.err != nil {
+			return sum, fmt.Errorf("read archive: %w", src.err)
+		}
+		if ctx.Err() != nil {
+			return sum, ctx.Err()
+		}
+		return sum, err
+	}
+	// A bufio.Reader in front makes the gzip reader use it as its
+	// ByteReader, so it reads no further than the stream's end.
+	zr, err := gzip.NewReader(bufio.NewReaderSize(src, 256<<10))
+	if err != nil {
+		return fail(streamFault("gzip header", err))
+	}
+	defer zr.Close()
+	tr := tar.NewReader(zr)
+	t := newTree()
+	for {
+		if err := ctx.Err(); err != nil {
+			return sum, err
+		}
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil && !errors.Is(err, tar.ErrInsecurePath) {
+			return fail(streamFault("tar", err))
+		}
+		sum.Entries++
+		if sum.Entries > lim.MaxEntries {
+			return fail(reject("", "more than %d entries", lim.MaxEntries))
+		}
+		e, rej := t.check(h)
+		if rej != nil {
+			return fail(rej)
+		}
+		if h.Size > lim.MaxBytes-sum.Bytes {
+			return fail(reject(h.Name, "contents exceed %d bytes in total", lim.MaxBytes))
+		}
+		sum.Bytes += h.Size
+		if out != nil {
+			if err := out.write(h, e, tr); err != nil {
+				if src.err != nil || isStreamErr(err) {
+					return fail(streamFault("entry "+h.Name, err))
+				}
+				return sum, err
+			}
+		}
+	}
+	// tar stops at its end marker; what follows in the gzip stream must be
+	// the zero padding of the last record, and the gzip stream must end
+	// cleanly with nothing after it.
+	pad, err := io.Copy(zeroChecker{}, io.LimitReader(zr, lim.MaxPadding+1))
+	if err != nil {
+		return fail(streamFault("after the tar end", err))
+	}
+	if pad > lim.MaxPadding {
+		return fail(reject("", "more than %d bytes after the tar end", lim.MaxPadding))
+	}
+	sum.CompressedBytes = src.n
+	sum.SHA256 = hex.EncodeToString(src.h.Sum(nil))
+	if want == nil {
+		return sum, nil
+	}
+	if want.SHA256 != sum.SHA256 {
+		return fail(reject("", "sha256 %s does not match the manifest's %s", sum.SHA256, want.SHA256))
+	}
+	if want.Entries != sum.Entries {
+		return fail(reject("", "%d entries, the manifest says %d", sum.Entries, want.Entries))
+	}
+	if want.Bytes != sum.Bytes {
+		return fail(reject("", "%d bytes, the manifest says %d", sum.Bytes, want.Bytes))
+	}
+	return sum, nil
+}
+
+var errNonZeroPadding = errors.New("data after the tar end marker")
+
+type zeroChecker struct{}
+
+func (zeroChecker) Write(p []byte) (int, error) {
+	for _, b := range p {
+		if b != 0 {
+			return 0, errNonZeroPadding
+		}
+	}
+	return len(p), nil
+}
+
+// isStreamErr says whether err came from decoding the input rather than from
+// writing the output.
+func isStreamErr(err error) bool {
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) ||
+		errors.Is(err, gzip.ErrHeader) || errors.Is(err, tar.ErrHeader)
+}
+
+func streamFault(where string, err error) *Rejection {
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return reject("", "%s: truncated stream", where)
+	case errors.Is(err, gzip.ErrHeader):
+		return reject("", "%s: not gzip data (trailing garbage or a corrupt member)", where)
+	case errors.Is(err, gzip.ErrChecksum):
+		return reject("", "%s: gzip checksum mismatch", where)
+	}
+	return reject("", "%s: %v", where, err)
+}
