@@ -503,18 +503,18 @@ func TestConnectionBudgetRefuses(t *testing.T) {
 		}, "Service sharing: DATABASE_POOL_MAX is not set"},
 		{"max-scale over the budget", "all-in-one", func(objs []object) {
 			service(objs, allInOne).Spec.Template.Annotations[maxScaleKey] = "12"
-		}, "48 PostgreSQL connections, over the budget of 47 (streamspace 12×4 direct)"},
+		}, "48 PostgreSQL connections, over the budget of 40 (streamspace 12×4 direct)"},
 		{"one Service's own pool over the budget", "ingress", func(objs []object) {
 			c := &service(objs, "versioning").Spec.Template.Spec.Containers[0]
 			c.Env = append(c.Env, corev1.EnvVar{Name: poolMaxEnv, Value: "8"})
-		}, "over the budget of 47 (auth 2×2 direct, autoscale 1×2 direct, mailtest 1×2 direct, restore 1×1 direct, sharing 3×4 direct, snapshot 1×2 direct, tags 3×4 direct, versioning 3×8 direct)"},
+		}, "over the budget of 40 (auth 2×2 direct, autoscale 1×2 direct, mailtest 1×2 direct, restore 1×1 direct, sharing 2×4 direct, snapshot 1×2 direct, tags 3×4 direct, versioning 2×8 direct)"},
 		{"a budget lowered below the sum", "functions", func(objs []object) {
 			configMap(objs, configMapName).Annotations[budgetAnnotation] = "30"
-		}, "47 PostgreSQL connections, over the budget of 30"},
+		}, "39 PostgreSQL connections, over the budget of 30"},
 		{"more PgBouncer pods", "functions+pgbouncer", func(objs []object) {
 			three := int32(3)
 			deployment(objs).Spec.Replicas = &three
-		}, "60 PostgreSQL connections, over the budget of 47"},
+		}, "60 PostgreSQL connections, over the budget of 40"},
 		{"a surge pod during a rollout", "all-in-one+pgbouncer", func(objs []object) {
 			one := intstr.FromInt32(1)
 			deployment(objs).Spec.Strategy.RollingUpdate.MaxSurge = &one
@@ -522,7 +522,7 @@ func TestConnectionBudgetRefuses(t *testing.T) {
 		{"a bigger server pool", "ingress+pgbouncer", func(objs []object) {
 			editIni(objs, "max_db_connections = 20", "max_db_connections = 25")
 			editIni(objs, "default_pool_size = 20", "default_pool_size = 25")
-		}, "50 PostgreSQL connections, over the budget of 47"},
+		}, "50 PostgreSQL connections, over the budget of 40"},
 		{"no max_db_connections", "functions+pgbouncer", func(objs []object) {
 			editIni(objs, "max_db_connections = 20", "")
 		}, "database streamspace: max_db_connections is unset (unbounded)"},
@@ -537,7 +537,7 @@ func TestConnectionBudgetRefuses(t *testing.T) {
 		}, "may open 20 client connections, more than max_client_conn 10"},
 		{"a Service going direct beside PgBouncer", "functions+pgbouncer", func(objs []object) {
 			service(objs, "tags").Spec.Template.Spec.Containers[0].Env[0].ValueFrom.SecretKeyRef.Key = databaseKey
-		}, "52 PostgreSQL connections, over the budget of 47"},
+		}, "52 PostgreSQL connections, over the budget of 40"},
 		{"pooled without PgBouncer", "functions", func(objs []object) {
 			service(objs, "tags").Spec.Template.Spec.Containers[0].Env[0].ValueFrom.SecretKeyRef.Key = pooledDatabaseKey
 		}, "but no PgBouncer is deployed"},
