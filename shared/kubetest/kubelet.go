@@ -224,7 +224,11 @@ func (k *Kubelet) ExecInContainer(ctx context.Context, name string, _ types.UID,
 	for i, arg := range cmd {
 		args[i] = strings.ReplaceAll(arg, ConfigPath, pod.Dir)
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	// Not the request's context: after the upgrade the connection is
+	// hijacked, and net/http may cancel that context while the stream is
+	// still in use, killing the command mid-stream. Break ends a command;
+	// so does the end of its stdin or a write to a closed stream.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	c := exec.CommandContext(ctx, args[0], args[1:]...)
 	c.Dir = pod.Dir
