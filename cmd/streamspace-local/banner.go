@@ -24,8 +24,20 @@ const (
 	demoMailBody  = `{"recipient":"dev@streamspace.local"}`
 	// demoPolicyBody scales the demo warm pool with one replica per
 	// session of its template, up to 5.
-	demoPolicyBody = `{"name":"demo-pool","target_type":"template","target_id":"firefox","min_replicas":0,"max_replicas":5,"metric_type":"sessions","target_metric_value":1,"cooldown_period_seconds":0,"scale_down_policy":{"stabilization_seconds":0}}`
+	// demoSnapshotBody names the demo snapshot; snapshotIDScript is the sed
+	// script that takes its id from the answer, so no JSON tool is needed.
+	demoSnapshotBody = `{"name":"demo","description":"home of the demo session"}`
+	snapshotIDScript = `s/.*"snapshotId":"\([^"]*\)".*/\1/p`
+	demoPolicyBody   = `{"name":"demo-pool","target_type":"template","target_id":"firefox","min_replicas":0,"max_replicas":5,"metric_type":"sessions","target_metric_value":1,"cooldown_period_seconds":0,"scale_down_policy":{"stabilization_seconds":0}}`
 )
+
+// snapshotStatus is the banner's snapshots line.
+func (r *runner) snapshotStatus() string {
+	if r.Snapshots == nil {
+		return "off"
+	}
+	return r.Snapshots.Status
+}
 
 // autoscaleStatus is the banner's autoscale line.
 func (r *runner) autoscaleStatus() string {
@@ -86,6 +98,7 @@ func (r *runner) banner(w io.Writer) error {
 		fmt.Sprintf("  event auth    %s", eventAuth),
 		fmt.Sprintf("  mail          %s", r.mailLine()),
 		fmt.Sprintf("  autoscale     %s", r.autoscaleStatus()),
+		fmt.Sprintf("  snapshots     %s", r.snapshotStatus()),
 		"",
 		fmt.Sprintf("Development tokens, valid %dh:", int(tokenTTL.Hours())),
 		fmt.Sprintf("  %s (admin): %s", demoOwner, admin),
@@ -126,6 +139,20 @@ func (r *runner) banner(w io.Writer) error {
 			fmt.Sprintf("    -H 'Content-Type: application/json' -d '%s'", demoPolicyBody),
 			fmt.Sprintf("  curl -sS -X POST '%s/api/v1/scaling/autoscaling/policies/1/evaluate?dryRun=true' -H 'Authorization: Bearer %s'", r.FunctionURL, admin),
 			fmt.Sprintf("  curl -sS -X POST %s/api/v1/scaling/autoscaling/policies/1/evaluate -H 'Authorization: Bearer %s'", r.FunctionURL, admin),
+		)
+	}
+	if r.Snapshots != nil && r.Snapshots.kubelet != nil {
+		sessionURL := r.FunctionURL + "/api/v1/sessions/" + demoSession
+		lines = append(lines,
+			"",
+			fmt.Sprintf("Snapshot session %s (as %s): its /config is %s; the first command keeps the snapshot's id in SNAPSHOT.", demoSession, demoOwner, r.Snapshots.Dir),
+			fmt.Sprintf("  SNAPSHOT=$(curl -sS -X POST %s/snapshots \\", sessionURL),
+			fmt.Sprintf("    -H 'Authorization: Bearer %s' \\", admin),
+			fmt.Sprintf("    -H 'Content-Type: application/json' -d '%s' | sed -n '%s'); echo \"$SNAPSHOT\"", demoSnapshotBody, snapshotIDScript),
+			"List the session's snapshots (wait for status available), change or delete files in its /config, restore the snapshot and follow the restore:",
+			fmt.Sprintf("  curl -sS %s/snapshots -H 'Authorization: Bearer %s'", sessionURL, admin),
+			fmt.Sprintf("  curl -sS -X POST %s/snapshots/$SNAPSHOT/restore -H 'Authorization: Bearer %s'", sessionURL, admin),
+			fmt.Sprintf("  curl -sS %s/snapshots/$SNAPSHOT/restore/status -H 'Authorization: Bearer %s'", sessionURL, admin),
 		)
 	}
 	lines = append(lines, "", "Stop with Ctrl-C.")

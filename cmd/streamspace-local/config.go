@@ -41,7 +41,9 @@ type Config struct {
 	// Kube gives the autoscale function a Kubernetes API: the cluster
 	// KUBECONFIG names, else a kube-apiserver of its own with a demo
 	// Deployment when scripts/tools has built one; otherwise the banner
-	// says autoscaling is off and why.
+	// says autoscaling is off and why. That local API server also serves
+	// the demo session's pod to snapshot and restore, with a local MinIO,
+	// when scripts/tools has built MinIO.
 	Kube bool `env:"LOCAL_KUBE" envDefault:"true"`
 }
 

@@ -5,11 +5,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -34,9 +39,10 @@ type localKube struct {
 
 // startKube gives the local function a Kubernetes API: the one KUBECONFIG
 // names when it is set, else a kube-apiserver and etcd of its own when
-// scripts/tools has built them, with namespace's demo Deployment. Without
-// either, autoscaling is off and Status says why.
-func startKube(ctx context.Context, environ map[string]string, namespace, dir string) (*localKube, error) {
+// scripts/tools has built them, with namespace's demo Deployment, where the
+// function acts as the overlay's ServiceAccount with the overlay's Roles
+// (grantOverlay). Without either, autoscaling is off and Status says why.
+func startKube(ctx context.Context, environ map[string]string, namespace, dir string, m *Manifests) (*localKube, error) {
 	if kc := environ["KUBECONFIG"]; kc != "" {
 		return &localKube{Kubeconfig: kc, Status: fmt.Sprintf("on: the cluster KUBECONFIG names (%s), namespace %s", kc, namespace)}, nil
 	}
@@ -49,9 +55,14 @@ func startKube(ctx context.Context, environ map[string]string, namespace, dir st
 		c.Stop()
 		return nil, fmt.Errorf("local kube-apiserver: %w", err)
 	}
+	token, err := grantOverlay(ctx, c, namespace, m)
+	if err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("local kube-apiserver: %w", err)
+	}
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["local"] = &clientcmdapi.Cluster{Server: c.Config.Host, InsecureSkipTLSVerify: true}
-	cfg.AuthInfos["local"] = &clientcmdapi.AuthInfo{Token: c.Config.BearerToken}
+	cfg.AuthInfos["local"] = &clientcmdapi.AuthInfo{Token: token}
 	cfg.Contexts["local"] = &clientcmdapi.Context{Cluster: "local", AuthInfo: "local", Namespace: namespace}
 	cfg.CurrentContext = "local"
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -63,9 +74,81 @@ func startKube(ctx context.Context, environ map[string]string, namespace, dir st
 		c.Stop()
 		return nil, err
 	}
-	lk.Status = fmt.Sprintf("on: local kube-apiserver %s (kubeconfig %s), namespace %s, Deployment %s (warm pool of template %s, 3 replicas)",
-		c.Config.Host, lk.Kubeconfig, namespace, demoPool, poolTemplate)
+	lk.Status = fmt.Sprintf("on: local kube-apiserver %s (kubeconfig %s, ServiceAccount %s/%s with the overlay's Role), namespace %s, Deployment %s (warm pool of template %s, 3 replicas)",
+		c.Config.Host, lk.Kubeconfig, namespace, functionAccount, namespace, demoPool, poolTemplate)
 	return lk, nil
+}
+
+// functionAccount is the ServiceAccount the local function acts as; the
+// all-in-one overlay's RoleBinding names it (deploy/overlays/all-in-one).
+const functionAccount = "streamspace"
+
+// grantOverlay applies the overlay's Roles and the RoleBindings to
+// functionAccount in namespace, as deploy/ grants them in a cluster, and
+// returns a token of that ServiceAccount once its access has taken effect.
+// The function then has exactly the access the overlay gives it: what it
+// lacks there it lacks here.
+func grantOverlay(ctx context.Context, c *kubetest.Cluster, namespace string, m *Manifests) (string, error) {
+	_, err := c.Client.CoreV1().ServiceAccounts(namespace).Create(ctx,
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: functionAccount, Namespace: namespace}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", err
+	}
+	for _, role := range m.Roles {
+		role = role.DeepCopy()
+		role.Namespace = namespace
+		if _, err := c.Client.RbacV1().Roles(namespace).Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return "", fmt.Errorf("role %s: %w", role.Name, err)
+		}
+	}
+	bound := false
+	for _, rb := range m.RoleBindings {
+		rb = rb.DeepCopy()
+		rb.Namespace = namespace
+		var subjects []rbacv1.Subject
+		for _, s := range rb.Subjects {
+			if s.Kind == rbacv1.ServiceAccountKind && s.Name == functionAccount {
+				s.Namespace = namespace
+				subjects = append(subjects, s)
+			}
+		}
+		if len(subjects) == 0 {
+			continue
+		}
+		rb.Subjects, bound = subjects, true
+		if _, err := c.Client.RbacV1().RoleBindings(namespace).Create(ctx, rb, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return "", fmt.Errorf("rolebinding %s: %w", rb.Name, err)
+		}
+	}
+	if !bound {
+		return "", fmt.Errorf("the overlay binds no Role to the ServiceAccount %s", functionAccount)
+	}
+	expiry := int64(tokenTTL.Seconds())
+	tr, err := c.Client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, functionAccount,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("token for %s: %w", functionAccount, err)
+	}
+	cfg := rest.CopyConfig(c.Config)
+	cfg.BearerToken = tr.Status.Token
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return "", err
+	}
+	// The API server's RBAC cache sees a new binding a moment later.
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for {
+		_, err := cs.CoreV1().Pods(namespace).List(wctx, metav1.ListOptions{Limit: 1})
+		if err == nil {
+			return tr.Status.Token, nil
+		}
+		select {
+		case <-wctx.Done():
+			return "", fmt.Errorf("the overlay's Role does not take effect: %w", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // demoDeployment creates namespace and the demo warm pool in it. The API

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	rbacv1 "k8s.io/api/rbac/v1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -14,11 +15,14 @@ import (
 )
 
 // Manifests are the eventing objects of a kustomize overlay that the local
-// broker runs. Everything else in the overlay is ignored.
+// broker runs, and the RBAC the local API server grants the function.
+// Everything else in the overlay is ignored.
 type Manifests struct {
-	Brokers     []*eventingv1.Broker
-	Triggers    []*eventingv1.Trigger
-	PingSources []*sourcesv1.PingSource
+	Brokers      []*eventingv1.Broker
+	Triggers     []*eventingv1.Trigger
+	PingSources  []*sourcesv1.PingSource
+	Roles        []*rbacv1.Role
+	RoleBindings []*rbacv1.RoleBinding
 }
 
 // defaultNamespace is where an object without a namespace lives, as kubectl
@@ -26,7 +30,7 @@ type Manifests struct {
 const defaultNamespace = "default"
 
 // loadOverlay builds the overlay in dir with kustomize, in process, and
-// decodes its Brokers, Triggers and PingSources strictly into Knative's Go
+// decodes its Brokers, Triggers, PingSources, Roles and RoleBindings strictly into Knative's Go
 // types, so a field the types do not know is an error here as it would be
 // at the API server.
 func loadOverlay(dir string) (*Manifests, error) {
@@ -51,6 +55,12 @@ func loadOverlay(dir string) (*Manifests, error) {
 		case gvk.Group == sourcesv1.SchemeGroupVersion.Group && gvk.Version == "v1" && gvk.Kind == "PingSource":
 			p := &sourcesv1.PingSource{}
 			m.PingSources, obj = append(m.PingSources, p), p
+		case gvk.Group == rbacv1.GroupName && gvk.Version == "v1" && gvk.Kind == "Role":
+			ro := &rbacv1.Role{}
+			m.Roles, obj = append(m.Roles, ro), ro
+		case gvk.Group == rbacv1.GroupName && gvk.Version == "v1" && gvk.Kind == "RoleBinding":
+			rb := &rbacv1.RoleBinding{}
+			m.RoleBindings, obj = append(m.RoleBindings, rb), rb
 		default:
 			continue
 		}

@@ -67,6 +67,9 @@ type runner struct {
 	// Kube is the Kubernetes API the autoscale function uses, nil when the
 	// run was configured without one (Config.Kube false).
 	Kube *localKube
+	// Snapshots is what snapshot and restore run against; never nil once
+	// started, its Status says when they are off.
+	Snapshots *localSnapshots
 
 	brokerSrv   *http.Server
 	deadLetters *deadLetterLog
@@ -206,12 +209,10 @@ func start(ctx context.Context, cfg Config, environ map[string]string, log *slog
 			provided[k] = v
 		}
 	}
+	localDir := filepath.Join(os.TempDir(), "streamspace-local")
 	if cfg.Kube {
-		ns := environ["STREAMSPACE_NAMESPACE"]
-		if ns == "" {
-			ns = "streamspace"
-		}
-		if r.Kube, err = startKube(ctx, environ, ns, filepath.Join(os.TempDir(), "streamspace-local")); err != nil {
+		ns := namespace(environ)
+		if r.Kube, err = startKube(ctx, environ, ns, localDir, r.Manifests); err != nil {
 			fnLn.Close()
 			return nil, err
 		}
@@ -219,6 +220,13 @@ func start(ctx context.Context, cfg Config, environ map[string]string, log *slog
 			provided["KUBECONFIG"] = r.Kube.Kubeconfig
 			provided["STREAMSPACE_NAMESPACE"] = ns
 		}
+	}
+	if r.Snapshots, err = startSnapshots(ctx, environ, r.Kube, namespace(environ), localDir); err != nil {
+		fnLn.Close()
+		return nil, err
+	}
+	for k, v := range r.Snapshots.Env {
+		provided[k] = v
 	}
 	env := functionEnv(environ, provided, r.eventAuthEnv(audience, subjects))
 	fnCtx, stopFunction := context.WithCancel(context.WithoutCancel(ctx))
@@ -324,6 +332,16 @@ func (r *runner) shutdown(ctx context.Context) error {
 	}
 	r.Login.stop()
 	r.Mail.stop()
+	r.Snapshots.Stop()
 	r.Kube.Stop()
 	return errors.Join(errs...)
+}
+
+// namespace is where the sessions run: STREAMSPACE_NAMESPACE, as the
+// functions read it.
+func namespace(environ map[string]string) string {
+	if ns := environ["STREAMSPACE_NAMESPACE"]; ns != "" {
+		return ns
+	}
+	return "streamspace"
 }

@@ -35,6 +35,13 @@ type localRun struct {
 
 func startLocalRun(t *testing.T) *localRun {
 	t.Helper()
+	return startLocalRunWith(t, func(*Config) {})
+}
+
+// startLocalRunWith is startLocalRun with configure's changes to the
+// config.
+func startLocalRunWith(t *testing.T, configure func(*Config)) *localRun {
+	t.Helper()
 	pool := dbtest.New(t)
 	cfg := Config{
 		DatabaseURL:    dbtest.URL(t, pool),
@@ -42,7 +49,11 @@ func startLocalRun(t *testing.T) *localRun {
 		DeadLetterFile: filepath.Join(t.TempDir(), "dead-letters.jsonl"),
 		Seed:           true,
 	}
+	configure(&cfg)
 	environ := runtime.Environ()
+	// The operator's cluster and bucket are not the local run's.
+	delete(environ, "KUBECONFIG")
+	delete(environ, "S3_BUCKET")
 	// Long enough that only the template.updated event can clear the
 	// popular-tag cache during a test.
 	environ["TAGS_CACHE_TTL"] = "1h"
@@ -208,6 +219,8 @@ func TestPrintedCommandsWork(t *testing.T) {
 	require.NoError(t, lr.banner(&out))
 	assert.True(t, strings.HasPrefix(out.String(), "streamspace-local ready: function "+lr.FunctionURL), "banner starts with the ready line")
 	assert.Contains(t, out.String(), "event auth    each delivery carries its Trigger's token")
+	// LOCAL_KUBE=false: no demo session pod, and the banner says what to build.
+	assert.Contains(t, out.String(), "snapshots     off: the demo session's pod needs the local kube-apiserver (autoscale LOCAL_KUBE=false; `scripts/tools etcd kube-apiserver minio`")
 	cmds := printedCommands(out.String())
 	want := []string{`"updated":1`, `{"tag":"web","count":3}`, "HTTP/1.1 202 Accepted"}
 	if lr.Mail != nil {
@@ -239,7 +252,7 @@ func printedCommands(banner string) []string {
 	for _, line := range strings.Split(banner, "\n") {
 		trimmed := strings.TrimSpace(line)
 		switch {
-		case strings.HasPrefix(trimmed, "curl "):
+		case strings.HasPrefix(trimmed, "curl "), strings.Contains(trimmed, "=$(curl "):
 			cur.Reset()
 			cur.WriteString(line + "\n")
 		case cur.Len() > 0:

@@ -3,6 +3,7 @@ package kubetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -61,19 +62,31 @@ type Pod struct {
 // stops when it ends.
 func (c *Cluster) Kubelet(tb testing.TB) *Kubelet {
 	tb.Helper()
-	k := &Kubelet{Node: c.Name("kubetest-node"), cluster: c, pods: map[string]*Pod{}}
-	k.server = httptest.NewTLSServer(http.HandlerFunc(k.serveExec))
-	tb.Cleanup(k.server.Close)
-	_, portText, err := net.SplitHostPort(k.server.Listener.Addr().String())
+	k, err := c.RunKubelet()
 	if err != nil {
 		tb.Fatal(err)
+	}
+	tb.Cleanup(k.Stop)
+	return k
+}
+
+// RunKubelet is Kubelet outside a test: the local runner (make run) serves
+// its demo session pod with it. Stop ends its server.
+func (c *Cluster) RunKubelet() (*Kubelet, error) {
+	k := &Kubelet{Node: c.Name("kubetest-node"), cluster: c, pods: map[string]*Pod{}}
+	k.server = httptest.NewTLSServer(http.HandlerFunc(k.serveExec))
+	_, portText, err := net.SplitHostPort(k.server.Listener.Addr().String())
+	if err != nil {
+		k.Stop()
+		return nil, err
 	}
 	port, _ := strconv.Atoi(portText)
 	ctx := context.Background()
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: k.Node}}
 	node, err = c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil {
-		tb.Fatalf("kubetest: create node: %v", err)
+		k.Stop()
+		return nil, fmt.Errorf("kubetest: create node: %w", err)
 	}
 	node.Status = corev1.NodeStatus{
 		Addresses:       []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}},
@@ -81,9 +94,15 @@ func (c *Cluster) Kubelet(tb testing.TB) *Kubelet {
 		Conditions:      []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}},
 	}
 	if _, err := c.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
-		tb.Fatalf("kubetest: node status: %v", err)
+		k.Stop()
+		return nil, fmt.Errorf("kubetest: node status: %w", err)
 	}
-	return k
+	return k, nil
+}
+
+// Stop ends the Kubelet's server: execs into its pods fail from then on.
+func (k *Kubelet) Stop() {
+	k.server.Close()
 }
 
 // PodSpec says how a test pod looks. Zero values give a StreamSpace session
@@ -102,12 +121,31 @@ type PodSpec struct {
 	NotReady bool
 	// Phase overrides the Running phase.
 	Phase corev1.PodPhase
+	// Dir is the folder standing in for /config; Pod gives a fresh one when
+	// it is empty, AddPod requires it.
+	Dir string
 }
 
 // Pod creates a pod on the Node in namespace and sets its status as a
-// kubelet would. Its /config is a fresh folder the test fills.
+// kubelet would. Its /config is spec.Dir, else a fresh folder the test fills.
 func (k *Kubelet) Pod(tb testing.TB, namespace string, spec PodSpec) *Pod {
 	tb.Helper()
+	if spec.Dir == "" {
+		spec.Dir = tb.TempDir()
+	}
+	p, err := k.AddPod(namespace, spec)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// AddPod is Pod outside a test: spec.Dir, which must exist, is the pod's
+// /config.
+func (k *Kubelet) AddPod(namespace string, spec PodSpec) (*Pod, error) {
+	if spec.Dir == "" {
+		return nil, errors.New("kubetest: AddPod needs spec.Dir")
+	}
 	labels := spec.Labels
 	if labels == nil {
 		labels = map[string]string{"app": "streamspace-session", "session": spec.SessionID,
@@ -135,7 +173,7 @@ func (k *Kubelet) Pod(tb testing.TB, namespace string, spec PodSpec) *Pod {
 	ctx := context.Background()
 	pod, err := k.cluster.Client.CoreV1().Pods(namespace).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
-		tb.Fatalf("kubetest: create pod: %v", err)
+		return nil, fmt.Errorf("kubetest: create pod: %w", err)
 	}
 	phase, ready := corev1.PodRunning, corev1.ConditionTrue
 	if spec.Phase != "" {
@@ -154,13 +192,13 @@ func (k *Kubelet) Pod(tb testing.TB, namespace string, spec PodSpec) *Pod {
 		StartTime: &now,
 	}
 	if _, err := k.cluster.Client.CoreV1().Pods(namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-		tb.Fatalf("kubetest: pod status: %v", err)
+		return nil, fmt.Errorf("kubetest: pod status: %w", err)
 	}
-	p := &Pod{Namespace: namespace, Name: name, Dir: tb.TempDir(), kubelet: k, execs: map[*exec.Cmd]context.CancelFunc{}}
+	p := &Pod{Namespace: namespace, Name: name, Dir: spec.Dir, kubelet: k, execs: map[*exec.Cmd]context.CancelFunc{}}
 	k.mu.Lock()
 	k.pods[namespace+"/"+name] = p
 	k.mu.Unlock()
-	return p
+	return p, nil
 }
 
 // Break kills the pod's running commands and makes every later exec fail,

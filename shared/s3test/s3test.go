@@ -1,5 +1,6 @@
 // Package s3test runs a real MinIO server for tests: one per test binary,
-// started on first use, with a fresh bucket for each test.
+// started on first use, with a fresh bucket for each test. Run starts one
+// outside a test, for the local runner.
 package s3test
 
 import (
@@ -51,6 +52,21 @@ func Start(tb testing.TB) *Server {
 		tb.Fatalf("s3test: minio has exited:\n%s", shared.proc.Output())
 	}
 	return shared
+}
+
+// Run starts a MinIO of its own, outside a test: the local runner (make
+// run) keeps its snapshots there. Stop ends it.
+func Run() (*Server, error) {
+	path, err := testbin.Lookup("minio")
+	if err != nil {
+		return nil, err
+	}
+	return start(path)
+}
+
+// Stop ends a Server that Run started.
+func (s *Server) Stop() {
+	s.proc.Stop()
 }
 
 func start(path string) (*Server, error) {
@@ -140,19 +156,30 @@ func (s *Server) Bucket(tb testing.TB) string {
 	}
 	name := fmt.Sprintf("t%d-%s", s.buckets.Add(1), base)
 	name = strings.TrimRight(name, "-")
+	if err := s.CreateBucket(context.Background(), name); err != nil {
+		tb.Fatalf("s3test: %v", err)
+	}
+	return name
+}
+
+// CreateBucket creates the bucket name.
+func (s *Server) CreateBucket(ctx context.Context, name string) error {
 	// MinIO answers its liveness probe before it has initialised its
 	// storage; until then it refuses requests with
 	// XMinioServerNotInitialized, which is worth waiting out.
-	deadline := time.Now().Add(2 * time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
 	for {
-		_, err := s.Client().CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(name)})
+		_, err := s.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)})
 		if err == nil {
-			break
+			return nil
 		}
-		if !strings.Contains(err.Error(), "XMinioServerNotInitialized") || time.Now().After(deadline) {
-			tb.Fatalf("s3test: create bucket %s: %v", name, err)
+		if !strings.Contains(err.Error(), "XMinioServerNotInitialized") || ctx.Err() != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return name
 }
