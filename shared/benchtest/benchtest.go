@@ -8,6 +8,7 @@ package benchtest
 import (
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -106,10 +107,13 @@ func Report(b *testing.B, prefix string, whole Stage, names []string, stages ...
 }
 
 // PeakRSS resets the process's peak resident set (VmHWM) and returns a
-// function that reads it, in bytes. It skips the benchmark where the peak
-// cannot be reset.
+// function that reads it, in bytes. It first returns freed memory to the
+// system, so that the peak is the measured work's own and not garbage that
+// the work before it left to the collector. It skips the benchmark where
+// the peak cannot be reset.
 func PeakRSS(b *testing.B) func() int64 {
 	b.Helper()
+	debug.FreeOSMemory()
 	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
 		b.Skipf("cannot reset the peak RSS: %v", err)
 	}
