@@ -9,47 +9,24 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/stretchr/testify/require"
 
+	"github.com/streamspace-dev/functions/shared/benchtest"
 	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/kube"
 	"github.com/streamspace-dev/functions/shared/objstore"
 )
 
 // The benchmarks of issue 8's snapshot targets (docs/snapshots.md). Sizes
-// come from the environment so a quick run can use less than the targets:
+// come from the environment (benchtest.Sizes) so a quick run can use less
+// than the targets:
 //
 //	SNAPSHOT_BENCH_BYTES         the mixed tree of the throughput run (1 GiB)
 //	SNAPSHOT_BENCH_MEMORY_SIZES  the trees of the memory run (256MiB,2GiB)
-func benchSize(b *testing.B, name, def string) []int64 {
-	b.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		v = def
-	}
-	var out []int64
-	for _, s := range strings.Split(v, ",") {
-		s = strings.TrimSpace(s)
-		mult := int64(1)
-		for suffix, m := range map[string]int64{"GiB": 1 << 30, "MiB": 1 << 20} {
-			if n, ok := strings.CutSuffix(s, suffix); ok {
-				s, mult = n, m
-			}
-		}
-		n, err := strconv.ParseInt(s, 10, 64)
-		require.NoError(b, err, "%s=%q", name, v)
-		out = append(out, n*mult)
-	}
-	return out
-}
-
+//
 // mixedTree fills dir with about size bytes: files of 64 KiB to 8 MiB,
 // alternately text (compressible) and random bytes (not), in nested folders.
 func mixedTree(b *testing.B, dir string, size int64) {
@@ -81,83 +58,6 @@ func mixedTree(b *testing.B, dir string, size int64) {
 	}
 }
 
-// cpu is CPU time spent on this machine's two cores: this process's,
-// its exited children's (the pods' commands, which the test kubelet runs
-// and waits for: "inside the pod"), and its running children's (the
-// kube-apiserver that proxies exec, MinIO, etcd), read from /proc.
-type cpu struct{ self, pod, servers time.Duration }
-
-func (c cpu) total() time.Duration { return c.self + c.pod + c.servers }
-
-func cpuNow() cpu {
-	var s, c syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &s)
-	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &c)
-	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
-	return cpu{self: tv(s.Utime) + tv(s.Stime), pod: tv(c.Utime) + tv(c.Stime), servers: serversCPU()}
-}
-
-// serversCPU sums utime and stime of the running children of this process.
-func serversCPU() time.Duration {
-	me := strconv.Itoa(os.Getpid())
-	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
-	var ticks int64
-	for _, d := range dirs {
-		raw, err := os.ReadFile(d)
-		if err != nil {
-			continue
-		}
-		// Fields after the command, which is in parentheses: state ppid … utime stime.
-		rest := string(raw[strings.LastIndexByte(string(raw), ')')+2:])
-		f := strings.Fields(rest)
-		if len(f) < 13 || f[1] != me {
-			continue
-		}
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		ticks += u + st
-	}
-	return time.Duration(ticks) * (time.Second / 100) // USER_HZ
-}
-
-func (c cpu) since(start cpu) cpu {
-	return cpu{self: c.self - start.self, pod: c.pod - start.pod, servers: c.servers - start.servers}
-}
-
-// stage is one measured part: wall time and CPU seconds.
-type stage struct {
-	wall time.Duration
-	cpu  cpu
-}
-
-func measure(f func()) stage {
-	c0, t0 := cpuNow(), time.Now()
-	f()
-	return stage{wall: time.Since(t0), cpu: cpuNow().since(c0)}
-}
-
-// peakRSS resets the process's peak resident set (VmHWM) and returns a
-// function that reads it.
-func peakRSS(b *testing.B) func() int64 {
-	b.Helper()
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		b.Skipf("cannot reset the peak RSS: %v", err)
-	}
-	return func() int64 {
-		raw, err := os.ReadFile("/proc/self/status")
-		require.NoError(b, err)
-		for _, l := range strings.Split(string(raw), "\n") {
-			if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-				require.NoError(b, err)
-				return kb << 10
-			}
-		}
-		b.Fatal("no VmHWM")
-		return 0
-	}
-}
-
 // countingWriter counts and discards.
 type countingWriter struct{ n int64 }
 
@@ -174,7 +74,7 @@ func (w *countingWriter) Write(p []byte) (int, error) { w.n += int64(len(p)); re
 // tar -czf in the pod (single-threaded gzip there), and reports the CPU
 // seconds spent inside the pod by each.
 func BenchmarkSnapshotThroughput(b *testing.B) {
-	size := benchSize(b, "SNAPSHOT_BENCH_BYTES", "1GiB")[0]
+	size := benchtest.Sizes(b, "SNAPSHOT_BENCH_BYTES", "1GiB")[0]
 	e := setupB(b)
 	mixedTree(b, e.pod.Dir, size)
 	ctx := context.Background()
@@ -187,7 +87,7 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 		f, err := os.Create(tarPath)
 		require.NoError(b, err)
 		var tarBytes countingWriter
-		tarStage := measure(func() {
+		tarStage := benchtest.Measure(func() {
 			require.NoError(b, e.kube.Exec(ctx, e.target, homesnap.Command, kube.Streams{Stdout: io.MultiWriter(f, &tarBytes)}))
 		})
 		require.NoError(b, f.Close())
@@ -196,7 +96,7 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 		require.NoError(b, err)
 		out, err := os.Create(gzPath)
 		require.NoError(b, err)
-		gzStage := measure(func() {
+		gzStage := benchtest.Measure(func() {
 			zw, _ := gzip.NewWriterLevel(out, 6)
 			_, err := io.Copy(zw, bufio.NewReaderSize(in, 1<<20))
 			require.NoError(b, err)
@@ -207,7 +107,7 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 		// Stage 3: SHA-256 of the gzip stream.
 		in, err = os.Open(gzPath)
 		require.NoError(b, err)
-		shaStage := measure(func() {
+		shaStage := benchtest.Measure(func() {
 			h := sha256.New()
 			_, err := io.Copy(h, bufio.NewReaderSize(in, 1<<20))
 			require.NoError(b, err)
@@ -216,15 +116,15 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 		// Stage 4: the multipart upload of the gzip stream.
 		in, err = os.Open(gzPath)
 		require.NoError(b, err)
-		upStage := measure(func() {
+		upStage := benchtest.Measure(func() {
 			_, err := e.store.Upload(ctx, "bench/stage.tar.gz", struct{ io.Reader }{in}, objstore.UploadOptions{MaxBytes: size})
 			require.NoError(b, err)
 		})
 		in.Close()
 		// The one-pass snapshot.
-		rss := peakRSS(b)
+		rss := benchtest.PeakRSS(b)
 		var res homesnap.Result
-		snap := measure(func() {
+		snap := benchtest.Measure(func() {
 			res, err = homesnap.Capture(ctx, e.kube, e.store, homesnap.Request{
 				Pod: e.target, ArchiveKey: "bench/snap.tar.gz", ManifestKey: "bench/snap.json", MaxBytes: 4 * size, Level: 6})
 			require.NoError(b, err)
@@ -232,33 +132,27 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 		peak := rss()
 		// StreamSpace's approach: compression inside the pod.
 		var czf countingWriter
-		theirs := measure(func() {
+		theirs := benchtest.Measure(func() {
 			require.NoError(b, e.kube.Exec(ctx, e.target, []string{"tar", "-czf", "-", "-C", "/config", "."}, kube.Streams{Stdout: &czf}))
 		})
 
-		stages := []stage{tarStage, gzStage, shaStage, upStage}
-		var maxWall time.Duration
-		var sumCPU time.Duration
-		for _, s := range stages {
-			maxWall = max(maxWall, s.wall)
-			sumCPU += s.cpu.total()
-		}
-		limit := max(maxWall, sumCPU/2)
+		stages := []benchtest.Stage{tarStage, gzStage, shaStage, upStage}
+		limit := benchtest.Limit(stages...)
 		if i == b.N-1 {
 			mb := float64(tarBytes.n) / 1e6
-			for name, s := range map[string]stage{"tar": tarStage, "gzip": gzStage, "sha256": shaStage, "upload": upStage} {
-				b.ReportMetric(s.wall.Seconds(), "w_"+name+"-s")
-				b.ReportMetric(s.cpu.total().Seconds(), "c_"+name+"-s")
+			for name, s := range map[string]benchtest.Stage{"tar": tarStage, "gzip": gzStage, "sha256": shaStage, "upload": upStage} {
+				b.ReportMetric(s.Wall.Seconds(), "w_"+name+"-s")
+				b.ReportMetric(s.CPU.Total().Seconds(), "c_"+name+"-s")
 			}
 			b.ReportMetric(limit.Seconds(), "limit-s")
-			b.ReportMetric(snap.wall.Seconds(), "snapshot-s")
-			b.ReportMetric(snap.wall.Seconds()/limit.Seconds(), "ratio")
-			b.ReportMetric(mb/snap.wall.Seconds(), "MB/s")
+			b.ReportMetric(snap.Wall.Seconds(), "snapshot-s")
+			b.ReportMetric(snap.Wall.Seconds()/limit.Seconds(), "ratio")
+			b.ReportMetric(mb/snap.Wall.Seconds(), "MB/s")
 			b.ReportMetric(float64(peak)/(1<<20), "peakRSS-MiB")
-			b.ReportMetric(snap.cpu.pod.Seconds(), "pod-cpu-s")
-			b.ReportMetric(snap.cpu.total().Seconds(), "c_snapshot-s")
-			b.ReportMetric(theirs.wall.Seconds(), "czf-s")
-			b.ReportMetric(theirs.cpu.pod.Seconds(), "czf-pod-cpu-s")
+			b.ReportMetric(snap.CPU.Pod.Seconds(), "pod-cpu-s")
+			b.ReportMetric(snap.CPU.Total().Seconds(), "c_snapshot-s")
+			b.ReportMetric(theirs.Wall.Seconds(), "czf-s")
+			b.ReportMetric(theirs.CPU.Pod.Seconds(), "czf-pod-cpu-s")
 			b.ReportMetric(float64(res.Manifest.SizeBytes)/float64(tarBytes.n), "gzip-ratio")
 		}
 	}
@@ -268,13 +162,13 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 // in SNAPSHOT_BENCH_MEMORY_SIZES and reports the process's peak RSS during
 // each: the target is at most 128 MiB, and no growth with the home's size.
 func BenchmarkSnapshotMemory(b *testing.B) {
-	for _, size := range benchSize(b, "SNAPSHOT_BENCH_MEMORY_SIZES", "256MiB,2GiB") {
+	for _, size := range benchtest.Sizes(b, "SNAPSHOT_BENCH_MEMORY_SIZES", "256MiB,2GiB") {
 		b.Run(fmt.Sprintf("%dMiB", size>>20), func(b *testing.B) {
 			e := setupB(b)
 			mixedTree(b, e.pod.Dir, size)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				rss := peakRSS(b)
+				rss := benchtest.PeakRSS(b)
 				_, err := homesnap.Capture(context.Background(), e.kube, e.store, homesnap.Request{
 					Pod: e.target, ArchiveKey: "bench/m.tar.gz", ManifestKey: "bench/m.json", MaxBytes: 4 * size, Level: 6})
 				require.NoError(b, err)

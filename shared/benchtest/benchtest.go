@@ -1,0 +1,163 @@
+// Package benchtest holds what the throughput and memory benchmarks of
+// issue 8 share (docs/snapshots.md): the CPU seconds spent on this machine by
+// a stage of a pipeline, each stage measured alone, the pipeline's limit
+// derived from them, the process's peak resident set, and sizes read from
+// the environment. It is for benchmarks only and reads Linux's /proc.
+package benchtest
+
+import (
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// CPU is CPU time spent on this machine's cores: this process's, its exited
+// children's (the pods' commands, which the test kubelet runs and waits
+// for: "inside the pod"), and its running children's (the kube-apiserver
+// that proxies exec, MinIO, etcd), read from /proc.
+type CPU struct{ Self, Pod, Servers time.Duration }
+
+// Total is the CPU time of everything on the machine that the run started.
+func (c CPU) Total() time.Duration { return c.Self + c.Pod + c.Servers }
+
+// Since is the CPU time spent from start to c.
+func (c CPU) Since(start CPU) CPU {
+	return CPU{Self: c.Self - start.Self, Pod: c.Pod - start.Pod, Servers: c.Servers - start.Servers}
+}
+
+// CPUNow reads the CPU time spent so far.
+func CPUNow() CPU {
+	var s, c syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &s)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &c)
+	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
+	return CPU{Self: tv(s.Utime) + tv(s.Stime), Pod: tv(c.Utime) + tv(c.Stime), Servers: serversCPU()}
+}
+
+// serversCPU sums utime and stime of the running children of this process.
+func serversCPU() time.Duration {
+	me := strconv.Itoa(os.Getpid())
+	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var ticks int64
+	for _, d := range dirs {
+		raw, err := os.ReadFile(d)
+		if err != nil {
+			continue
+		}
+		// Fields after the command, which is in parentheses: state ppid … utime stime.
+		rest := string(raw[strings.LastIndexByte(string(raw), ')')+2:])
+		f := strings.Fields(rest)
+		if len(f) < 13 || f[1] != me {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + st
+	}
+	return time.Duration(ticks) * (time.Second / 100) // USER_HZ
+}
+
+// Stage is one measured part of a pipeline: wall time and CPU time.
+type Stage struct {
+	Wall time.Duration
+	CPU  CPU
+}
+
+// Measure runs f and returns its wall and CPU time.
+func Measure(f func()) Stage {
+	c0, t0 := CPUNow(), time.Now()
+	f()
+	return Stage{Wall: time.Since(t0), CPU: CPUNow().Since(c0)}
+}
+
+// Cores is the number of cores the stages of a pipeline share on the
+// machine the targets were set for.
+const Cores = 2
+
+// Limit is the best wall time of a pipeline of the stages, each measured
+// alone, running at once on Cores cores: max(max_i w_i, Σ c_i / Cores).
+func Limit(stages ...Stage) time.Duration {
+	var maxWall, sumCPU time.Duration
+	for _, s := range stages {
+		maxWall = max(maxWall, s.Wall)
+		sumCPU += s.CPU.Total()
+	}
+	return max(maxWall, sumCPU/Cores)
+}
+
+// Report reports each named stage's wall (w_name-s) and CPU seconds
+// (c_name-s), the pipeline's limit (prefix+"limit-s"), its wall time
+// (prefix+"wall-s") and the ratio of the two (prefix+"ratio"; the target is
+// at most 1.15).
+func Report(b *testing.B, prefix string, whole Stage, names []string, stages ...Stage) {
+	b.Helper()
+	for i, s := range stages {
+		b.ReportMetric(s.Wall.Seconds(), "w_"+prefix+names[i]+"-s")
+		b.ReportMetric(s.CPU.Total().Seconds(), "c_"+prefix+names[i]+"-s")
+	}
+	limit := Limit(stages...)
+	b.ReportMetric(limit.Seconds(), prefix+"limit-s")
+	b.ReportMetric(whole.Wall.Seconds(), prefix+"wall-s")
+	b.ReportMetric(whole.Wall.Seconds()/limit.Seconds(), prefix+"ratio")
+}
+
+// PeakRSS resets the process's peak resident set (VmHWM) and returns a
+// function that reads it, in bytes. It first returns freed memory to the
+// system, so that the peak is the measured work's own and not garbage that
+// the work before it left to the collector. It skips the benchmark where
+// the peak cannot be reset.
+func PeakRSS(b *testing.B) func() int64 {
+	b.Helper()
+	debug.FreeOSMemory()
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		b.Skipf("cannot reset the peak RSS: %v", err)
+	}
+	return func() int64 {
+		raw, err := os.ReadFile("/proc/self/status")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, l := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return kb << 10
+			}
+		}
+		b.Fatal("no VmHWM in /proc/self/status")
+		return 0
+	}
+}
+
+// Sizes reads the environment variable name, or def when it is unset: a
+// comma-separated list of sizes in bytes, MiB or GiB ("256MiB,2GiB").
+func Sizes(b *testing.B, name, def string) []int64 {
+	b.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		v = def
+	}
+	var out []int64
+	for _, s := range strings.Split(v, ",") {
+		s = strings.TrimSpace(s)
+		mult := int64(1)
+		for suffix, m := range map[string]int64{"GiB": 1 << 30, "MiB": 1 << 20} {
+			if n, ok := strings.CutSuffix(s, suffix); ok {
+				s, mult = n, m
+			}
+		}
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n <= 0 {
+			b.Fatalf("%s=%q: %q is not a size", name, v, s)
+		}
+		out = append(out, n*mult)
+	}
+	return out
+}
