@@ -30,6 +30,15 @@ func requireManager(who authn.Identity) error {
 	return nil
 }
 
+// managedPolicyID is the {id} a policy route names, once the caller may
+// manage policies.
+func managedPolicyID(r *http.Request, who authn.Identity) (int64, error) {
+	if err := requireManager(who); err != nil {
+		return 0, err
+	}
+	return policyID(r)
+}
+
 // ListResult is the answer of GET …/policies.
 type ListResult struct {
 	Policies []Policy `json:"policies"`
@@ -88,10 +97,7 @@ func (f *Function) listPolicies(w http.ResponseWriter, r *http.Request, who auth
 }
 
 func (f *Function) getPolicy(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
-	if err := requireManager(who); err != nil {
-		return err
-	}
-	id, err := policyID(r)
+	id, err := managedPolicyID(r, who)
 	if err != nil {
 		return err
 	}
@@ -134,10 +140,7 @@ func (f *Function) createPolicy(w http.ResponseWriter, r *http.Request, who auth
 }
 
 func (f *Function) updatePolicy(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
-	if err := requireManager(who); err != nil {
-		return err
-	}
-	id, err := policyID(r)
+	id, err := managedPolicyID(r, who)
 	if err != nil {
 		return err
 	}
@@ -163,10 +166,7 @@ func (f *Function) updatePolicy(w http.ResponseWriter, r *http.Request, who auth
 }
 
 func (f *Function) deletePolicy(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
-	if err := requireManager(who); err != nil {
-		return err
-	}
-	id, err := policyID(r)
+	id, err := managedPolicyID(r, who)
 	if err != nil {
 		return err
 	}
@@ -240,10 +240,7 @@ func (f *Function) withPolicy(ctx context.Context, id int64, fn func(p Policy) e
 }
 
 func (f *Function) evaluatePolicy(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
-	if err := requireManager(who); err != nil {
-		return err
-	}
-	id, err := policyID(r)
+	id, err := managedPolicyID(r, who)
 	if err != nil {
 		return err
 	}
@@ -301,10 +298,7 @@ func (f *Function) evaluatePolicy(w http.ResponseWriter, r *http.Request, who au
 }
 
 func (f *Function) triggerPolicy(w http.ResponseWriter, r *http.Request, who authn.Identity) error {
-	if err := requireManager(who); err != nil {
-		return err
-	}
-	id, err := policyID(r)
+	id, err := managedPolicyID(r, who)
 	if err != nil {
 		return err
 	}
