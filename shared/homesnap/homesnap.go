@@ -322,17 +322,26 @@ func compress(r io.Reader, w io.Writer, req Request, tarBytes, entries, contentB
 	counted := &limitCounter{r: r, n: tarBytes, max: req.MaxBytes}
 	tee := io.TeeReader(counted, zw)
 	tr := tar.NewReader(tee)
+	var dataEnd int64 // where the last entry's content and padding end in the stream
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
+			// tar ends an archive with two zero blocks. A stream that stops
+			// right after an entry was cut short, and its exit status may
+			// have been lost with its end (docs/snapshots.md).
+			if tarBytes.Load() < dataEnd+2*tarBlock {
+				return errors.New("read tar stream: it ends without tar's end-of-archive blocks, so it was cut short")
+			}
 			break
 		}
 		if err != nil {
 			return fmt.Errorf("read tar stream: %w", err)
 		}
 		entries.Add(1)
+		dataEnd = tarBytes.Load()
 		if h.Typeflag == tar.TypeReg {
 			contentBytes.Add(h.Size)
+			dataEnd += (h.Size + tarBlock - 1) / tarBlock * tarBlock
 		}
 	}
 	if _, err := io.Copy(io.Discard, tee); err != nil {
@@ -340,6 +349,9 @@ func compress(r io.Reader, w io.Writer, req Request, tarBytes, entries, contentB
 	}
 	return zw.Close()
 }
+
+// tarBlock is tar's block size.
+const tarBlock = 512
 
 // limitCounter counts what passes and fails once more than max has.
 type limitCounter struct {
