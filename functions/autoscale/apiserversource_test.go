@@ -13,8 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -114,39 +112,8 @@ func TestApiServerSourceAdapter(t *testing.T) {
 // beyond what the function reads).
 func installSessionCRD(t *testing.T, k *kube) {
 	t.Helper()
-	ctx := context.Background()
-	ext, err := apiextensionsclient.NewForConfig(k.cluster.Config)
-	require.NoError(t, err)
-	preserve := true
-	crd := &apiextensionsv1.CustomResourceDefinition{
-		ObjectMeta: metav1.ObjectMeta{Name: "sessions.stream.space"},
-		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
-			Group: "stream.space", Scope: apiextensionsv1.NamespaceScoped,
-			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: "sessions", Singular: "session", Kind: "Session", ListKind: "SessionList"},
-			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{
-				Name: "v1alpha1", Served: true, Storage: true,
-				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
-					Type: "object", XPreserveUnknownFields: &preserve,
-				}},
-			}},
-		},
-	}
-	_, err = ext.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		require.NoError(t, err)
-	}
-	require.Eventually(t, func() bool {
-		c, err := ext.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, crd.Name, metav1.GetOptions{})
-		if err != nil {
-			return false
-		}
-		for _, cond := range c.Status.Conditions {
-			if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
-				return true
-			}
-		}
-		return false
-	}, wait, 50*time.Millisecond, "the Session CRD is not established")
+	installCRD(t, k, "stream.space", apiextensionsv1.CustomResourceDefinitionNames{
+		Plural: "sessions", Singular: "session", Kind: "Session", ListKind: "SessionList"})
 }
 
 // bindSourceRole creates the Role of deploy/base/sessions-source.yaml in

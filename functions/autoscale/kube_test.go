@@ -277,15 +277,23 @@ func TestRefusesWhatItMustNotScale(t *testing.T) {
 // names (the schema kept open: the function reads only scaleTargetRef).
 func installKEDA(t *testing.T, k *kube) {
 	t.Helper()
+	installCRD(t, k, "keda.sh", apiextensionsv1.CustomResourceDefinitionNames{
+		Plural: "scaledobjects", Singular: "scaledobject", Kind: "ScaledObject", ListKind: "ScaledObjectList",
+		ShortNames: []string{"so"}})
+}
+
+// installCRD installs a namespaced v1alpha1 CustomResourceDefinition of
+// group with names and an open schema, and waits until it is established.
+func installCRD(t *testing.T, k *kube, group string, names apiextensionsv1.CustomResourceDefinitionNames) {
+	t.Helper()
 	ctx := context.Background()
 	ext, err := apiextensionsclient.NewForConfig(k.cluster.Config)
 	require.NoError(t, err)
 	preserve := true
 	crd := &apiextensionsv1.CustomResourceDefinition{
-		ObjectMeta: metav1.ObjectMeta{Name: "scaledobjects.keda.sh"},
+		ObjectMeta: metav1.ObjectMeta{Name: names.Plural + "." + group},
 		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
-			Group: "keda.sh", Scope: apiextensionsv1.NamespaceScoped,
-			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: "scaledobjects", Singular: "scaledobject", Kind: "ScaledObject", ListKind: "ScaledObjectList", ShortNames: []string{"so"}},
+			Group: group, Scope: apiextensionsv1.NamespaceScoped, Names: names,
 			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{
 				Name: "v1alpha1", Served: true, Storage: true,
 				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
@@ -309,5 +317,5 @@ func installKEDA(t *testing.T, k *kube) {
 			}
 		}
 		return false
-	}, wait, 50*time.Millisecond, "KEDA's CRD is not established")
+	}, wait, 50*time.Millisecond, "the CRD %s is not established", crd.Name)
 }
