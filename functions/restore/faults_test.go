@@ -190,6 +190,8 @@ func TestRestoreVetFailureLeavesConfigUntouched(t *testing.T) {
 			assert.Contains(t, row.Error, tc.reason)
 			assert.False(t, row.RolledBack)
 			assert.Empty(t, row.Backup, "no backup is taken of a session whose snapshot fails the vet")
+			assert.Equal(t, jobState{Phase: string(function.PhaseFailed), FailedPhase: string(function.PhaseVetting)}, stateOf(t, w.h, id),
+				"a job with no backup records its phase too")
 			assert.Equal(t, "failed", row.SnapshotStatus, "a snapshot that fails the vet can never be restored")
 			assert.Equal(t, before, fileState(t, w.pod.Dir), "/config is byte-identical")
 			var d events.RestoreFailedData
@@ -227,6 +229,8 @@ func TestRestoreRollsBack(t *testing.T) {
 	assert.Contains(t, row.Error, "rolled back to the pre-restore snapshot "+row.Backup)
 	assert.Equal(t, "available", row.SnapshotStatus, "a read that failed says nothing against the snapshot")
 	assert.Equal(t, before, fileState(t, w.pod.Dir), "/config is as it was before the restore")
+	assert.Equal(t, jobState{Phase: string(function.PhaseFailed), FailedPhase: string(function.PhaseExtracting),
+		Backup: row.Backup, RolledBack: true}, stateOf(t, w.h, id))
 	var d events.RestoreFailedData
 	waitEvent(t, w.h, events.RestoreFailed, id, &d)
 	assert.True(t, d.RolledBack)
@@ -263,6 +267,8 @@ func TestRestorePodDisappears(t *testing.T) {
 	assert.False(t, row.RolledBack)
 	assert.Contains(t, row.Error, "rollback failed")
 	assert.NotEmpty(t, row.Backup, "the backup was taken before the pod went")
+	assert.Equal(t, jobState{Phase: string(function.PhaseFailed), FailedPhase: string(function.PhaseExtracting),
+		Backup: row.Backup, RollbackFailed: true}, stateOf(t, w.h, id))
 	var d events.RestoreFailedData
 	waitEvent(t, w.h, events.RestoreFailed, id, &d)
 	assert.False(t, d.RolledBack)
@@ -313,6 +319,8 @@ func TestRestoreRedelivery(t *testing.T) {
 	row := w.job(t, snap, id)
 	require.Equal(t, "in_progress", row.Status)
 	assert.Equal(t, function.PhaseExtracting, row.Progress.Phase)
+	require.NotEmpty(t, row.Backup)
+	assert.Equal(t, jobState{Phase: string(function.PhaseExtracting), Backup: row.Backup}, stateOf(t, w.h, id))
 
 	// While it runs: acknowledged, nothing done.
 	assert.Equal(t, 2, w.deliver(t, e)/100, "a redelivery while the job runs is acknowledged")
@@ -385,5 +393,6 @@ func TestRestoreWithoutAPod(t *testing.T) {
 	assert.Contains(t, row.Error, "find the session's pod")
 	assert.False(t, row.RolledBack)
 	assert.Empty(t, row.Backup)
+	assert.Equal(t, jobState{Phase: string(function.PhaseFailed), FailedPhase: string(function.PhaseVetting)}, stateOf(t, w.h, res.RestoreJobID))
 	assert.Equal(t, "available", row.SnapshotStatus)
 }

@@ -84,3 +84,21 @@ func waitEvent(t *testing.T, h *fntest.Harness, typ, job string, data any) {
 		return false
 	}, wait, 20*time.Millisecond, "no %s for job %s", typ, job)
 }
+
+// jobState is what a restore job's row records of its own state, in the
+// columns migration 008 adds; a null boolean reads false.
+type jobState struct {
+	Phase, FailedPhase, Backup string
+	RolledBack, RollbackFailed bool
+}
+
+func stateOf(t *testing.T, h *fntest.Harness, job string) jobState {
+	t.Helper()
+	var s jobState
+	require.NoError(t, h.Pool.QueryRow(context.Background(), `
+		select coalesce(phase, ''), coalesce(failed_phase, ''), coalesce(backup_snapshot_id, ''),
+		       coalesce(rolled_back, false), coalesce(rollback_failed, false)
+		from snapshot_restore_jobs where id = $1`, job).
+		Scan(&s.Phase, &s.FailedPhase, &s.Backup, &s.RolledBack, &s.RollbackFailed))
+	return s
+}

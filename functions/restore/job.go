@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -38,6 +39,21 @@ const (
 	PhaseCompleted   Phase = "completed"
 	PhaseFailed      Phase = "failed"
 )
+
+// changingPhases are the phases in which /config may have lost files. A
+// job whose recorded phase is one of them and whose backup is available
+// resumes from that backup: another attempt must not back up a half-cleared
+// home, and its failure rolls back.
+var changingPhases = []string{string(PhaseClearing), string(PhaseExtracting), string(PhaseVerifying), string(PhaseRollingBack)}
+
+func changesConfig(p Phase) bool {
+	for _, c := range changingPhases {
+		if string(p) == c {
+			return true
+		}
+	}
+	return false
+}
 
 var phaseSteps = map[Phase]int{
 	PhasePending: 0, PhaseVetting: 1, PhaseBackingUp: 2, PhaseClearing: 3, PhaseExtracting: 4, PhaseVerifying: 5,
@@ -210,6 +226,9 @@ type run struct {
 	e     cloudevents.Event
 	lease *db.Lease
 	pod   kube.Pod
+	// at is the phase this attempt is in: a failure records it as the
+	// job's failed_phase.
+	at Phase
 	// cleared is set once /config may have lost files: from then on a
 	// failure rolls back.
 	cleared    bool
@@ -232,11 +251,11 @@ func (r *run) execute(ctx context.Context) error {
 
 	// A previous owner that recorded a phase after backing up may have
 	// changed /config; this attempt starts from the backup it took.
-	resumed := j.Backup.ID != "" && j.Backup.Status == SnapshotAvailable &&
-		j.Backup.Meta.Phase != PhaseBackingUp && j.Backup.Meta.Phase != ""
+	resumed := j.Backup.ID != "" && j.Backup.Status == SnapshotAvailable && changesConfig(j.Phase)
 	if resumed {
 		r.cleared = true
-		if j.Backup.Meta.Phase == PhaseRollingBack {
+		if j.Phase == PhaseRollingBack {
+			r.at = PhaseRollingBack
 			return r.fail(ctx, errors.New("the previous attempt failed and was rolling back"), nil)
 		}
 	}
@@ -272,9 +291,14 @@ func (r *run) execute(ctx context.Context) error {
 	return r.finish(ctx, files)
 }
 
+// start records the job in_progress and vetting, with a progress event. A
+// phase that says /config may have changed stays recorded until this
+// attempt records one of its own, so an attempt that dies while vetting
+// still leaves the next one resuming from the backup.
 func (r *run) start(ctx context.Context) error {
+	r.at = PhaseVetting
 	return r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
-		if _, err := tx.Exec(ctx, startJobSQL, r.j.ID); err != nil {
+		if _, err := tx.Exec(ctx, startJobSQL, r.j.ID, changingPhases, PhaseVetting); err != nil {
 			return nil, err
 		}
 		ev, err := progressed(r.j, PhaseVetting)
@@ -282,22 +306,15 @@ func (r *run) start(ctx context.Context) error {
 	})
 }
 
-// phase records that the job enters p, in its backup's metadata, with a
-// progress event. Before the backup exists only the event goes out.
+// phase records that the job enters p, in its row, with a progress event.
 func (r *run) phase(ctx context.Context, p Phase) error {
+	r.at = p
 	if err := r.alive(ctx); err != nil {
 		return err
 	}
 	return r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
-		if r.j.Backup.ID != "" {
-			r.j.Backup.Meta.Phase = p
-			meta, err := json.Marshal(r.j.Backup.Meta)
-			if err != nil {
-				return nil, err
-			}
-			if _, err := tx.Exec(ctx, backupMetaSQL, r.j.Backup.ID, meta); err != nil {
-				return nil, err
-			}
+		if _, err := tx.Exec(ctx, phaseSQL, r.j.ID, p); err != nil {
+			return nil, err
 		}
 		ev, err := progressed(r.j, p)
 		return []cloudevents.Event{ev}, err
@@ -325,64 +342,91 @@ func (r *run) vet(ctx context.Context, key string, pin objstore.Pin, want archiv
 	return err
 }
 
-// backup creates the pre-restore snapshot row, captures /config into it and
-// records its manifest. A previous attempt's unfinished row is reused, so
+// backup creates the pre-restore snapshot row, records it as the job's
+// backup, captures /config into it and records its archive as the snapshot
+// function records any. A previous attempt's unfinished row is reused, so
 // its key is the same and the stale upload is replaced.
 func (r *run) backup(ctx context.Context) error {
 	j := &r.j
-	if j.Backup.ID == "" {
+	r.at = PhaseBackingUp
+	b, fresh := j.Backup, j.Backup.ID == ""
+	if fresh {
 		id := uuid.NewString()
-		b := backup{ID: id, Status: SnapshotCreating, StoragePath: homesnap.ArchiveKey(j.Target.UserID, j.TargetSessionID, id),
-			Meta: backupMeta{RestoreJobID: j.ID, Phase: PhaseBackingUp}}
-		meta, err := json.Marshal(b.Meta)
-		if err != nil {
-			return err
-		}
-		err = r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
-			if _, err := tx.Exec(ctx, insertBackupSQL, b.ID, j.TargetSessionID, j.Target.UserID,
-				"Before restore "+j.ID, b.StoragePath, meta); err != nil {
-				return nil, err
-			}
-			ev, err := progressed(*j, PhaseBackingUp)
-			return []cloudevents.Event{ev}, err
-		})
-		if err != nil {
-			return err
-		}
-		j.Backup = b
+		b = backup{ID: id, Status: SnapshotCreating, StoragePath: homesnap.ArchiveKey(j.Target.UserID, j.TargetSessionID, id)}
 	}
-	m, err := r.f.capture.Capture(ctx, r.pod, j.Backup.StoragePath, map[string]string{
-		"snapshot": j.Backup.ID, "session": j.TargetSessionID, "user": j.Target.UserID, "restoreJob": j.ID})
-	if err != nil {
-		r.backupFailed(err)
-		return err
-	}
-	j.Backup.Status = SnapshotAvailable
-	j.Backup.Meta.SHA256, j.Backup.Meta.Entries, j.Backup.Meta.Bytes = m.SHA256, m.Entries, m.ContentBytes
-	j.Backup.Meta.ETag, j.Backup.Meta.VersionID = m.ETag, m.VersionID
-	meta, err := json.Marshal(j.Backup.Meta)
+	// The backup names its job, for a reader of the snapshot alone; the
+	// job's row is what links them.
+	meta, err := json.Marshal(map[string]string{"restoreJobId": j.ID})
 	if err != nil {
 		return err
 	}
 	if err := r.alive(ctx); err != nil {
 		return err
 	}
-	return r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
-		_, err := tx.Exec(ctx, backupDoneSQL, j.Backup.ID, SnapshotAvailable, m.SizeBytes, meta)
+	err = r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		if fresh {
+			if _, err := tx.Exec(ctx, insertBackupSQL, b.ID, j.TargetSessionID, j.Target.UserID,
+				"Before restore "+j.ID, b.StoragePath, meta); err != nil {
+				return nil, err
+			}
+		}
+		if _, err := tx.Exec(ctx, backingUpSQL, j.ID, b.ID, PhaseBackingUp); err != nil {
+			return nil, err
+		}
+		ev, err := progressed(*j, PhaseBackingUp)
+		return []cloudevents.Event{ev}, err
+	})
+	if err != nil {
+		return err
+	}
+	j.Backup, j.Phase = b, PhaseBackingUp
+	m, err := r.f.capture.Capture(ctx, r.pod, j.Backup.StoragePath, map[string]string{
+		"snapshot": j.Backup.ID, "session": j.TargetSessionID, "user": j.Target.UserID, "restoreJob": j.ID})
+	if err != nil {
+		r.backupFailed(err)
+		return err
+	}
+	rec := archiveRecord{Manifest: homesnap.ManifestKey(j.Backup.StoragePath), ETag: m.ETag, VersionID: m.VersionID,
+		SHA256: m.SHA256, Entries: m.Entries, TarBytes: m.TarBytes, Level: m.Level,
+		Pod: m.Pod.Namespace + "/" + m.Pod.Name, Warnings: m.Warnings}
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := r.alive(ctx); err != nil {
+		return err
+	}
+	err = r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		_, err := tx.Exec(ctx, backupDoneSQL, j.Backup.ID, m.SizeBytes, raw)
 		return nil, err
 	})
+	if err != nil {
+		return err
+	}
+	j.Backup.Status, j.Backup.Archive = SnapshotAvailable, rec
+	return nil
 }
 
-// backupFailed marks the backup row failed, so it is not listed as a usable
-// snapshot; the job's own failure is recorded by its caller.
+// backupFailed marks the backup row failed, as a failed snapshot is, so it
+// is not listed as a usable snapshot; the job's own failure is recorded by
+// its caller.
 func (r *run) backupFailed(cause error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	meta, _ := json.Marshal(r.j.Backup.Meta)
-	err := r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
-		_, err := tx.Exec(ctx, backupDoneSQL, r.j.Backup.ID, SnapshotFailed, 0, meta)
-		return nil, err
-	})
+	stage := homesnap.StageOf(cause)
+	inner := cause
+	var he *homesnap.Error
+	if errors.As(cause, &he) {
+		inner = he.Err
+	}
+	reason := truncate(strings.ToValidUTF8(inner.Error(), "?"), 4000)
+	rec, err := json.Marshal(failureRecord{Stage: string(stage), Error: reason})
+	if err == nil {
+		err = r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+			_, err := tx.Exec(ctx, backupFailedSQL, r.j.Backup.ID, fmt.Sprintf("%s: %s", stage, reason), rec)
+			return nil, err
+		})
+	}
 	if err != nil {
 		r.f.svc.Log.Warn("mark pre-restore backup failed", "restoreJob", r.j.ID, "error", err, "cause", cause)
 	}
@@ -486,16 +530,9 @@ func (r *run) finish(ctx context.Context, files int64) error {
 	if err := r.alive(ctx); err != nil {
 		return err
 	}
-	r.j.Backup.Meta.Phase = PhaseCompleted
-	meta, err := json.Marshal(r.j.Backup.Meta)
-	if err != nil {
-		return err
-	}
-	_, err = r.f.svc.Once(ctx, r.e, func(tx pgx.Tx) ([]cloudevents.Event, error) {
-		if _, err := tx.Exec(ctx, finishJobSQL, r.j.ID, JobCompleted, "", SnapshotAvailable); err != nil {
-			return nil, err
-		}
-		if _, err := tx.Exec(ctx, backupMetaSQL, r.j.Backup.ID, meta); err != nil {
+	_, err := r.f.svc.Once(ctx, r.e, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		if _, err := tx.Exec(ctx, finishJobSQL, r.j.ID, JobCompleted, "", SnapshotAvailable,
+			PhaseCompleted, "", false, false); err != nil {
 			return nil, err
 		}
 		ev, err := completed(r.j, files)
@@ -516,6 +553,8 @@ func (r *run) fail(ctx context.Context, cause, rejected error) error {
 		return cause
 	}
 	reason := cause.Error()
+	// The phase that failed, before a rollback moves on to its own.
+	failedIn := r.at
 	rollbackFailed := false
 	if r.cleared {
 		if err := r.rollback(ctx); err != nil {
@@ -532,24 +571,13 @@ func (r *run) fail(ctx context.Context, cause, rejected error) error {
 	if errors.Is(rejected, archive.ErrRejected) {
 		snapStatus = SnapshotFailed
 	}
-	r.j.Backup.Meta.Phase = PhaseFailed
-	r.j.Backup.Meta.RolledBack = r.rolledBack
-	r.j.Backup.Meta.RollbackFailed = rollbackFailed
-	meta, err := json.Marshal(r.j.Backup.Meta)
-	if err != nil {
-		return errors.Join(cause, err)
-	}
 	// The outcome is recorded even when the job's own time ran out.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	_, err = r.f.svc.Once(wctx, r.e, func(tx pgx.Tx) ([]cloudevents.Event, error) {
-		if _, err := tx.Exec(wctx, finishJobSQL, r.j.ID, JobFailed, truncate(reason, 4000), snapStatus); err != nil {
+	_, err := r.f.svc.Once(wctx, r.e, func(tx pgx.Tx) ([]cloudevents.Event, error) {
+		if _, err := tx.Exec(wctx, finishJobSQL, r.j.ID, JobFailed, truncate(reason, 4000), snapStatus,
+			PhaseFailed, failedIn, r.rolledBack, rollbackFailed); err != nil {
 			return nil, err
-		}
-		if r.j.Backup.ID != "" {
-			if _, err := tx.Exec(wctx, backupMetaSQL, r.j.Backup.ID, meta); err != nil {
-				return nil, err
-			}
 		}
 		if rollbackFailed {
 			data, err := json.Marshal(map[string]string{"restoreJobId": r.j.ID, "sessionId": r.j.TargetSessionID,
@@ -574,7 +602,9 @@ func (r *run) fail(ctx context.Context, cause, rejected error) error {
 }
 
 // rollback puts the pre-restore backup back into /config: clear, extract
-// (re-packed and checked like any archive), verify, chown.
+// (re-packed and checked like any archive), verify, chown. The backup is
+// read as any snapshot is, through its manifest, which must describe the
+// archive the job recorded.
 func (r *run) rollback(ctx context.Context) error {
 	b := r.j.Backup
 	if b.ID == "" || b.Status != SnapshotAvailable {
@@ -589,11 +619,17 @@ func (r *run) rollback(ctx context.Context) error {
 	if r.pod.Name == "" {
 		return errors.New("the session has no pod")
 	}
-	want := archive.Expect{SHA256: b.Meta.SHA256, Entries: b.Meta.Entries, Bytes: b.Meta.Bytes}
+	want, pin, err := r.f.manifests.Manifest(ctx, b.StoragePath)
+	if err != nil {
+		return fmt.Errorf("read the backup's manifest: %w", err)
+	}
+	if a := b.Archive; pin.ETag != a.ETag || pin.VersionID != a.VersionID || want.SHA256 != a.SHA256 || want.Entries != a.Entries {
+		return fmt.Errorf("the backup's manifest describes another archive than the one recorded in snapshot %s", b.ID)
+	}
 	if err := r.f.pods.Exec(ctx, r.pod, clearCmd, kube.Streams{}); err != nil {
 		return fmt.Errorf("clear /config: %w", err)
 	}
-	restored, err := r.extract(ctx, b.StoragePath, objstore.Pin{ETag: b.Meta.ETag, VersionID: b.Meta.VersionID}, want)
+	restored, err := r.extract(ctx, b.StoragePath, pin, want)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -385,15 +386,33 @@ func restoreJob(t *testing.T, w *world) {
 		}
 	}
 
-	// The pre-restore backup is a snapshot of the session linked to the
-	// job, and holds /config as it was.
+	// The job's row records its end and its backup.
 	require.NotEmpty(t, row.Backup)
-	var typ, status, path string
+	assert.Equal(t, jobState{Phase: string(function.PhaseCompleted), Backup: row.Backup}, stateOf(t, w.h, id))
+
+	// The pre-restore backup is a snapshot of the session like any other:
+	// its metadata is the archive record a snapshot has, and the id of the
+	// job that took it. It holds /config as it was.
+	var (
+		typ, status, path string
+		meta              map[string]json.RawMessage
+	)
 	require.NoError(t, w.h.Pool.QueryRow(context.Background(),
-		`select type, status, storage_path from session_snapshots where id = $1 and metadata->>'restoreJobId' = $2`,
-		row.Backup, id).Scan(&typ, &status, &path))
+		`select type, status, storage_path, metadata from session_snapshots where id = $1`,
+		row.Backup).Scan(&typ, &status, &path, &meta))
 	assert.Equal(t, "pre-restore", typ)
 	assert.Equal(t, "available", status)
+	assert.ElementsMatch(t, []string{"restoreJobId", "archive"}, slices.Collect(maps.Keys(meta)))
+	assert.JSONEq(t, strconv.Quote(id), string(meta["restoreJobId"]))
+	var rec struct {
+		Manifest, ETag, SHA256 string
+		Entries                int64
+	}
+	require.NoError(t, json.Unmarshal(meta["archive"], &rec))
+	assert.Equal(t, homesnap.ManifestKey(path), rec.Manifest)
+	assert.NotEmpty(t, rec.ETag)
+	assert.Len(t, rec.SHA256, 64)
+	assert.Positive(t, rec.Entries)
 	obj, err := w.s3.Client().GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(w.bucket), Key: aws.String(path)})
 	require.NoError(t, err)
 	restoreDir := t.TempDir()

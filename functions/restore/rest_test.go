@@ -159,6 +159,78 @@ func TestRestoreStatus(t *testing.T) {
 	}
 }
 
+// TestRestoreStatusReadsTheJobState lists jobs whose state is in the
+// columns migration 008 adds, and jobs recorded before it (those columns
+// null): the answer keeps StreamSpace's shape with progress, backup and
+// rollback read from the job's own row.
+func TestRestoreStatusReadsTheJobState(t *testing.T) {
+	h := fntest.Start(t, function.New(), offlineEnv(t))
+	h.AddUser("alice", authn.User)
+	addSession(t, h, "s-alice", "alice", "running")
+	snap := addSnapshot(t, h, "s-alice", "alice", "available")
+
+	tests := []struct {
+		name string
+		// columns are the row's values beside StreamSpace's: status,
+		// phase, failed_phase, backup_snapshot_id, rolled_back.
+		status, phase, failedPhase, backup string
+		rolledBack                         *bool
+		want                               map[string]any
+	}{
+		{name: "in progress, extracting, with its backup", status: "in_progress", phase: "extracting", backup: "b-1",
+			want: map[string]any{"status": "in_progress", "backupSnapshotId": "b-1", "rolledBack": false,
+				"progress": map[string]any{"phase": "extracting", "step": 4, "steps": 6, "percent": 66}}},
+		{name: "failed while vetting, no backup", status: "failed", phase: "failed", failedPhase: "vetting", rolledBack: new(false),
+			want: map[string]any{"status": "failed", "rolledBack": false,
+				"progress": map[string]any{"phase": "failed", "step": 6, "steps": 6, "percent": 100}}},
+		{name: "failed and rolled back", status: "failed", phase: "failed", failedPhase: "extracting", backup: "b-2", rolledBack: new(true),
+			want: map[string]any{"status": "failed", "backupSnapshotId": "b-2", "rolledBack": true,
+				"progress": map[string]any{"phase": "failed", "step": 6, "steps": 6, "percent": 100}}},
+		{name: "in progress, recorded before migration 008", status: "in_progress",
+			want: map[string]any{"status": "in_progress", "rolledBack": false,
+				"progress": map[string]any{"phase": "vetting", "step": 1, "steps": 6, "percent": 16}}},
+		{name: "completed, recorded before migration 008", status: "completed",
+			want: map[string]any{"status": "completed", "rolledBack": false,
+				"progress": map[string]any{"phase": "completed", "step": 6, "steps": 6, "percent": 100}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			id := uuid.NewString()
+			sqlExec(t, h, `insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status, started_at,
+				completed_at, phase, failed_phase, backup_snapshot_id, rolled_back)
+				values ($1, $2, 's-alice', 's-alice', 'alice', $3::text, localtimestamp,
+					case when $3::text in ('completed', 'failed') then localtimestamp end, nullif($4, ''), nullif($5, ''), nullif($6, ''), $7)`,
+				id, snap, tc.status, tc.phase, tc.failedPhase, tc.backup, tc.rolledBack)
+			status, body := h.Do(http.MethodGet, restorePath("s-alice", snap)+"/status", h.Token("alice", authn.User), nil)
+			require.Equal(t, http.StatusOK, status, "%s", body)
+			var got struct {
+				RestoreJobs []map[string]any `json:"restoreJobs"`
+			}
+			require.NoError(t, json.Unmarshal(body, &got))
+			var job map[string]any
+			for _, j := range got.RestoreJobs {
+				if j["id"] == id {
+					job = j
+				}
+			}
+			require.NotNil(t, job, "job %s is listed", id)
+			want := map[string]any{"id": id, "targetSessionId": "s-alice", "startedAt": job["startedAt"]}
+			if tc.status == "completed" || tc.status == "failed" {
+				want["completedAt"] = job["completedAt"]
+				assert.NotEmpty(t, job["completedAt"])
+			}
+			for k, v := range tc.want {
+				want[k] = v
+			}
+			wantJSON, err := json.Marshal(want)
+			require.NoError(t, err)
+			gotJSON, err := json.Marshal(job)
+			require.NoError(t, err)
+			assert.JSONEq(t, string(wantJSON), string(gotJSON), "StreamSpace's fields, progress, backup and rollback; nothing else")
+		})
+	}
+}
+
 // TestStaleJobsAreAskedAgain delivers the outbox-drain tick: jobs left
 // pending or running with no live lease for longer than a job may take are
 // asked for again, once per quiet interval; the others are left alone.

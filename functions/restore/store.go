@@ -15,11 +15,12 @@ import (
 
 // The SQL of the restore function. It uses StreamSpace's own tables as they
 // are: sessions, session_snapshots, snapshot_restore_jobs, users and
-// notifications (docs/data.md). snapshot_restore_jobs has no column for a
-// job's phase, its pre-restore backup or whether it rolled back, so those
-// live in the metadata of the job's pre-restore snapshot (a session_snapshots
-// row of type pre-restore whose metadata.restoreJobId names the job), which
-// the status route reads back (docs/restore.md).
+// notifications, and the columns migration 008 adds to
+// snapshot_restore_jobs for the job's own state: phase, backup_snapshot_id,
+// failed_phase, rolled_back, rollback_failed and updated_at (docs/data.md).
+// The job's pre-restore backup is a snapshot like any other: its metadata
+// holds the archive record the snapshot function writes, and the id of the
+// job that took it, for a reader of the snapshot alone.
 
 // querier is what the store reads through: a pool or a transaction.
 type querier interface {
@@ -129,16 +130,19 @@ returning id`
 // insertJobSQL adds a pending job: $1 id, $2 snapshot, $3 the path
 // session, $4 the target session, $5 the owner.
 const insertJobSQL = `
-insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status, started_at)
-values ($1, $2, $3, $4, $5, 'pending', localtimestamp)`
+insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status, started_at, phase, updated_at)
+values ($1, $2, $3, $4, $5, 'pending', localtimestamp, 'pending', localtimestamp)`
 
 // job is a row of snapshot_restore_jobs with what the job needs of its
 // snapshot, its target session and its backup.
 type job struct {
 	ID, SnapshotID, SessionID, TargetSessionID, UserID string
 	Status                                             JobStatus
-	Snapshot                                           snapshot
-	Target                                             session
+	// Phase is the phase recorded last; empty for a job not yet started,
+	// or recorded before migration 008.
+	Phase    Phase
+	Snapshot snapshot
+	Target   session
 	// Backup is the job's pre-restore snapshot; its ID is empty until one
 	// was created.
 	Backup backup
@@ -149,57 +153,57 @@ type backup struct {
 	ID          string
 	Status      SnapshotStatus
 	StoragePath string
-	Meta        backupMeta
+	// Archive is its metadata.archive, set once it is available.
+	Archive archiveRecord
 }
 
-// backupMeta is the metadata of a pre-restore snapshot: the link to its
-// job and the job's progress, which snapshot_restore_jobs has no column for.
-type backupMeta struct {
-	RestoreJobID string `json:"restoreJobId"`
-	Phase        Phase  `json:"phase,omitempty"`
-	// RolledBack is set when the job failed after clearing /config and this
-	// backup was put back.
-	RolledBack bool `json:"rolledBack,omitempty"`
-	// RollbackFailed is set when putting it back failed too.
-	RollbackFailed bool `json:"rollbackFailed,omitempty"`
-	// SHA256, Entries and Bytes are the backup archive's manifest values.
-	SHA256  string `json:"sha256,omitempty"`
-	Entries int64  `json:"entries,omitempty"`
-	Bytes   int64  `json:"bytes,omitempty"`
-	// ETag and VersionID pin the backup archive for the rollback's read.
-	ETag      string `json:"etag,omitempty"`
-	VersionID string `json:"versionId,omitempty"`
+// archiveRecord is metadata.archive of an available snapshot, in the shape
+// the snapshot function writes it (docs/snapshots.md): the manifest's key
+// and the archive's pin and checks.
+type archiveRecord struct {
+	Manifest  string   `json:"manifest"`
+	ETag      string   `json:"etag"`
+	VersionID string   `json:"versionId,omitempty"`
+	SHA256    string   `json:"sha256"`
+	Entries   int64    `json:"entries"`
+	TarBytes  int64    `json:"tarBytes"`
+	Level     int      `json:"level"`
+	Pod       string   `json:"pod"`
+	Warnings  []string `json:"warnings,omitempty"`
+}
+
+// failureRecord is metadata.failure of a failed snapshot, in the shape the
+// snapshot function writes it.
+type failureRecord struct {
+	Stage string `json:"stage"`
+	Error string `json:"error"`
 }
 
 // jobSQL reads job $1, locked against a concurrent change of its status,
-// with its snapshot, its target session and its backup (the newest
-// pre-restore snapshot naming it). The lock is "for no key update", which
-// leaves StreamSpace's foreign-key checks unblocked.
+// with its snapshot, its target session and its backup. The lock is "for no
+// key update", which leaves StreamSpace's foreign-key checks unblocked.
 const jobSQL = `
 select j.id, coalesce(j.snapshot_id, ''), coalesce(j.session_id, ''), coalesce(j.target_session_id, ''),
-       coalesce(j.user_id, ''), coalesce(j.status, ''),
+       coalesce(j.user_id, ''), coalesce(j.status, ''), coalesce(j.phase, ''),
        coalesce(s.session_id, ''), coalesce(s.user_id, ''), coalesce(s.status, ''), coalesce(s.storage_path, ''),
        coalesce(t.user_id, ''), coalesce(t.state, ''), coalesce(t.namespace, ''),
-       coalesce(b.id, ''), coalesce(b.status, ''), coalesce(b.storage_path, ''), coalesce(b.metadata, '{}')
+       coalesce(b.id, ''), coalesce(b.status, ''), coalesce(b.storage_path, ''), coalesce(b.metadata->'archive', '{}')
 from snapshot_restore_jobs j
 left join session_snapshots s on s.id = j.snapshot_id
 left join sessions t on t.id = j.target_session_id
-left join lateral (
-	select id, status, storage_path, metadata from session_snapshots
-	where type = 'pre-restore' and metadata->>'restoreJobId' = j.id
-	order by created_at desc limit 1) b on true
+left join session_snapshots b on b.id = j.backup_snapshot_id
 where j.id = $1
 for no key update of j`
 
 func loadJob(ctx context.Context, q querier, id string) (job, error) {
 	var (
-		j    job
-		meta []byte
+		j   job
+		rec []byte
 	)
-	err := q.QueryRow(ctx, jobSQL, id).Scan(&j.ID, &j.SnapshotID, &j.SessionID, &j.TargetSessionID, &j.UserID, &j.Status,
+	err := q.QueryRow(ctx, jobSQL, id).Scan(&j.ID, &j.SnapshotID, &j.SessionID, &j.TargetSessionID, &j.UserID, &j.Status, &j.Phase,
 		&j.Snapshot.SessionID, &j.Snapshot.UserID, &j.Snapshot.Status, &j.Snapshot.StoragePath,
 		&j.Target.UserID, &j.Target.State, &j.Target.Namespace,
-		&j.Backup.ID, &j.Backup.Status, &j.Backup.StoragePath, &meta)
+		&j.Backup.ID, &j.Backup.Status, &j.Backup.StoragePath, &rec)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return j, errs.E(errs.NotFound, "restore job %s not found", id)
 	}
@@ -208,24 +212,36 @@ func loadJob(ctx context.Context, q querier, id string) (job, error) {
 	}
 	j.Snapshot.ID = j.SnapshotID
 	j.Target.ID = j.TargetSessionID
-	if err := json.Unmarshal(meta, &j.Backup.Meta); err != nil {
-		return j, fmt.Errorf("restore job %s: backup metadata: %w", id, err)
+	if err := json.Unmarshal(rec, &j.Backup.Archive); err != nil {
+		return j, fmt.Errorf("restore job %s: backup %s: metadata.archive: %w", id, j.Backup.ID, err)
 	}
 	return j, nil
 }
 
-// startJobSQL moves a job to in_progress, as StreamSpace's API did, setting
-// started_at to when it really started.
+// startJobSQL moves job $1 to in_progress, as StreamSpace's API did,
+// setting started_at to when it really started, and its phase to $3
+// (vetting) unless the phase recorded is one of $2: those say /config may
+// have been changed, which a new attempt must know until it records a phase
+// of its own (job.go).
 const startJobSQL = `
-update snapshot_restore_jobs set status = 'in_progress', started_at = localtimestamp
+update snapshot_restore_jobs
+set status = 'in_progress', started_at = localtimestamp, updated_at = localtimestamp,
+    phase = case when phase = any($2::text[]) then phase else $3::text end
 where id = $1 and status in ('pending', 'in_progress')`
 
+// phaseSQL records that job $1 entered phase $2.
+const phaseSQL = `update snapshot_restore_jobs set phase = $2, updated_at = localtimestamp where id = $1`
+
 // finishJobSQL ends job $1 with status $2 and error message $3 (null when
-// empty), and puts its snapshot in status $4.
+// empty), and puts its snapshot in status $4. $5 is the job's last phase
+// (completed or failed), $6 the phase it failed in (null when empty), $7
+// and $8 whether it rolled back and whether the rollback failed.
 const finishJobSQL = `
 with j as (
 	update snapshot_restore_jobs
-	set status = $2::text, completed_at = localtimestamp, error_message = nullif($3::text, '')
+	set status = $2::text, completed_at = localtimestamp, error_message = nullif($3::text, ''),
+	    phase = $5::text, failed_phase = nullif($6::text, ''), rolled_back = $7, rollback_failed = $8,
+	    updated_at = localtimestamp
 	where id = $1
 	returning snapshot_id)
 update session_snapshots s
@@ -240,16 +256,30 @@ const insertBackupSQL = `
 insert into session_snapshots (id, session_id, user_id, name, description, type, status, storage_path, metadata, created_at, updated_at)
 values ($1, $2, $3, $4, 'Taken automatically before a restore replaced this session''s files', 'pre-restore', 'creating', $5, $6, localtimestamp, localtimestamp)`
 
-// backupDoneSQL records the backup archive: status $2, size $3, metadata
-// $4.
-const backupDoneSQL = `
-update session_snapshots
-set status = $2::text, size_bytes = $3, metadata = $4, updated_at = localtimestamp,
-    completed_at = case when $2::text = 'available' then localtimestamp else completed_at end
+// backingUpSQL records that job $1 entered phase $3 (backing-up) with its
+// backup snapshot $2.
+const backingUpSQL = `
+update snapshot_restore_jobs
+set phase = $3, backup_snapshot_id = $2, updated_at = localtimestamp
 where id = $1`
 
-// backupMetaSQL rewrites a backup's metadata (the job's phase and outcome).
-const backupMetaSQL = `update session_snapshots set metadata = $2, updated_at = localtimestamp where id = $1`
+// backupDoneSQL records the backup archive as the snapshot function
+// records any: available, its size $2, its record $3 under metadata.archive.
+const backupDoneSQL = `
+update session_snapshots
+set status = 'available', size_bytes = $2, completed_at = localtimestamp, updated_at = localtimestamp,
+    error_message = null,
+    metadata = coalesce(metadata, '{}') || jsonb_build_object('archive', $3::jsonb)
+where id = $1`
+
+// backupFailedSQL records a failed backup as the snapshot function records
+// a failed snapshot: failed, the message $2, and the stage under
+// metadata.failure ($3).
+const backupFailedSQL = `
+update session_snapshots
+set status = 'failed', error_message = $2, completed_at = localtimestamp, updated_at = localtimestamp,
+    metadata = coalesce(metadata, '{}') || jsonb_build_object('failure', $3::jsonb)
+where id = $1`
 
 // notifyAdminsSQL tells every active admin, in StreamSpace's notifications
 // table, that a restore could not be rolled back: $1 title, $2 message, $3
@@ -279,17 +309,13 @@ type JobView struct {
 }
 
 // listJobsSQL reads the ten newest jobs of snapshot $1, as StreamSpace's
-// API did, with their backups.
+// API did, with their state.
 const listJobsSQL = `
-select j.id, coalesce(j.status, ''), coalesce(j.started_at, localtimestamp), j.completed_at, coalesce(j.error_message, ''),
-       coalesce(j.target_session_id, ''), coalesce(b.id, ''), coalesce(b.metadata, '{}')
-from snapshot_restore_jobs j
-left join lateral (
-	select id, metadata from session_snapshots
-	where type = 'pre-restore' and metadata->>'restoreJobId' = j.id
-	order by created_at desc limit 1) b on true
-where j.snapshot_id = $1
-order by j.started_at desc, j.id
+select id, coalesce(status, ''), coalesce(started_at, localtimestamp), completed_at, coalesce(error_message, ''),
+       coalesce(target_session_id, ''), coalesce(backup_snapshot_id, ''), coalesce(phase, ''), coalesce(rolled_back, false)
+from snapshot_restore_jobs
+where snapshot_id = $1
+order by started_at desc, id
 limit 10`
 
 func listJobs(ctx context.Context, q querier, snapshotID string) ([]JobView, error) {
@@ -301,19 +327,14 @@ func listJobs(ctx context.Context, q querier, snapshotID string) ([]JobView, err
 	out := []JobView{}
 	for rows.Next() {
 		var (
-			v    JobView
-			meta []byte
-			m    backupMeta
+			v     JobView
+			phase Phase
 		)
 		if err := rows.Scan(&v.ID, &v.Status, &v.StartedAt, &v.CompletedAt, &v.ErrorMessage, &v.TargetSessionID,
-			&v.BackupSnapshotID, &meta); err != nil {
+			&v.BackupSnapshotID, &phase, &v.RolledBack); err != nil {
 			return nil, fmt.Errorf("list restore jobs of %s: %w", snapshotID, err)
 		}
-		if err := json.Unmarshal(meta, &m); err != nil {
-			return nil, fmt.Errorf("list restore jobs of %s: backup metadata: %w", snapshotID, err)
-		}
-		v.RolledBack = m.RolledBack
-		v.Progress = progressOf(v.Status, m.Phase)
+		v.Progress = progressOf(v.Status, phase)
 		out = append(out, v)
 	}
 	if err := rows.Err(); err != nil {
@@ -323,7 +344,8 @@ func listJobs(ctx context.Context, q querier, snapshotID string) ([]JobView, err
 }
 
 // staleJobsSQL picks up to 50 jobs that are pending or in progress, were
-// last started more than $1 seconds ago, and have no live lease: their
+// last changed (or, for a row written before migration 008, started) more
+// than $1 seconds ago, and have no live lease: their
 // event was lost (dead-lettered while the function was down), or their
 // owner died and the broker stopped redelivering. Rows another sweep holds
 // are skipped.
@@ -331,15 +353,15 @@ const staleJobsSQL = `
 select j.id, coalesce(j.snapshot_id, ''), coalesce(j.target_session_id, ''), coalesce(j.user_id, '')
 from snapshot_restore_jobs j
 where j.status in ('pending', 'in_progress')
-  and j.started_at < localtimestamp - make_interval(secs => $1)
+  and coalesce(j.updated_at, j.started_at) < localtimestamp - make_interval(secs => $1)
   and not exists (select 1 from job_leases l where l.name = 'restore:' || j.id and l.lease_until > now())
-order by j.started_at
+order by coalesce(j.updated_at, j.started_at)
 limit 50
 for update of j skip locked`
 
 // touchJobSQL restarts a stale job's clock, so it is asked again only after
-// another quiet interval.
-const touchJobSQL = `update snapshot_restore_jobs set started_at = localtimestamp where id = $1`
+// another quiet interval. StreamSpace's started_at is left as it is.
+const touchJobSQL = `update snapshot_restore_jobs set updated_at = localtimestamp where id = $1`
 
 // staleJob is a job a sweep asks for again.
 type staleJob struct {
