@@ -242,10 +242,15 @@ func TestStaleJobsAreAskedAgain(t *testing.T) {
 	jobs := map[string]struct {
 		status string
 		age    string
-		lease  string // "" none, else the lease's remaining time
-		asked  bool
+		// changed is how long ago the function last changed the row
+		// (updated_at); "" for a row written before migration 008.
+		changed string
+		lease   string // "" none, else the lease's remaining time
+		asked   bool
 	}{
 		"pending, its event lost":     {status: "pending", age: "1 hour", asked: true},
+		"running, changed long ago":   {status: "in_progress", age: "2 hours", changed: "1 hour", asked: true},
+		"running, changed just now":   {status: "in_progress", age: "1 hour", changed: "1 minute"},
 		"running, its owner gone":     {status: "in_progress", age: "1 hour", lease: "-1 minute", asked: true},
 		"running, its owner renewing": {status: "in_progress", age: "1 hour", lease: "30 seconds"},
 		"pending, just asked":         {status: "pending", age: "1 minute"},
@@ -256,8 +261,9 @@ func TestStaleJobsAreAskedAgain(t *testing.T) {
 	for name, j := range jobs {
 		id := uuid.NewString()
 		ids[name] = id
-		sqlExec(t, h, `insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status, started_at)
-			values ($1, $2, 's-alice', 's-alice', 'alice', $3, localtimestamp - $4::interval)`, id, snap, j.status, j.age)
+		sqlExec(t, h, `insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status, started_at, updated_at)
+			values ($1, $2, 's-alice', 's-alice', 'alice', $3, localtimestamp - $4::interval, localtimestamp - nullif($5, '')::interval)`,
+			id, snap, j.status, j.age, j.changed)
 		if j.lease != "" {
 			sqlExec(t, h, `insert into job_leases (name, owner, lease_until, heartbeat_at) values ($1, 'pod-a', now() + $2::interval, now())`,
 				"restore:"+id, j.lease)
@@ -292,6 +298,9 @@ func TestStaleJobsAreAskedAgain(t *testing.T) {
 			}
 		})
 	}
+	assert.Equal(t, len(jobs), h.Count(`select count(*) from snapshot_restore_jobs
+		where snapshot_id = $1 and started_at < localtimestamp - interval '50 seconds'`, snap),
+		"the sweep restarts its own clock, never StreamSpace's started_at")
 }
 
 func countRequested(h *fntest.Harness, job string) int {

@@ -265,11 +265,12 @@ where id = $1`
 
 // backupDoneSQL records the backup archive as the snapshot function
 // records any: available, its size $2, its record $3 under metadata.archive.
+// A previous attempt's failure on a reused row is dropped.
 const backupDoneSQL = `
 update session_snapshots
 set status = 'available', size_bytes = $2, completed_at = localtimestamp, updated_at = localtimestamp,
     error_message = null,
-    metadata = coalesce(metadata, '{}') || jsonb_build_object('archive', $3::jsonb)
+    metadata = (coalesce(metadata, '{}') - 'failure') || jsonb_build_object('archive', $3::jsonb)
 where id = $1`
 
 // backupFailedSQL records a failed backup as the snapshot function records
