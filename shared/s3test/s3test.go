@@ -1,10 +1,17 @@
 // Package s3test runs a real MinIO server for tests: one per test binary,
 // started on first use, with a fresh bucket for each test. Run starts one
 // outside a test, for the local runner.
+//
+// Every server has MinIO's built-in single-key KMS, holding one key named
+// KMSKeyID with random key material of its own, so server-side encryption
+// works as on AWS S3: SSE-S3 (AES256) and SSE-KMS (aws:kms, with KMSKeyID
+// or no key id).
 package s3test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -20,6 +27,15 @@ import (
 
 	"github.com/streamspace-dev/functions/shared/testbin"
 )
+
+// KMSKeyID is the name of the KMS key every server holds: the key id to
+// ask for with SSE-KMS (S3_SSE_KMS_KEY_ID). It is also the key SSE-S3 and
+// SSE-KMS without a key id use.
+const KMSKeyID = "s3test-key"
+
+// KMSKeyARN is how MinIO names KMSKeyID in the answers to writes and
+// HeadObject (SSEKMSKeyId).
+const KMSKeyARN = "arn:aws:kms:" + KMSKeyID
 
 // Server is a running MinIO.
 type Server struct {
@@ -82,6 +98,12 @@ func start(path string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The KMS's key material is random for each server; its objects live
+	// no longer than the server.
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
 	s := &Server{
 		Endpoint:  fmt.Sprintf("http://127.0.0.1:%d", api),
 		AccessKey: "s3test-root",
@@ -92,7 +114,8 @@ func start(path string) (*Server, error) {
 		[]string{"server", dir, "--quiet", "--address", fmt.Sprintf("127.0.0.1:%d", api),
 			"--console-address", fmt.Sprintf("127.0.0.1:%d", console)},
 		"MINIO_ROOT_USER="+s.AccessKey, "MINIO_ROOT_PASSWORD="+s.SecretKey,
-		"MINIO_BROWSER=off", "MINIO_UPDATE=off")
+		"MINIO_BROWSER=off", "MINIO_UPDATE=off",
+		"MINIO_KMS_SECRET_KEY="+KMSKeyID+":"+base64.StdEncoding.EncodeToString(key))
 	if err != nil {
 		return nil, err
 	}
