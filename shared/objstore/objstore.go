@@ -399,8 +399,9 @@ func (s *Store) AbortUploads(ctx context.Context, key string) (int, error) {
 
 // classify maps the store's answers to error kinds: a missing object or
 // upload is NotFound, a failed precondition (the object changed) Conflict,
-// refused credentials Internal (an operator must fix them; no retry helps
-// soon), everything else Unavailable, so the work is retried.
+// refused credentials or a refused KMS key Internal (an operator must fix
+// them; no retry helps soon), everything else Unavailable, so the work is
+// retried.
 func (s *Store) classify(op, key string, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("objstore: %s %s: %w", op, key, err)
@@ -411,6 +412,11 @@ func (s *Store) classify(op, key string, err error) error {
 	var ae smithy.APIError
 	var re interface{ HTTPStatusCode() int }
 	switch {
+	// MinIO answers an unknown KMS key with 404: it is checked before the
+	// status codes, or it would pass for a missing object.
+	case errors.As(err, &ae) && isKMSError(ae.ErrorCode()):
+		return errs.Wrap(errs.Internal, err,
+			"object storage: %s %s failed: the store's KMS refused the encryption key (check S3_SSE_KMS_KEY_ID and the key's policy)", op, key)
 	case errors.As(err, &nf), errors.As(err, &nu):
 		kind = errs.NotFound
 	case errors.As(err, &ae) && (ae.ErrorCode() == "NotFound" || ae.ErrorCode() == "NoSuchKey"):
@@ -425,4 +431,11 @@ func (s *Store) classify(op, key string, err error) error {
 		kind = errs.Internal
 	}
 	return errs.Wrap(kind, err, "object storage: %s %s failed", op, key)
+}
+
+// isKMSError says whether code is a KMS failure the store passed on: MinIO
+// answers kms:KeyNotFound and the like, AWS S3 KMS.NotFoundException,
+// KMS.DisabledException and the like.
+func isKMSError(code string) bool {
+	return strings.HasPrefix(code, "kms:") || strings.HasPrefix(code, "KMS.")
 }

@@ -10,11 +10,15 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -26,18 +30,27 @@ import (
 const mib = 1 << 20
 
 // newStore returns a Store on a fresh bucket of the test's MinIO, reached
-// at endpoint (MinIO itself when empty).
-func newStore(t *testing.T, srv *s3test.Server, bucket, endpoint string) *objstore.Store {
+// at endpoint (MinIO itself when empty); mut adjusts its config.
+func newStore(t *testing.T, srv *s3test.Server, bucket, endpoint string, mut ...func(*objstore.Config)) *objstore.Store {
 	t.Helper()
 	if endpoint == "" {
 		endpoint = srv.Endpoint
 	}
-	st, err := objstore.New(context.Background(), objstore.Config{
+	cfg := objstore.Config{
 		Endpoint: endpoint, Bucket: bucket, Region: srv.Region, ForcePathStyle: true, Concurrency: 2,
 		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey,
-	})
+	}
+	for _, m := range mut {
+		m(&cfg)
+	}
+	st, err := objstore.New(context.Background(), cfg)
 	require.NoError(t, err)
 	return st
+}
+
+// withSSE sets S3_SSE and S3_SSE_KMS_KEY_ID.
+func withSSE(sse objstore.SSE, kmsKey string) func(*objstore.Config) {
+	return func(c *objstore.Config) { c.SSE, c.SSEKMSKeyID = sse, kmsKey }
 }
 
 func random(t *testing.T, n int) []byte {
@@ -114,6 +127,101 @@ func TestUploadAndPinnedGet(t *testing.T) {
 	}
 }
 
+// sseRecorder forwards to MinIO and records the server-side encryption
+// headers of every request, to show what the store asked for.
+func sseRecorder(t *testing.T, endpoint string) (string, func() []string) {
+	t.Helper()
+	u, err := url.Parse(endpoint)
+	require.NoError(t, err)
+	proxy := httputil.NewSingleHostReverseProxy(u)
+	var mu sync.Mutex
+	var seen []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for name, v := range r.Header {
+			if strings.HasPrefix(strings.ToLower(name), "x-amz-server-side-encryption") {
+				mu.Lock()
+				seen = append(seen, r.Method+" "+name+": "+strings.Join(v, ","))
+				mu.Unlock()
+			}
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+}
+
+// TestServerSideEncryption writes with each S3_SSE mode, through a
+// multipart upload (a snapshot's archive) and a single put (its manifest):
+// MinIO, with its built-in KMS, stores each object encrypted as asked and
+// reads it back unchanged.
+func TestServerSideEncryption(t *testing.T) {
+	srv := s3test.Start(t)
+	tests := []struct {
+		name    string
+		sse     objstore.SSE
+		kmsKey  string
+		want    types.ServerSideEncryption
+		wantKey string
+	}{
+		{name: "without S3_SSE nothing is requested", sse: objstore.SSENone},
+		{name: "SSE-S3", sse: objstore.SSES3, want: types.ServerSideEncryptionAes256},
+		{name: "SSE-KMS with a key id", sse: objstore.SSEKMS, kmsKey: s3test.KMSKeyID,
+			want: types.ServerSideEncryptionAwsKms, wantKey: s3test.KMSKeyARN},
+		{name: "SSE-KMS with the store's default key", sse: objstore.SSEKMS,
+			want: types.ServerSideEncryptionAwsKms, wantKey: s3test.KMSKeyARN},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			bucket := srv.Bucket(t)
+			endpoint, requested := sseRecorder(t, srv.Endpoint)
+			st := newStore(t, srv, bucket, endpoint, withSSE(tc.sse, tc.kmsKey))
+			ctx := context.Background()
+			archive := random(t, 20*mib)
+			manifest := []byte(`{"sha256":"x"}`)
+			up, err := st.Upload(ctx, "a.tar.gz", pipeOf(archive, 0), objstore.UploadOptions{MaxBytes: 50 * mib})
+			require.NoError(t, err)
+			assert.Contains(t, up.ETag, "-3", "the archive went as a multipart upload")
+			put, err := st.Put(ctx, "a.json", manifest, "application/json")
+			require.NoError(t, err)
+
+			for _, o := range []struct {
+				obj  objstore.Object
+				data []byte
+			}{{up, archive}, {put, manifest}} {
+				head, err := srv.Client().HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(bucket), Key: aws.String(o.obj.Key)})
+				require.NoError(t, err)
+				assert.Equal(t, tc.want, head.ServerSideEncryption, "%s is stored encrypted as asked", o.obj.Key)
+				assert.Equal(t, tc.wantKey, aws.ToString(head.SSEKMSKeyId), "%s's KMS key", o.obj.Key)
+
+				body, _, err := st.Get(ctx, o.obj.Key, objstore.Pin{ETag: o.obj.ETag})
+				require.NoError(t, err)
+				read, err := io.ReadAll(body)
+				require.NoError(t, body.Close())
+				require.NoError(t, err)
+				assert.True(t, bytes.Equal(o.data, read), "%s reads back unchanged", o.obj.Key)
+			}
+			assert.Equal(t, 0, uploadsLeft(t, srv, bucket, "a.tar.gz"))
+
+			headers := requested()
+			if tc.sse == objstore.SSENone {
+				assert.Empty(t, headers, "no encryption header was sent")
+				return
+			}
+			// The upload's create and the put ask for it; parts do not.
+			want := []string{"POST X-Amz-Server-Side-Encryption: " + string(tc.sse), "PUT X-Amz-Server-Side-Encryption: " + string(tc.sse)}
+			if tc.kmsKey != "" {
+				want = append(want, "POST X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id: "+tc.kmsKey,
+					"PUT X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id: "+tc.kmsKey)
+			}
+			assert.ElementsMatch(t, want, headers)
+		})
+	}
+}
+
 func TestGetErrors(t *testing.T) {
 	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
@@ -183,6 +291,20 @@ func TestFailedUploadLeavesNothing(t *testing.T) {
 			st := newStore(t, srv, bucket, endpoint)
 			_, err := st.Upload(context.Background(), "k.tar.gz", pipeOf(random(t, 30*mib), 0), objstore.UploadOptions{MaxBytes: 50 * mib})
 			assert.Positive(t, refused.Load(), "the proxy refused a part")
+			return err
+		}},
+		{name: "the KMS key is unknown", run: func(t *testing.T, bucket string) error {
+			st := newStore(t, srv, bucket, "", withSSE(objstore.SSEKMS, "no-such-key"))
+			_, err := st.Upload(context.Background(), "k.tar.gz", pipeOf(random(t, 30*mib), 0), objstore.UploadOptions{MaxBytes: 50 * mib})
+			if assert.Error(t, err) {
+				assert.Contains(t, err.Error(), "S3_SSE_KMS_KEY_ID", "the error names the setting to fix")
+				assert.Contains(t, err.Error(), "kms:KeyNotFound", "the error carries the store's answer")
+				assert.Equal(t, errs.Internal, errs.KindOf(err), "a retry does not help")
+			}
+			_, putErr := st.Put(context.Background(), "k.json", []byte("{}"), "application/json")
+			require.Error(t, putErr)
+			assert.Contains(t, putErr.Error(), "S3_SSE_KMS_KEY_ID", "a small put fails the same way")
+			assert.False(t, exists(t, srv, bucket, "k.json"))
 			return err
 		}},
 		{name: "the context ends mid-upload", run: func(t *testing.T, bucket string) error {
