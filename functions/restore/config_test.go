@@ -34,6 +34,9 @@ func TestConfig(t *testing.T) {
 		{name: "a lease too short to renew", env: map[string]string{"RESTORE_LEASE_TTL": "1s"}, want: "RESTORE_LEASE_TTL"},
 		{name: "a job timeout", env: map[string]string{"RESTORE_JOB_TIMEOUT": "10s"}, want: "RESTORE_JOB_TIMEOUT"},
 		{name: "an endpoint that is not a URL", env: map[string]string{"S3_ENDPOINT": "minio:9000"}, want: "S3_ENDPOINT"},
+		{name: "an unknown encryption mode", env: map[string]string{"S3_SSE": "aes256"}, want: `S3_SSE "aes256"`},
+		{name: "a KMS key without SSE-KMS", env: map[string]string{"S3_SSE": "AES256", "S3_SSE_KMS_KEY_ID": "k"},
+			want: "S3_SSE_KMS_KEY_ID is set but S3_SSE is not aws:kms"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package function_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	function "github.com/streamspace-dev/functions/functions/snapshot"
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/fntest"
 )
@@ -91,4 +93,34 @@ func TestCreateAnswerAndEvent(t *testing.T) {
 	assert.Equal(t, "snapshots/alice/s-1/"+id+".tar.gz", s.StoragePath)
 	assert.JSONEq(t, `{"reason":"upgrade"}`, string(s.Metadata))
 	require.NotNil(t, s.ExpiresAt)
+}
+
+// TestConfig starts the function with bad storage settings: each stops
+// start-up, before anything connects, with a message naming the variable.
+func TestConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{name: "an unknown encryption mode", env: map[string]string{"S3_SSE": "aes256"}, want: `S3_SSE "aes256"`},
+		{name: "a KMS key without SSE-KMS", env: map[string]string{"S3_SSE": "AES256", "S3_SSE_KMS_KEY_ID": "k"},
+			want: "S3_SSE_KMS_KEY_ID is set but S3_SSE is not aws:kms"},
+		{name: "an endpoint that is not a URL", env: map[string]string{"S3_ENDPOINT": "minio:9000"}, want: "S3_ENDPOINT"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{
+				"DATABASE_URL":                "postgres://nobody@127.0.0.1:1/none",
+				"STREAMSPACE_JWT_SECRET_FILE": "/nonexistent",
+				"S3_BUCKET":                   "snapshots",
+			}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			err := function.New().Start(context.Background(), env)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
 }

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -13,12 +16,15 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/fntest"
+	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/metrics"
+	"github.com/streamspace-dev/functions/shared/s3test"
 )
 
 // archiveOf is metadata.archive of an available snapshot.
@@ -107,6 +113,56 @@ func TestSnapshotJob(t *testing.T) {
 	})
 }
 
+// TestSnapshotEncrypted takes a snapshot with each server-side encryption
+// mode: the archive and the manifest are both stored encrypted, and the
+// archive reads back as the manifest describes it.
+func TestSnapshotEncrypted(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		want    types.ServerSideEncryption
+		wantKey string
+	}{
+		{name: "SSE-KMS with a key id", env: map[string]string{"S3_SSE": "aws:kms", "S3_SSE_KMS_KEY_ID": s3test.KMSKeyID},
+			want: types.ServerSideEncryptionAwsKms, wantKey: s3test.KMSKeyARN},
+		{name: "SSE-S3", env: map[string]string{"S3_SSE": "AES256"}, want: types.ServerSideEncryptionAes256},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, opts{env: tc.env})
+			pod := w.pod(t, "s-1")
+			random := make([]byte, 12<<20)
+			_, err := rand.Read(random)
+			require.NoError(t, err)
+			write(t, filepath.Join(pod.Dir, "Documents", "notes.txt"), []byte("secret notes\n"))
+			write(t, filepath.Join(pod.Dir, "blob"), random)
+
+			id := w.create(t, "s-1")
+			status, _ := w.h.Deliver(w.requested(t, id), false)
+			require.Equal(t, http.StatusAccepted, status)
+			s := w.snapshot(t, "s-1", id)
+			require.Equal(t, "available", string(s.Status), "error: %s", s.ErrorMessage)
+			assert.Contains(t, metadataOf(t, s.Metadata).Archive.ETag, "-2", "the archive went as a multipart upload of two parts")
+
+			ctx := context.Background()
+			for _, key := range []string{s.StoragePath, homesnap.ManifestKey(s.StoragePath)} {
+				head, err := w.srv.Client().HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(w.bucket), Key: aws.String(key)})
+				require.NoError(t, err)
+				assert.Equal(t, tc.want, head.ServerSideEncryption, "%s is stored encrypted", key)
+				assert.Equal(t, tc.wantKey, aws.ToString(head.SSEKMSKeyId), "%s's KMS key", key)
+			}
+			obj, err := w.srv.Client().GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(w.bucket), Key: aws.String(s.StoragePath)})
+			require.NoError(t, err)
+			defer obj.Body.Close()
+			sum := sha256.New()
+			_, err = io.Copy(sum, obj.Body)
+			require.NoError(t, err)
+			assert.Equal(t, metadataOf(t, s.Metadata).Archive.SHA256, hex.EncodeToString(sum.Sum(nil)),
+				"the archive reads back as the manifest describes it")
+		})
+	}
+}
+
 func TestSnapshotJobFailures(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -133,6 +189,11 @@ func TestSnapshotJobFailures(t *testing.T) {
 				pod.Delete(t)
 			}()
 		}},
+		{name: "an unknown KMS key", stage: "upload", reason: "S3_SSE_KMS_KEY_ID",
+			o: opts{env: map[string]string{"S3_SSE": "aws:kms", "S3_SSE_KMS_KEY_ID": "no-such-key"}},
+			prepare: func(t *testing.T, w *world) {
+				write(t, filepath.Join(w.pod(t, "s-1").Dir, "notes.txt"), []byte("secret notes\n"))
+			}},
 		{name: "the store refuses mid-upload", stage: "upload", o: opts{endpoint: refusingProxy(t)}, prepare: func(t *testing.T, w *world) {
 			random := make([]byte, 24<<20)
 			_, err := rand.Read(random)
