@@ -21,6 +21,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -56,6 +57,10 @@ type world struct {
 	session string
 	user    string
 	uid     int
+	// sse and kmsKey are the world's S3_SSE and S3_SSE_KMS_KEY_ID: the
+	// encryption the snapshots it stores get, and the backups must get.
+	sse    types.ServerSideEncryption
+	kmsKey string
 }
 
 // newWorld starts everything; wrap, when not nil, wraps the job's storage
@@ -83,6 +88,7 @@ func newWorldWithRules(t *testing.T, wrap func(w *world, o function.Objects, p f
 	for _, e := range extra {
 		maps.Copy(env, e)
 	}
+	w.sse, w.kmsKey = types.ServerSideEncryption(env["S3_SSE"]), env["S3_SSE_KMS_KEY_ID"]
 	f := function.New()
 	if wrap != nil {
 		function.WithFaults(f, func(o function.Objects, p function.Pods) (function.Objects, function.Pods) { return wrap(w, o, p) })
@@ -159,8 +165,8 @@ func (w *world) storeArchive(t *testing.T, data []byte, man map[string]any) stri
 	t.Helper()
 	id := addSnapshot(t, w.h, w.session, w.user, "available")
 	key := homesnap.ArchiveKey(w.user, w.session, id)
-	out, err := w.s3.Client().PutObject(context.Background(), &s3.PutObjectInput{
-		Bucket: aws.String(w.bucket), Key: aws.String(key), Body: bytes.NewReader(data)})
+	out, err := w.s3.Client().PutObject(context.Background(), w.encrypted(&s3.PutObjectInput{
+		Bucket: aws.String(w.bucket), Key: aws.String(key), Body: bytes.NewReader(data)}))
 	require.NoError(t, err)
 	var entries, content int64
 	if _, given := man["entries"]; !given {
@@ -172,10 +178,31 @@ func (w *world) storeArchive(t *testing.T, data []byte, man map[string]any) stri
 	maps.Copy(m, man)
 	raw, err := json.Marshal(m)
 	require.NoError(t, err)
-	_, err = w.s3.Client().PutObject(context.Background(), &s3.PutObjectInput{
-		Bucket: aws.String(w.bucket), Key: aws.String(homesnap.ManifestKey(key)), Body: bytes.NewReader(raw)})
+	_, err = w.s3.Client().PutObject(context.Background(), w.encrypted(&s3.PutObjectInput{
+		Bucket: aws.String(w.bucket), Key: aws.String(homesnap.ManifestKey(key)), Body: bytes.NewReader(raw)}))
 	require.NoError(t, err)
 	return id
+}
+
+// encrypted asks for the world's server-side encryption on in.
+func (w *world) encrypted(in *s3.PutObjectInput) *s3.PutObjectInput {
+	in.ServerSideEncryption = w.sse
+	if w.kmsKey != "" {
+		in.SSEKMSKeyId = aws.String(w.kmsKey)
+	}
+	return in
+}
+
+// assertEncrypted checks that key is stored with the world's server-side
+// encryption.
+func (w *world) assertEncrypted(t *testing.T, key string) {
+	t.Helper()
+	head, err := w.s3.Client().HeadObject(context.Background(), &s3.HeadObjectInput{Bucket: aws.String(w.bucket), Key: aws.String(key)})
+	require.NoError(t, err)
+	assert.Equal(t, w.sse, head.ServerSideEncryption, "%s is stored encrypted as S3_SSE asks", key)
+	if w.kmsKey != "" {
+		assert.Equal(t, "arn:aws:kms:"+w.kmsKey, aws.ToString(head.SSEKMSKeyId), "%s's KMS key", key)
+	}
 }
 
 // countEntries counts a tar.gz's entries and content bytes with no
@@ -351,14 +378,17 @@ func TestRestoreJob(t *testing.T) {
 		name     string
 		protocol string
 		rules    []rbacv1.PolicyRule
+		env      map[string]string
 	}{
 		{name: "auto falls back to spdy under the deploy role", protocol: ""},
 		{name: "spdy", protocol: "spdy"},
 		{name: "websocket where the role allows it", protocol: "websocket", rules: []rbacv1.PolicyRule{wsExec}},
+		{name: "an SSE-KMS snapshot and its SSE-KMS backup", protocol: "",
+			env: map[string]string{"S3_SSE": "aws:kms", "S3_SSE_KMS_KEY_ID": s3test.KMSKeyID}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorldWithRules(t, nil, tc.rules, map[string]string{"RESTORE_EXEC_PROTOCOL": tc.protocol})
+			w := newWorldWithRules(t, nil, tc.rules, map[string]string{"RESTORE_EXEC_PROTOCOL": tc.protocol}, tc.env)
 			restoreJob(t, w)
 		})
 	}
@@ -369,6 +399,7 @@ func restoreJob(t *testing.T, w *world) {
 	before := fileState(t, w.pod.Dir)
 	src := snapshotDir(t)
 	snap := w.storeSnapshot(t, src)
+	w.assertEncrypted(t, homesnap.ArchiveKey(w.user, w.session, snap))
 	id, e := w.request(t, snap)
 
 	require.Equal(t, 2, w.deliver(t, e)/100, "the delivery is answered when the job is done")
@@ -413,6 +444,8 @@ func restoreJob(t *testing.T, w *world) {
 	assert.NotEmpty(t, rec.ETag)
 	assert.Len(t, rec.SHA256, 64)
 	assert.Positive(t, rec.Entries)
+	w.assertEncrypted(t, path)
+	w.assertEncrypted(t, homesnap.ManifestKey(path))
 	obj, err := w.s3.Client().GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(w.bucket), Key: aws.String(path)})
 	require.NoError(t, err)
 	restoreDir := t.TempDir()
