@@ -54,8 +54,9 @@ const (
 	SSENone SSE = ""
 	// SSES3 is encryption with keys S3 manages (AES256).
 	SSES3 SSE = "AES256"
-	// SSEKMS is encryption with a KMS key (S3_SSE_KMS_KEY_ID, or the
-	// bucket's default KMS key when it is empty).
+	// SSEKMS is encryption with a KMS key: S3_SSE_KMS_KEY_ID, or the
+	// store's default one when it is empty (on AWS S3 the managed key
+	// aws/s3; MinIO's configured default key).
 	SSEKMS SSE = "aws:kms"
 )
 
@@ -77,7 +78,8 @@ type Config struct {
 	// SSE is the server-side encryption asked for on every write: empty
 	// (the bucket's default), AES256 (SSE-S3) or aws:kms (SSE-KMS).
 	SSE SSE `env:"S3_SSE"`
-	// SSEKMSKeyID is the KMS key of SSE-KMS; empty uses the bucket's.
+	// SSEKMSKeyID is the KMS key of SSE-KMS; empty uses the store's
+	// default key (SSEKMS).
 	SSEKMSKeyID string `env:"S3_SSE_KMS_KEY_ID"`
 	// Concurrency is how many parts of one upload are sent at once. With
 	// one part being filled, an upload holds Concurrency+1 part buffers.
