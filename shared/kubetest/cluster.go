@@ -186,7 +186,16 @@ func (c *Cluster) Name(prefix string) string {
 // the API server dies with the test binary.
 func (c *Cluster) Namespace(tb testing.TB) string {
 	tb.Helper()
-	base := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(tb.Name()))
+	// A DNS-1123 label: lower-case letters, digits and '-'; a test name
+	// may hold anything else (spaces became '_', commas, quotes).
+	base := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			return r
+		default:
+			return '-'
+		}
+	}, strings.ToLower(tb.Name()))
 	if len(base) > 40 {
 		base = base[:40]
 	}

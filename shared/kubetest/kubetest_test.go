@@ -172,3 +172,24 @@ func TestPodBreak(t *testing.T) {
 		})
 	}
 }
+
+// TestNamespace makes a namespace from any test name, whatever characters
+// a table row's name holds.
+func TestNamespace(t *testing.T) {
+	c := kubetest.Start(t)
+	tests := []struct{ name string }{
+		{name: "plain"},
+		{name: "a row, with a comma"},
+		{name: `quotes "and" 'more' & symbols: 100%`},
+		{name: "ÜNICODE_and_UPPER case"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := c.Namespace(t)
+			got, err := c.Client.CoreV1().Namespaces().Get(context.Background(), ns, metav1.GetOptions{})
+			require.NoError(t, err)
+			assert.Equal(t, ns, got.Name)
+			assert.LessOrEqual(t, len(ns), 63)
+		})
+	}
+}
