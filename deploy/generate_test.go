@@ -21,12 +21,21 @@ import (
 	"knative.dev/eventing/pkg/auth"
 
 	"github.com/streamspace-dev/functions/events"
+	"github.com/streamspace-dev/functions/shared/kube"
 )
 
 var update = flag.Bool("update", false, "rewrite the generated manifests")
 
 const (
-	namespace = events.DefaultNamespace // every object but the ReferenceGrant
+	// namespace is the functions' own namespace: every object but the
+	// ReferenceGrant (in the local gateway's namespace), the cluster-scoped
+	// exec policy, and the Roles and RoleBindings that reach into the
+	// sessions' namespace.
+	namespace = events.FunctionsNamespace
+	// sessionsNamespace is StreamSpace's, where the sessions run
+	// (STREAMSPACE_NAMESPACE's default): only Roles and RoleBindings of the
+	// functions go there, bound to ServiceAccounts of namespace.
+	sessionsNamespace = kube.DefaultNamespace
 	broker    = "default"
 	allInOne  = "streamspace" // the all-in-one Knative Service
 
@@ -148,6 +157,11 @@ func renderHTTPRoute(b *bytes.Buffer, rules []routeRule) {
 # to your Gateway by patching parentRefs (and, if the Gateway serves several
 # hosts, add spec.hostnames). The event path (/ and /events/...) of a
 # function is never matched, and the Services themselves are cluster-local.
+# It lives in the functions' namespace, so the Gateway's listener must admit
+# routes from there (allowedRoutes.namespaces: from Selector with
+# kubernetes.io/metadata.name streamspace-functions, or All; no
+# ReferenceGrant can do that), and base/referencegrant.yaml lets it reach
+# Knative's local gateway.
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:

@@ -156,18 +156,26 @@ var kubeAccess = map[string][]rbacv1.PolicyRule{
 	"auth":       nil, // PostgreSQL, StreamSpace's Redis and the OpenID providers; no Kubernetes API
 	"mailtest":   nil, // PostgreSQL and the mail servers it tests; no Kubernetes API
 	// Finds a session's pod by label and execs tar in it, in the sessions'
-	// namespace (functions/snapshot/role.yaml).
+	// namespace (functions/snapshot/role.yaml). pods/exec get and create:
+	// a WebSocket exec is a GET and needs get (and create too, on
+	// kube-apiserver 1.35), an SPDY exec is a POST and needs create; with
+	// both, client-go's exec takes WebSocket (TestExecVerbs).
 	"snapshot": {
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
-		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"get", "create"}},
 	},
 	// Finds a session's pod by label and execs tar, find and chown in it, in
 	// the sessions' namespace (functions/restore/role.yaml).
 	"restore": {
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
-		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"get", "create"}},
 	},
 }
+
+// kubeAccessNamespace is where every function's kubeAccess applies: the
+// sessions' namespace, StreamSpace's, where autoscale's targets and the
+// session pods are. A function has no access at all to its own namespace.
+const kubeAccessNamespace = sessionsNamespace
 
 // configKeys are the keys of the shared ConfigMap (docs/runtime.md).
 var configKeys = []string{
@@ -500,6 +508,10 @@ func TestObjects(t *testing.T) {
 				switch o.obj.(type) {
 				case *corev1.Namespace:
 					assert.Equal(t, namespace, o.name, "%s: unexpected namespace", o)
+				case *rbacv1.Role, *rbacv1.RoleBinding:
+					// The functions' access to the sessions' namespace is
+					// granted there (TestSessionsNamespace).
+					assert.Contains(t, []string{namespace, sessionsNamespace}, o.namespace, "%s", o)
 				case *gatewayv1beta1.ReferenceGrant:
 					assert.Equal(t, localGatewayNamespace, o.namespace, "%s", o)
 				case *corev1.Secret:
@@ -706,10 +718,13 @@ func TestBrokerAndSources(t *testing.T) {
 
 			// The ApiServerSource of StreamSpace's Sessions sends to the
 			// Broker, and its event types are routed exactly when it exists.
+			// It lives beside the Broker, in the functions' namespace, and
+			// watches the sessions' namespace alone.
 			apiSources := all[*sourcesv1.ApiServerSource](b)
 			for _, src := range apiSources {
 				assert.True(t, isBroker(src.Spec.Sink.Ref) && src.Spec.Sink.URI == nil, "ApiServerSource %s: sink must be the Broker", src.Name)
 				assert.Equal(t, "Resource", src.Spec.EventMode, "ApiServerSource %s: the functions read the object, so mode Resource", src.Name)
+				assert.Equal(t, sessionsNamespace, watchedNamespace(t, src), "ApiServerSource %s: watches the sessions' namespace", src.Name)
 			}
 			for _, r := range events.Routes {
 				if r.Type == events.APIServerAdd || r.Type == events.APIServerDelete {
@@ -1110,45 +1125,57 @@ func TestServices(t *testing.T) {
 			// functions running as it, and nothing for the others; an
 			// ApiServerSource's adapter may read, list and watch exactly
 			// the resources it watches.
-			wantRules := map[string][]rbacv1.PolicyRule{}
+			wantRules := map[string]nsRules{}
 			for _, src := range all[*sourcesv1.ApiServerSource](b) {
 				where := "ApiServerSource " + src.Name
 				saName := src.Spec.ServiceAccountName
 				assert.True(t, saName != "" && saName != "default" && sas[saName] != nil && usedBy[saName] == "", "%s: needs a ServiceAccount of its own", where)
 				usedBy[saName] = where
+				watched := watchedNamespace(t, src)
 				for _, res := range src.Spec.Resources {
 					gv, err := schema.ParseGroupVersion(res.APIVersion)
 					require.NoError(t, err, where)
-					wantRules[where] = append(wantRules[where], rbacv1.PolicyRule{
+					wantRules[where] = append(wantRules[where], nsRule{watched, rbacv1.PolicyRule{
 						APIGroups: []string{gv.Group}, Resources: []string{strings.ToLower(res.Kind) + "s"}, Verbs: []string{"get", "list", "watch"},
-					})
+					}})
 				}
 			}
 			for fn, sub := range deployed {
 				access, ok := kubeAccess[fn]
 				assert.True(t, ok, "function %s: declare its Kubernetes access in kubeAccess", fn)
-				wantRules[sub.service] = append(wantRules[sub.service], access...)
+				for _, r := range access {
+					wantRules[sub.service] = append(wantRules[sub.service], nsRule{kubeAccessNamespace, r})
+				}
 			}
-			roles := map[string]*rbacv1.Role{}
+			roles := map[string]*rbacv1.Role{} // by namespace/name
 			for _, r := range all[*rbacv1.Role](b) {
-				roles[r.Name] = r
+				roles[r.Namespace+"/"+r.Name] = r
 			}
-			gotRules := map[string][]rbacv1.PolicyRule{}
+			gotRules := map[string][]string{}
 			for _, rb := range all[*rbacv1.RoleBinding](b) {
-				if !assert.True(t, rb.RoleRef.Kind == "Role" && roles[rb.RoleRef.Name] != nil, "RoleBinding %s: must bind a Role of the overlay", rb.Name) {
+				// A RoleBinding binds a Role of its own namespace.
+				role := roles[rb.Namespace+"/"+rb.RoleRef.Name]
+				if !assert.True(t, rb.RoleRef.Kind == "Role" && role != nil, "RoleBinding %s/%s: must bind a Role of the overlay in its namespace", rb.Namespace, rb.Name) {
 					continue
 				}
 				for _, s := range rb.Subjects {
-					if !assert.True(t, s.Kind == "ServiceAccount" && (s.Namespace == "" || s.Namespace == namespace) && sas[s.Name] != nil,
-						"RoleBinding %s: subject %s %s is not a ServiceAccount of the overlay", rb.Name, s.Kind, s.Name) {
+					// An empty subject namespace is the RoleBinding's own.
+					saNamespace := s.Namespace
+					if saNamespace == "" {
+						saNamespace = rb.Namespace
+					}
+					if !assert.True(t, s.Kind == "ServiceAccount" && saNamespace == namespace && sas[s.Name] != nil,
+						"RoleBinding %s/%s: subject %s %s/%s is not a ServiceAccount of the overlay", rb.Namespace, rb.Name, s.Kind, saNamespace, s.Name) {
 						continue
 					}
-					gotRules[s.Name] = append(gotRules[s.Name], roles[rb.RoleRef.Name].Rules...)
+					gotRules[s.Name] = append(gotRules[s.Name], normRules(rb.Namespace, role.Rules)...)
 				}
 			}
 			for sa := range sas {
 				w := wantRules[usedBy[sa]] // none for the Job's and the dead-letter sink's
-				assert.Equal(t, normRules(w), normRules(gotRules[sa]), "ServiceAccount %s: rules", sa)
+				got := append([]string{}, gotRules[sa]...)
+				sort.Strings(got)
+				assert.Equal(t, w.norm(), slices.Compact(got), "ServiceAccount %s: rules (namespace, then rule)", sa)
 				if mount := sas[sa].AutomountServiceAccountToken; len(w) == 0 {
 					assert.True(t, mount != nil && !*mount, "ServiceAccount %s: no API access, so automountServiceAccountToken must be false", sa)
 				}
@@ -1157,16 +1184,51 @@ func TestServices(t *testing.T) {
 	}
 }
 
-// normRules is the set of rules r grants, comparable: RBAC grants the union
-// of a subject's rules, so functions in one Service that need the same rule
-// (snapshot's and restore's in the all-in-one) need it once.
-func normRules(r []rbacv1.PolicyRule) []string {
+// normRules is the set of rules r grants in namespace ns, comparable: RBAC
+// grants the union of a subject's rules, so functions in one Service that
+// need the same rule (snapshot's and restore's in the all-in-one) need it
+// once.
+func normRules(ns string, r []rbacv1.PolicyRule) []string {
 	out := []string{}
 	for _, x := range r {
-		out = append(out, fmt.Sprint(x.APIGroups, x.Resources, x.ResourceNames, x.Verbs))
+		out = append(out, ns+" "+fmt.Sprint(x.APIGroups, x.Resources, x.ResourceNames, x.Verbs))
 	}
 	sort.Strings(out)
 	return slices.Compact(out)
+}
+
+// nsRule is a rule and the namespace it must be granted in.
+type nsRule struct {
+	namespace string
+	rule      rbacv1.PolicyRule
+}
+
+type nsRules []nsRule
+
+// norm is the set of rules, comparable with normRules.
+func (r nsRules) norm() []string {
+	out := []string{}
+	for _, x := range r {
+		out = append(out, normRules(x.namespace, []rbacv1.PolicyRule{x.rule})...)
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+// watchedNamespace is the one namespace an ApiServerSource watches: the
+// namespace its namespaceSelector names by kubernetes.io/metadata.name
+// (the sessions'), or its own without a selector.
+func watchedNamespace(t *testing.T, src *sourcesv1.ApiServerSource) string {
+	t.Helper()
+	sel := src.Spec.NamespaceSelector
+	if sel == nil {
+		return src.Namespace
+	}
+	require.Empty(t, sel.MatchExpressions, "ApiServerSource %s: namespaces by name", src.Name)
+	require.Len(t, sel.MatchLabels, 1, "ApiServerSource %s: one namespace, by name (an empty selector watches every namespace)", src.Name)
+	ns, ok := sel.MatchLabels["kubernetes.io/metadata.name"]
+	require.True(t, ok, "ApiServerSource %s: namespaces by name", src.Name)
+	return ns
 }
 
 func checkContainer(t *testing.T, where string, c corev1.Container, knative bool) {

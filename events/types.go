@@ -55,25 +55,32 @@ func PingSource(namespace, name string) string {
 	return "/apis/v1/namespaces/" + namespace + "/pingsources/" + name
 }
 
-// The PingSources the functions subscribe to, in the default namespace.
+// FunctionsNamespace is the namespace the functions are deployed in
+// (deploy/), and so the namespace of their PingSources: Knative puts it in
+// the source attribute of every ping. It is not where the sessions run
+// (STREAMSPACE_NAMESPACE, default streamspace): the functions have a
+// namespace of their own so that their Secrets are out of reach of the
+// exec grant they hold in the sessions' namespace (docs/deploy.md).
+const FunctionsNamespace = "streamspace-functions"
+
+// The PingSources the functions subscribe to, in FunctionsNamespace.
 const (
-	DefaultNamespace    = "streamspace"
-	AutoscaleTickSource = "/apis/v1/namespaces/streamspace/pingsources/autoscale-tick"
-	MailHealthSource    = "/apis/v1/namespaces/streamspace/pingsources/mail-health"
+	AutoscaleTickSource = "/apis/v1/namespaces/" + FunctionsNamespace + "/pingsources/autoscale-tick"
+	MailHealthSource    = "/apis/v1/namespaces/" + FunctionsNamespace + "/pingsources/mail-health"
 	// OutboxDrainSource wakes every function that emits events, so events
 	// queued while the sink was down leave even when no request comes.
-	OutboxDrainSource = "/apis/v1/namespaces/streamspace/pingsources/outbox-drain"
+	OutboxDrainSource = "/apis/v1/namespaces/" + FunctionsNamespace + "/pingsources/outbox-drain"
 	// TagsRefreshSource makes the tags function refresh the popular-tag
 	// counts, bounding how stale they can be.
-	TagsRefreshSource = "/apis/v1/namespaces/streamspace/pingsources/tags-refresh"
+	TagsRefreshSource = "/apis/v1/namespaces/" + FunctionsNamespace + "/pingsources/tags-refresh"
 	// PruneSource makes every function that records processed events delete
 	// the records older than PROCESSED_EVENTS_RETENTION.
-	PruneSource = "/apis/v1/namespaces/streamspace/pingsources/processed-events-prune"
+	PruneSource = "/apis/v1/namespaces/" + FunctionsNamespace + "/pingsources/processed-events-prune"
 	// SnapshotRetentionSource makes the snapshot function enforce retention
 	// (expired snapshots, maxSnapshots per session) and sweep the objects
 	// whose row is gone, daily.
-	SnapshotRetentionSource = "/apis/v1/namespaces/streamspace/pingsources/snapshot-retention"
+	SnapshotRetentionSource = "/apis/v1/namespaces/" + FunctionsNamespace + "/pingsources/snapshot-retention"
 	// SnapshotScheduleSource makes the snapshot function take the automatic
 	// snapshots that are due, and take over jobs whose owner died.
-	SnapshotScheduleSource = "/apis/v1/namespaces/streamspace/pingsources/snapshot-schedule"
+	SnapshotScheduleSource = "/apis/v1/namespaces/" + FunctionsNamespace + "/pingsources/snapshot-schedule"
 )

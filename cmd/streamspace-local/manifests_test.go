@@ -39,7 +39,7 @@ func TestLoadAllInOneOverlay(t *testing.T) {
 	require.Len(t, m.Brokers, 1)
 	b := m.Brokers[0]
 	assert.Equal(t, "default", b.Name)
-	assert.Equal(t, events.DefaultNamespace, b.Namespace)
+	assert.Equal(t, events.FunctionsNamespace, b.Namespace)
 	d := b.Spec.Delivery
 	assert.True(t, d != nil && d.Retry != nil && d.DeadLetterSink != nil, "Broker delivery %+v, want retries and a dead-letter sink", d)
 	pings := map[string]bool{}

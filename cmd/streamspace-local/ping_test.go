@@ -21,7 +21,7 @@ import (
 
 func pingSource(name string, spec sourcesv1.PingSourceSpec) *sourcesv1.PingSource {
 	p := &sourcesv1.PingSource{Spec: spec}
-	p.Name, p.Namespace = name, events.DefaultNamespace
+	p.Name, p.Namespace = name, events.FunctionsNamespace
 	return p
 }
 
@@ -76,7 +76,7 @@ func TestStartPings(t *testing.T) {
 	sink := fntest.NewSink(t)
 	sinkURL, _ := apis.ParseURL(sink.URL)
 	ingress := sinkURL.ResolveReference(&apis.URL{Path: "/"})
-	res := resolver{brokers: map[string]*apis.URL{events.DefaultNamespace + "/default": ingress}}
+	res := resolver{brokers: map[string]*apis.URL{events.FunctionsNamespace + "/default": ingress}}
 	brokerSink := func(name string) duckv1.SourceSpec {
 		return duckv1.SourceSpec{Sink: duckv1.Destination{Ref: &duckv1.KReference{
 			APIVersion: "eventing.knative.dev/v1", Kind: "Broker", Name: name}}}

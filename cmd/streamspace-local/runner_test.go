@@ -173,7 +173,7 @@ func TestLocalRunEndToEnd(t *testing.T) {
 		require.Equal(t, http.StatusAccepted, status, "broker ingress")
 		d := lr.nextDelivery(t)
 		assert.Equal(t, e.ID(), d.EventID)
-		assert.Equal(t, events.DefaultNamespace+"/tags-template-updated", d.Trigger)
+		assert.Equal(t, events.FunctionsNamespace+"/tags-template-updated", d.Trigger)
 		assert.Equal(t, lr.FunctionURL+"/events/tags", d.Subscriber)
 		require.Equal(t, Delivered, d.Outcome, "%+v", d)
 		assert.Equal(t, 1, d.Attempts)

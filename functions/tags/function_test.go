@@ -912,7 +912,7 @@ func TestEventPathRefusesWhatItCannotUse(t *testing.T) {
 	})
 	require.NoError(t, err)
 	otherPing := refreshPing(t, "other-ping")
-	otherPing.SetSource("/apis/v1/namespaces/streamspace/pingsources/autoscale-tick")
+	otherPing.SetSource("/apis/v1/namespaces/streamspace-functions/pingsources/autoscale-tick")
 
 	tests := []struct {
 		name       string

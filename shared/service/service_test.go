@@ -195,7 +195,7 @@ func TestOutboxDrainPingSendsWhatIsQueued(t *testing.T) {
 
 			ping := cloudevents.NewEvent()
 			ping.SetID("ping-1")
-			ping.SetSource("/apis/v1/namespaces/streamspace/pingsources/outbox-drain")
+			ping.SetSource("/apis/v1/namespaces/streamspace-functions/pingsources/outbox-drain")
 			ping.SetType("dev.knative.sources.ping")
 			ping.SetData(cloudevents.ApplicationJSON, map[string]string{"job": "outbox.drain"})
 			status, _ := h.Deliver(ping, false)
