@@ -36,8 +36,8 @@ const (
 	// (STREAMSPACE_NAMESPACE's default): only Roles and RoleBindings of the
 	// functions go there, bound to ServiceAccounts of namespace.
 	sessionsNamespace = kube.DefaultNamespace
-	broker    = "default"
-	allInOne  = "streamspace" // the all-in-one Knative Service
+	broker            = "default"
+	allInOne          = "streamspace" // the all-in-one Knative Service
 
 	// Where the HTTPRoute sends /api/v1 requests: Knative's cluster-local
 	// gateway (Kourier's), which routes by Host to the Knative Service named
