@@ -94,7 +94,8 @@ func newWorld(t *testing.T, o opts) *world {
 }
 
 // grant gives the ServiceAccount functions/snapshot the Role the deploy
-// grants in the sessions' namespace (deploy/functions/snapshot/role.yaml).
+// grants in the sessions' namespace (deploy/functions/snapshot/role.yaml):
+// with get and create on pods/exec the function execs over WebSocket.
 func (w *world) grant(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
@@ -102,7 +103,7 @@ func (w *world) grant(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "snapshot", Namespace: w.ns},
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"get", "create"}},
 		},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)

@@ -60,7 +60,9 @@ func setup(t testing.TB, endpoint func(string) string) *env {
 		ObjectMeta: metav1.ObjectMeta{Name: "snapshot", Namespace: ns},
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
+			// The deployed Role's: get and create, so kube.Auto takes
+			// WebSocket (deploy/functions/snapshot/role.yaml).
+			{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"get", "create"}},
 		},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)

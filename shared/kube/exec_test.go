@@ -27,11 +27,11 @@ import (
 // grantExec binds, in namespace, what the snapshot and restore functions'
 // Role grants (deploy/functions/snapshot/role.yaml) to the ServiceAccount
 // name, and returns a config that acts as it. execVerbs are the verbs on
-// pods/exec: the Role's is create, which SPDY (a POST) needs; a WebSocket
-// exec is a GET and also needs get.
+// pods/exec, by default the Role's get and create: SPDY (a POST) needs
+// create, a WebSocket exec (a GET) get and, on kube-apiserver 1.35, create.
 func grantExec(t *testing.T, c *kubetest.Cluster, namespace, name string, execVerbs ...string) *rest.Config {
 	if len(execVerbs) == 0 {
-		execVerbs = []string{"create"}
+		execVerbs = []string{"get", "create"}
 	}
 	t.Helper()
 	ctx := context.Background()
@@ -125,13 +125,13 @@ func TestExec(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(pod.Dir, "blob"), payload, 0o644))
 	cfg := grantExec(t, c, ns, "snapshot", "get", "create")
-	createOnly := grantExec(t, c, ns, "restore")
+	createOnly := grantExec(t, c, ns, "restore", "create")
 
 	for _, proto := range []kube.Protocol{kube.WebSocket, kube.SPDY, kube.Auto, "auto-create-only"} {
 		var k *kube.Client
 		if proto == "auto-create-only" {
-			// The Role as deployed: WebSocket is refused and the fallback
-			// executor takes SPDY.
+			// A Role narrowed to create: WebSocket is refused and the
+			// fallback executor takes SPDY.
 			k = client(t, createOnly, kube.Auto)
 		} else {
 			k = client(t, cfg, proto)
@@ -183,7 +183,7 @@ func TestWebSocketNeedsGet(t *testing.T) {
 	ns := c.Namespace(t)
 	kl := c.Kubelet(t)
 	kl.Pod(t, ns, kubetest.PodSpec{SessionID: "s1"})
-	k := client(t, grantExec(t, c, ns, "restore"), kube.WebSocket)
+	k := client(t, grantExec(t, c, ns, "restore", "create"), kube.WebSocket)
 	p, err := k.SessionPod(context.Background(), ns, "s1")
 	require.NoError(t, err)
 	err = k.Exec(context.Background(), p, []string{"true"}, kube.Streams{})
