@@ -128,7 +128,7 @@ func (f *Function) listSessionSnapshots(w http.ResponseWriter, r *http.Request, 
 			return err
 		}
 		var err error
-		list, total, err = listSnapshots(r.Context(), tx, listSessionSQL, sid, p)
+		list, total, err = listSnapshots(r.Context(), tx, listSession, sid, p)
 		return err
 	})
 	if err != nil {
@@ -147,7 +147,7 @@ func (f *Function) listUserSnapshots(w http.ResponseWriter, r *http.Request, who
 	var total int
 	err = db.Read(r.Context(), f.svc.Pool, func(tx pgx.Tx) error {
 		var err error
-		list, total, err = listSnapshots(r.Context(), tx, listUserSQL, who.Subject, p)
+		list, total, err = listSnapshots(r.Context(), tx, listUser, who.Subject, p)
 		return err
 	})
 	if err != nil {

@@ -208,15 +208,41 @@ const listSessionSQL = `
 	order by s.created_at desc, s.id
 	limit $2 offset $3`
 
-// listUserSQL is the same across the sessions of user $1.
-const listUserSQL = `
+// countSessionSQL is the total of listSessionSQL alone, for a page past the
+// end, which has no row to carry the window count.
+const countSessionSQL = `select count(*) from session_snapshots where session_id = $1 and status <> 'deleted'`
+
+// listUserSQL and countUserSQL are the same across the sessions of user $1.
+const (
+	listUserSQL = `
 	select ` + snapshotColumns + `, count(*) over ()
 	from session_snapshots s
 	where s.user_id = $1 and s.status <> 'deleted'
 	order by s.created_at desc, s.id
 	limit $2 offset $3`
+	countUserSQL = `select count(*) from session_snapshots where user_id = $1 and status <> 'deleted'`
+)
 
-func listSnapshots(ctx context.Context, tx pgx.Tx, query, key string, p Page) ([]Snapshot, int, error) {
+// listQuery is a list route's SQL: a page and the total alone.
+type listQuery struct{ page, count string }
+
+var (
+	listSession = listQuery{page: listSessionSQL, count: countSessionSQL}
+	listUser    = listQuery{page: listUserSQL, count: countUserSQL}
+)
+
+func listSnapshots(ctx context.Context, tx pgx.Tx, q listQuery, key string, p Page) ([]Snapshot, int, error) {
+	out, total, err := listPage(ctx, tx, q.page, key, p)
+	if err != nil || len(out) > 0 || p.Offset() == 0 {
+		return out, total, err
+	}
+	if err := tx.QueryRow(ctx, q.count, key).Scan(&total); err != nil {
+		return nil, 0, db.Classify(fmt.Errorf("count snapshots: %w", err))
+	}
+	return out, total, nil
+}
+
+func listPage(ctx context.Context, tx pgx.Tx, query, key string, p Page) ([]Snapshot, int, error) {
 	rows, err := tx.Query(ctx, query, key, p.Limit, p.Offset())
 	if err != nil {
 		return nil, 0, db.Classify(fmt.Errorf("list snapshots: %w", err))
