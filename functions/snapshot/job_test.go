@@ -9,8 +9,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +21,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/fntest"
@@ -161,6 +167,88 @@ func TestSnapshotEncrypted(t *testing.T) {
 				"the archive reads back as the manifest describes it")
 		})
 	}
+}
+
+// TestFileChangedIsAWarning: a file the desktop writes while tar reads it
+// makes GNU tar exit 1 ("file changed as we read it"); the snapshot is
+// still available, with the warning in its row and its manifest. The exec
+// goes over WebSocket, whose exit status cannot be lost (docs/snapshots.md).
+func TestFileChangedIsAWarning(t *testing.T) {
+	w := newWorld(t, opts{env: map[string]string{"SNAPSHOT_EXEC_PROTOCOL": "websocket"}})
+	w.grantWebSocketExec(t)
+	pod := w.pod(t, "s-1")
+	random := make([]byte, 48<<20)
+	_, err := rand.Read(random)
+	require.NoError(t, err)
+	path := filepath.Join(pod.Dir, "growing.log")
+	write(t, path, random)
+	id := w.create(t, "s-1")
+	e := w.requested(t, id)
+
+	// The desktop appends to the file for as long as the job runs.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		line := []byte("the desktop keeps writing\n")
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_, _ = f.Write(line)
+			}
+		}
+	}()
+	status, _ := w.h.Deliver(e, false)
+	close(stop)
+	wg.Wait()
+	require.Equal(t, http.StatusAccepted, status)
+
+	s := w.snapshot(t, "s-1", id)
+	require.Equal(t, "available", string(s.Status), "error: %s", s.ErrorMessage)
+	assert.Empty(t, s.ErrorMessage)
+	warnings := metadataOf(t, s.Metadata).Archive.Warnings
+	require.Len(t, warnings, 1, "metadata.archive.warnings")
+	assert.Contains(t, warnings[0], "file changed as we read it")
+
+	out, err := w.srv.Client().GetObject(context.Background(), &s3.GetObjectInput{
+		Bucket: aws.String(w.bucket), Key: aws.String(homesnap.ManifestKey(s.StoragePath))})
+	require.NoError(t, err)
+	defer out.Body.Close()
+	var m homesnap.Manifest
+	require.NoError(t, json.NewDecoder(out.Body).Decode(&m))
+	assert.Equal(t, warnings, m.Warnings, "the manifest holds the same warning")
+	require.Len(t, w.h.Sink.WaitFor(context.Background(), events.SnapshotCompleted, time.Minute), 1)
+	assert.Len(t, w.eventsFor(events.SnapshotCompleted, id), 1)
+	assert.Empty(t, w.eventsFor(events.SnapshotFailed, id))
+}
+
+// grantWebSocketExec adds get on pods/exec to the function's Role, which a
+// WebSocket exec (a GET) needs, and waits until the API server applies it.
+func (w *world) grantWebSocketExec(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	role, err := w.cluster.Client.RbacV1().Roles(w.ns).Get(ctx, "snapshot", metav1.GetOptions{})
+	require.NoError(t, err)
+	role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"get"}})
+	_, err = w.cluster.Client.RbacV1().Roles(w.ns).Update(ctx, role, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	cs, err := kubernetes.NewForConfig(w.cluster.ServiceAccountConfig("functions", "snapshot"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		r, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Namespace: w.ns, Verb: "get", Resource: "pods", Subresource: "exec"}},
+		}, metav1.CreateOptions{})
+		return err == nil && r.Status.Allowed
+	}, 2*time.Minute, 20*time.Millisecond, "get on pods/exec takes effect")
 }
 
 func TestSnapshotJobFailures(t *testing.T) {
