@@ -205,10 +205,11 @@ type AutomaticConfig struct {
 
 // RetentionConfig is how long a session's snapshots are kept.
 type RetentionConfig struct {
-	// MaxSnapshots is the most snapshots the session keeps; older ones go.
+	// MaxSnapshots is the most manual and automatic snapshots the session
+	// keeps; older ones go. Pre-restore backups are not counted.
 	MaxSnapshots int `json:"maxSnapshots"`
 	// RetentionDays is how long automatic snapshots are kept when
-	// DeleteExpiredAuto is set.
+	// DeleteExpiredAuto is set, and how long pre-restore backups are kept.
 	RetentionDays     int  `json:"retentionDays"`
 	DeleteExpiredAuto bool `json:"deleteExpiredAuto"`
 }

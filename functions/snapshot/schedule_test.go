@@ -33,13 +33,14 @@ func ping(t *testing.T, h *fntest.Harness, source string) int {
 }
 
 // row inserts a snapshot row as StreamSpace's table holds it, created age
-// ago, and, when stored, its two objects.
+// ago, expiring after the interval expires ("" for never), and, when
+// stored, its two objects.
 func (w *world) row(t *testing.T, id, session, user, typ, status string, age time.Duration, expires string, stored bool) string {
 	t.Helper()
 	key := homesnap.ArchiveKey(user, session, id)
 	_, err := w.h.Pool.Exec(context.Background(), `
 		insert into session_snapshots (id, session_id, user_id, name, type, status, storage_path, size_bytes, created_at, expires_at)
-		values ($1, $2, $3, $1, $4, $5, $6, 10, localtimestamp - make_interval(secs => $7), localtimestamp + $8::interval)`,
+		values ($1, $2, $3, $1, $4, $5, $6, 10, localtimestamp - make_interval(secs => $7), localtimestamp + nullif($8, '')::interval)`,
 		id, session, user, typ, status, key, age.Seconds(), expires)
 	require.NoError(t, err)
 	if stored {
@@ -87,7 +88,20 @@ func TestRetentionAndSweep(t *testing.T) {
 		"failed-old":     w.row(t, "failed-old", "s-b", "bob", "manual", "failed", 40*day, "100 days", false),
 		"failed-recent":  w.row(t, "failed-recent", "s-b", "bob", "manual", "failed", day, "100 days", false),
 		"row-was-purged": homesnap.ArchiveKey("carol", "s-x", "row-was-purged"),
+		// Pre-restore backups: no expiry, not counted for maxSnapshots,
+		// kept retentionDays, and kept while a restore may need them.
+		"backup-newest":     w.row(t, "backup-newest", "s-1", "alice", "pre-restore", "available", 36*time.Hour, "", true),
+		"backup-old":        w.row(t, "backup-old", "s-b", "bob", "pre-restore", "available", 40*day, "", true),
+		"backup-failed-old": w.row(t, "backup-failed-old", "s-b", "bob", "pre-restore", "failed", 40*day, "", false),
+		"backup-young":      w.row(t, "backup-young", "s-b", "bob", "pre-restore", "available", time.Hour, "-1 minute", true),
+		"backup-in-use":     w.row(t, "backup-in-use", "s-2", "alice", "pre-restore", "available", 40*day, "", true),
+		"being-restored":    w.row(t, "being-restored", "s-2", "alice", "manual", "restoring", 50*day, "-1 hour", true),
 	}
+	_, err = w.h.Pool.Exec(context.Background(), `
+		insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status) values
+			('job-running', 'being-restored', 's-2', 's-2', 'alice', 'in_progress'),
+			('job-done', 'old-manual', 's-b', 's-b', 'bob', 'completed')`)
+	require.NoError(t, err)
 	w.put(t, keys["row-was-purged"])
 	w.put(t, "snapshots/README")
 
@@ -109,6 +123,12 @@ func TestRetentionAndSweep(t *testing.T) {
 		{id: "failed-old", status: "deleted"},
 		{id: "failed-recent", status: "failed"},
 		{id: "row-was-purged"},
+		{id: "backup-newest", status: "available", stored: true},
+		{id: "backup-old", status: "deleted"},
+		{id: "backup-failed-old", status: "deleted"},
+		{id: "backup-young", status: "available", stored: true},
+		{id: "backup-in-use", status: "available", stored: true},
+		{id: "being-restored", status: "restoring", stored: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.id, func(t *testing.T) {

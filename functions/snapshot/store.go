@@ -105,10 +105,12 @@ const runningState = "running"
 // allows.
 const quotaLockSQL = `select pg_advisory_xact_lock(hashtextextended('snapshot-quota:' || $1, 0))`
 
-// quotaSQL counts what the quota counts: every snapshot of the user's not
-// deleted or failed, and the bytes they store.
+// quotaSQL counts what the quota counts: the user's snapshots not deleted
+// or failed, and the bytes they store. Pre-restore backups count toward the
+// bytes, which they really occupy, but not toward the count: a restore must
+// not use up a snapshot the user meant to take (docs/snapshots.md).
 const quotaSQL = `
-	select count(*), coalesce(sum(size_bytes), 0)
+	select count(*) filter (where coalesce(type, 'manual') <> 'pre-restore'), coalesce(sum(size_bytes), 0)
 	from session_snapshots
 	where user_id = $1 and status not in ('deleted', 'failed')`
 
@@ -339,11 +341,17 @@ func jobSession(ctx context.Context, tx pgx.Tx, id string) (Session, error) {
 // delete and why (as docs/snapshots.md states the rules):
 //
 //   - expired: expires_at has passed;
-//   - maxSnapshots: an available snapshot beyond the session's newest
-//     retention.maxSnapshots available ones;
+//   - maxSnapshots: an available manual or automatic snapshot beyond the
+//     session's newest retention.maxSnapshots available ones of those two
+//     types: a pre-restore backup, which the user did not ask for, never
+//     pushes out one they did;
 //   - retentionDays: an automatic snapshot older than retention.retentionDays
-//     while retention.deleteExpiredAuto is on, or a failed one of any type
+//     while retention.deleteExpiredAuto is on, a pre-restore backup older
+//     than that (it has no expiry of its own), or a failed one of any type
 //     older than that (it has no objects; only its row is kept for a while).
+//
+// A pre-restore backup is kept whatever the rules while its restore may
+// still need it to roll back (backupInUse).
 //
 // A session's config is read key by key with its default where a key is
 // missing or not of the right JSON type (StreamSpace's own API stores the
@@ -363,13 +371,18 @@ const retentionSQL = `
 				else true end as delete_expired_auto
 		from sessions se
 		where exists (select 1 from session_snapshots x where x.session_id = se.id and x.status in ('available', 'failed'))
-	), ranked as (
-		select s.id, coalesce(s.storage_path, '') as storage_path, s.type, s.status, s.created_at, s.expires_at, s.session_id,
-			case when s.status = 'available'
-				then row_number() over (partition by s.session_id, s.status = 'available' order by s.created_at desc, s.id)
-			end as rank
+	), typed as (
+		select s.*, coalesce(s.type, 'manual') as kind,
+			s.status = 'available' and coalesce(s.type, 'manual') in ('manual', 'automatic') as counted
 		from session_snapshots s
 		where s.status in ('available', 'failed')
+	), ranked as (
+		select s.id, coalesce(s.storage_path, '') as storage_path, s.kind, s.status, s.created_at, s.expires_at, s.session_id,
+			case when s.counted
+				then row_number() over (partition by s.session_id, s.counted order by s.created_at desc, s.id)
+			end as rank
+		from typed s
+		where not (` + backupInUse + `)
 	)
 	select r.id, r.storage_path,
 		case when r.expires_at < localtimestamp then 'expired'
@@ -379,15 +392,27 @@ const retentionSQL = `
 	where r.expires_at < localtimestamp
 	   or r.rank > c.max_snapshots
 	   or (r.created_at < localtimestamp - make_interval(days => c.retention_days)
-	       and ((r.type = 'automatic' and c.delete_expired_auto) or r.status = 'failed'))
+	       and ((r.kind = 'automatic' and c.delete_expired_auto) or r.kind = 'pre-restore' or r.status = 'failed'))
 	limit $1`
 
+// backupInUse is the condition, on a snapshot row s, that it is a
+// pre-restore backup its restore may still roll back to: one younger than a
+// day (far beyond RESTORE_JOB_TIMEOUT), or one of a session a restore into
+// which is pending or in progress. It reads only StreamSpace's status
+// values, not how a job names its backup, so it holds however the restore
+// function links the two.
+const backupInUse = `coalesce(s.type, 'manual') = 'pre-restore' and (
+		s.created_at > localtimestamp - interval '1 day'
+		or exists (select 1 from snapshot_restore_jobs j
+			where j.target_session_id = s.session_id and j.status in ('pending', 'in_progress')))`
+
 // retireSQL marks the chosen snapshots deleted, if they are still
-// available or failed, and returns those it marked.
+// available or failed and not a backup in use (a restore may have started
+// since they were chosen), and returns those it marked.
 const retireSQL = `
-	update session_snapshots set status = 'deleted', updated_at = localtimestamp
-	where id = any($1) and status in ('available', 'failed')
-	returning id, coalesce(storage_path, '')`
+	update session_snapshots s set status = 'deleted', updated_at = localtimestamp
+	where s.id = any($1) and s.status in ('available', 'failed') and not (` + backupInUse + `)
+	returning s.id, coalesce(s.storage_path, '')`
 
 // liveSQL returns which of the ids have a row, and whether it is not
 // deleted: the objects of a live row stay.
