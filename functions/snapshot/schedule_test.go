@@ -90,17 +90,22 @@ func TestRetentionAndSweep(t *testing.T) {
 		"row-was-purged": homesnap.ArchiveKey("carol", "s-x", "row-was-purged"),
 		// Pre-restore backups: no expiry, not counted for maxSnapshots,
 		// kept retentionDays, and kept while a restore may need them.
-		"backup-newest":     w.row(t, "backup-newest", "s-1", "alice", "pre-restore", "available", 36*time.Hour, "", true),
-		"backup-old":        w.row(t, "backup-old", "s-b", "bob", "pre-restore", "available", 40*day, "", true),
-		"backup-failed-old": w.row(t, "backup-failed-old", "s-b", "bob", "pre-restore", "failed", 40*day, "", false),
-		"backup-young":      w.row(t, "backup-young", "s-b", "bob", "pre-restore", "available", time.Hour, "-1 minute", true),
-		"backup-in-use":     w.row(t, "backup-in-use", "s-2", "alice", "pre-restore", "available", 40*day, "", true),
-		"being-restored":    w.row(t, "being-restored", "s-2", "alice", "manual", "restoring", 50*day, "-1 hour", true),
+		"backup-newest":       w.row(t, "backup-newest", "s-1", "alice", "pre-restore", "available", 36*time.Hour, "", true),
+		"backup-old":          w.row(t, "backup-old", "s-b", "bob", "pre-restore", "available", 40*day, "", true),
+		"backup-failed-old":   w.row(t, "backup-failed-old", "s-b", "bob", "pre-restore", "failed", 40*day, "", false),
+		"backup-young":        w.row(t, "backup-young", "s-b", "bob", "pre-restore", "available", time.Hour, "-1 minute", true),
+		"backup-in-use":       w.row(t, "backup-in-use", "s-2", "alice", "pre-restore", "available", 40*day, "", true),
+		"being-restored":      w.row(t, "being-restored", "s-2", "alice", "manual", "restoring", 50*day, "-1 hour", true),
+		"backup-not-put-back": w.row(t, "backup-not-put-back", "s-b", "bob", "pre-restore", "available", 40*day, "", true),
 	}
 	_, err = w.h.Pool.Exec(context.Background(), `
 		insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status) values
 			('job-running', 'being-restored', 's-2', 's-2', 'alice', 'in_progress'),
 			('job-done', 'old-manual', 's-b', 's-b', 'bob', 'completed')`)
+	require.NoError(t, err)
+	_, err = w.h.Pool.Exec(context.Background(), `
+		insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status, backup_snapshot_id, rolled_back, rollback_failed) values
+			('job-rollback-failed', 'old-manual', 's-b', 's-b', 'bob', 'failed', 'backup-not-put-back', false, true)`)
 	require.NoError(t, err)
 	w.put(t, keys["row-was-purged"])
 	w.put(t, "snapshots/README")
@@ -129,6 +134,7 @@ func TestRetentionAndSweep(t *testing.T) {
 		{id: "backup-young", status: "available", stored: true},
 		{id: "backup-in-use", status: "available", stored: true},
 		{id: "being-restored", status: "restoring", stored: true},
+		{id: "backup-not-put-back", status: "available", stored: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.id, func(t *testing.T) {

@@ -351,7 +351,8 @@ func jobSession(ctx context.Context, tx pgx.Tx, id string) (Session, error) {
 //     older than that (it has no objects; only its row is kept for a while).
 //
 // A pre-restore backup is kept whatever the rules while its restore may
-// still need it to roll back (backupInUse).
+// still need it to roll back, and after a rollback that failed
+// (backupInUse).
 //
 // A session's config is read key by key with its default where a key is
 // missing or not of the right JSON type (StreamSpace's own API stores the
@@ -396,15 +397,18 @@ const retentionSQL = `
 	limit $1`
 
 // backupInUse is the condition, on a snapshot row s, that it is a
-// pre-restore backup its restore may still roll back to: one younger than a
-// day (far beyond RESTORE_JOB_TIMEOUT), or one of a session a restore into
-// which is pending or in progress. It reads only StreamSpace's status
-// values, not how a job names its backup, so it holds however the restore
-// function links the two.
+// pre-restore backup its restore may still roll back to, or one that holds
+// the only copy of a home a rollback failed to put back: one younger than a
+// day (far beyond RESTORE_JOB_TIMEOUT), one of a session a restore into
+// which is pending or in progress, or the backup of a job whose rollback
+// failed (snapshot_restore_jobs.backup_snapshot_id and rollback_failed,
+// migration 008), which only a person deletes.
 const backupInUse = `coalesce(s.type, 'manual') = 'pre-restore' and (
 		s.created_at > localtimestamp - interval '1 day'
 		or exists (select 1 from snapshot_restore_jobs j
-			where j.target_session_id = s.session_id and j.status in ('pending', 'in_progress')))`
+			where j.target_session_id = s.session_id and j.status in ('pending', 'in_progress'))
+		or exists (select 1 from snapshot_restore_jobs j
+			where j.backup_snapshot_id = s.id and j.rollback_failed))`
 
 // retireSQL marks the chosen snapshots deleted, if they are still
 // available or failed and not a backup in use (a restore may have started
