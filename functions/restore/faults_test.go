@@ -189,6 +189,7 @@ func TestRestoreVetFailureLeavesConfigUntouched(t *testing.T) {
 			assert.Equal(t, "failed", row.Status)
 			assert.Contains(t, row.Error, tc.reason)
 			assert.False(t, row.RolledBack)
+			assert.False(t, row.RollbackFailed, "nothing was cleared, so nothing was rolled back")
 			assert.Empty(t, row.Backup, "no backup is taken of a session whose snapshot fails the vet")
 			assert.Equal(t, jobState{Phase: string(function.PhaseFailed), FailedPhase: string(function.PhaseVetting)}, stateOf(t, w.h, id),
 				"a job with no backup records its phase too")
@@ -197,6 +198,7 @@ func TestRestoreVetFailureLeavesConfigUntouched(t *testing.T) {
 			var d events.RestoreFailedData
 			waitEvent(t, w.h, events.RestoreFailed, id, &d)
 			assert.False(t, d.RolledBack)
+			assert.False(t, d.RollbackFailed)
 			assert.Contains(t, d.Reason, tc.reason)
 		})
 	}
@@ -225,6 +227,7 @@ func TestRestoreRollsBack(t *testing.T) {
 	row := w.job(t, snap, id)
 	assert.Equal(t, "failed", row.Status)
 	assert.True(t, row.RolledBack)
+	assert.False(t, row.RollbackFailed)
 	assert.Contains(t, row.Error, "connection reset by peer")
 	assert.Contains(t, row.Error, "rolled back to the pre-restore snapshot "+row.Backup)
 	assert.Equal(t, "available", row.SnapshotStatus, "a read that failed says nothing against the snapshot")
@@ -234,6 +237,7 @@ func TestRestoreRollsBack(t *testing.T) {
 	var d events.RestoreFailedData
 	waitEvent(t, w.h, events.RestoreFailed, id, &d)
 	assert.True(t, d.RolledBack)
+	assert.False(t, d.RollbackFailed)
 	assert.Equal(t, 0, w.h.Count(`select count(*) from notifications`))
 	assert.Equal(t, 1.0, w.h.Scrape().Value("streamspace_functions_jobs_finished_total",
 		map[string]string{"function": "restore", "job": "restore", "outcome": "failed"}))
@@ -265,13 +269,19 @@ func TestRestorePodDisappears(t *testing.T) {
 	row := w.job(t, snap, id)
 	assert.Equal(t, "failed", row.Status)
 	assert.False(t, row.RolledBack)
+	assert.True(t, row.RollbackFailed, "the status route says the rollback failed, not only its text")
 	assert.Contains(t, row.Error, "rollback failed")
 	assert.NotEmpty(t, row.Backup, "the backup was taken before the pod went")
-	assert.Equal(t, jobState{Phase: string(function.PhaseFailed), FailedPhase: string(function.PhaseExtracting),
-		Backup: row.Backup, RollbackFailed: true}, stateOf(t, w.h, id))
+	state := stateOf(t, w.h, id)
+	// The killed tar's exit status can be lost over SPDY (docs/snapshots.md):
+	// the extract then seems to succeed and the verify finds the pod gone.
+	assert.Contains(t, []string{string(function.PhaseExtracting), string(function.PhaseVerifying)}, state.FailedPhase)
+	state.FailedPhase = ""
+	assert.Equal(t, jobState{Phase: string(function.PhaseFailed), Backup: row.Backup, RollbackFailed: true}, state)
 	var d events.RestoreFailedData
 	waitEvent(t, w.h, events.RestoreFailed, id, &d)
 	assert.False(t, d.RolledBack)
+	assert.True(t, d.RollbackFailed, "the event says the rollback failed, not only its text")
 	assert.Contains(t, d.Reason, "rollback failed")
 	assert.Equal(t, 1, w.h.Count(`select count(*) from notifications
 		where user_id = 'root' and type = 'snapshot.restore.rollback_failed' and data->>'restoreJobId' = $1 and data->>'backupSnapshotId' = $2`,
