@@ -129,7 +129,14 @@ type RestoreFailedData struct {
 	SnapshotID   string `json:"snapshotId"`
 	SessionID    string `json:"sessionId"`
 	Reason       string `json:"reason"`
-	RolledBack   bool   `json:"rolledBack"`
+	// RolledBack is true when /config was cleared and then put back from
+	// the pre-restore backup.
+	RolledBack bool `json:"rolledBack"`
+	// RollbackFailed is true when /config was cleared and putting the
+	// backup back failed too: the session's /config needs an operator.
+	// Both false: the job failed before touching /config. Absent from
+	// events emitted before the field existed, which reads false.
+	RollbackFailed bool `json:"rollbackFailed"`
 }
 
 // TemplateUpdatedData tells subscribers a template's content or access changed.

@@ -28,11 +28,12 @@ func completed(j job, files int64) (cloudevents.Event, error) {
 	})
 }
 
-// failed reports a restore that did not finish, and whether /config was
-// put back as it was.
-func failed(j job, reason string, rolledBack bool) (cloudevents.Event, error) {
+// failed reports a restore that did not finish, whether /config was put
+// back as it was, and whether putting it back failed.
+func failed(j job, reason string, rolledBack, rollbackFailed bool) (cloudevents.Event, error) {
 	return events.New(Name, events.RestoreFailed, events.RestoreFailedData{
-		RestoreJobID: j.ID, SnapshotID: j.SnapshotID, SessionID: j.TargetSessionID, Reason: truncate(reason, 4000), RolledBack: rolledBack,
+		RestoreJobID: j.ID, SnapshotID: j.SnapshotID, SessionID: j.TargetSessionID, Reason: truncate(reason, 4000),
+		RolledBack: rolledBack, RollbackFailed: rollbackFailed,
 	})
 }
 

@@ -43,8 +43,10 @@ type Config struct {
 	// MaxBytes caps the uncompressed size of an archive a restore accepts;
 	// the snapshot's manifest lowers it for each archive.
 	MaxBytes int64 `env:"RESTORE_MAX_BYTES" envDefault:"68719476736"`
-	// MaxEntries caps the number of entries of an archive.
-	MaxEntries int64 `env:"RESTORE_MAX_ENTRIES" envDefault:"2000000"`
+	// MaxEntries caps the number of entries of an archive: a home with
+	// more files is refused, naming this variable. The snapshot function
+	// must not store archives above it, or they cannot be restored.
+	MaxEntries int64 `env:"RESTORE_MAX_ENTRIES" envDefault:"500000"`
 	// LeaseTTL is how long a job's lease lasts without a heartbeat (one is
 	// sent every third of it): how soon a redelivery takes over from an
 	// instance that died.
@@ -87,6 +89,34 @@ func (c *Config) Validate() error {
 
 func (c *Config) limits() archive.Limits {
 	return archive.Limits{MaxBytes: c.MaxBytes, MaxEntries: c.MaxEntries}
+}
+
+// overCap is the vet's refusal of an archive for one of the function's own
+// caps, naming the variable that sets it. The archive may be sound: under
+// a raised cap the same snapshot can be restored, so it stays available.
+type overCap struct {
+	setting string
+	limit   int64
+	err     error
+}
+
+func (e *overCap) Error() string {
+	return fmt.Sprintf("%v (%s is %d: raise it to restore a home this large)", e.err, e.setting, e.limit)
+}
+
+func (e *overCap) Unwrap() error { return e.err }
+
+// nameCap turns the vet's refusal for a cap that is the function's own
+// into an overCap. The byte cap is the manifest's instead when the manifest
+// declares less: an archive over its own manifest is refused as it is.
+func (c *Config) nameCap(err error, want archive.Expect) error {
+	switch {
+	case errors.Is(err, archive.ErrTooManyEntries):
+		return &overCap{setting: "RESTORE_MAX_ENTRIES", limit: c.MaxEntries, err: err}
+	case errors.Is(err, archive.ErrTooLarge) && (want.Bytes < 0 || want.Bytes >= c.MaxBytes):
+		return &overCap{setting: "RESTORE_MAX_BYTES", limit: c.MaxBytes, err: err}
+	}
+	return err
 }
 
 // Function serves the restore routes and runs restore jobs.

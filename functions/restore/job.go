@@ -268,7 +268,12 @@ func (r *run) execute(ctx context.Context) error {
 		return r.fail(ctx, fmt.Errorf("read the snapshot's manifest: %w", err), nil)
 	}
 	if err := r.vet(ctx, key, pin, want); err != nil {
-		return r.fail(ctx, fmt.Errorf("vet the snapshot: %w", err), err)
+		verdict := err
+		if _, ok := errors.AsType[*overCap](err); ok {
+			// Refused for a setting, not for what the archive is.
+			verdict = nil
+		}
+		return r.fail(ctx, fmt.Errorf("vet the snapshot: %w", err), verdict)
 	}
 
 	// 2. Back up the current /config as a pre-restore snapshot.
@@ -339,7 +344,7 @@ func (r *run) vet(ctx context.Context, key string, pin objstore.Pin, want archiv
 	}
 	defer body.Close()
 	_, err = archive.Vet(ctx, body, r.f.cfg.limits(), &want)
-	return err
+	return r.f.cfg.nameCap(err, want)
 }
 
 // backup creates the pre-restore snapshot row, records it as the job's
@@ -591,7 +596,7 @@ func (r *run) fail(ctx context.Context, cause, rejected error) error {
 				return nil, err
 			}
 		}
-		ev, err := failed(r.j, reason, r.rolledBack)
+		ev, err := failed(r.j, reason, r.rolledBack, rollbackFailed)
 		return []cloudevents.Event{ev}, err
 	})
 	if err != nil {

@@ -251,7 +251,7 @@ func (w *world) request(t *testing.T, snapshot string) (string, cloudevents.Even
 type jobRow struct {
 	Status, Error, SnapshotStatus string
 	Progress                      function.Progress
-	RolledBack                    bool
+	RolledBack, RollbackFailed    bool
 	Backup                        string
 }
 
@@ -264,7 +264,8 @@ func (w *world) job(t *testing.T, snapshot, id string) jobRow {
 	var r jobRow
 	for _, j := range res.RestoreJobs {
 		if j.ID == id {
-			r = jobRow{Status: string(j.Status), Error: j.ErrorMessage, Progress: j.Progress, RolledBack: j.RolledBack, Backup: j.BackupSnapshotID}
+			r = jobRow{Status: string(j.Status), Error: j.ErrorMessage, Progress: j.Progress, RolledBack: j.RolledBack,
+				RollbackFailed: j.RollbackFailed, Backup: j.BackupSnapshotID}
 		}
 	}
 	require.NoError(t, w.h.Pool.QueryRow(context.Background(), `select status from session_snapshots where id = $1`, snapshot).Scan(&r.SnapshotStatus))
@@ -408,6 +409,7 @@ func restoreJob(t *testing.T, w *world) {
 	assert.Equal(t, "available", row.SnapshotStatus)
 	assert.Equal(t, function.Progress{Phase: function.PhaseCompleted, Step: 6, Steps: 6, Percent: 100}, row.Progress)
 	assert.False(t, row.RolledBack)
+	assert.False(t, row.RollbackFailed)
 
 	// /config is the snapshot, owned by the session's user.
 	assert.Equal(t, contentState(t, src), contentState(t, w.pod.Dir))

@@ -151,6 +151,7 @@ func TestRestoreStatus(t *testing.T) {
 				assert.Equal(t, function.JobPending, j.Status)
 				assert.Equal(t, function.Progress{Phase: function.PhasePending, Step: 0, Steps: 6, Percent: 0}, j.Progress)
 				assert.False(t, j.RolledBack)
+				assert.False(t, j.RollbackFailed)
 				assert.Nil(t, j.CompletedAt)
 			}
 			assert.Equal(t, tc.wantJobs, ids)
@@ -172,35 +173,42 @@ func TestRestoreStatusReadsTheJobState(t *testing.T) {
 	tests := []struct {
 		name string
 		// columns are the row's values beside StreamSpace's: status,
-		// phase, failed_phase, backup_snapshot_id, rolled_back.
+		// phase, failed_phase, backup_snapshot_id, rolled_back,
+		// rollback_failed.
 		status, phase, failedPhase, backup string
-		rolledBack                         *bool
+		rolledBack, rollbackFailed         *bool
 		want                               map[string]any
 	}{
 		{name: "in progress, extracting, with its backup", status: "in_progress", phase: "extracting", backup: "b-1",
-			want: map[string]any{"status": "in_progress", "backupSnapshotId": "b-1", "rolledBack": false,
+			want: map[string]any{"status": "in_progress", "backupSnapshotId": "b-1", "rolledBack": false, "rollbackFailed": false,
 				"progress": map[string]any{"phase": "extracting", "step": 4, "steps": 6, "percent": 66}}},
 		{name: "failed while vetting, no backup", status: "failed", phase: "failed", failedPhase: "vetting", rolledBack: new(false),
-			want: map[string]any{"status": "failed", "rolledBack": false,
+			rollbackFailed: new(false),
+			want: map[string]any{"status": "failed", "rolledBack": false, "rollbackFailed": false,
 				"progress": map[string]any{"phase": "failed", "step": 6, "steps": 6, "percent": 100}}},
 		{name: "failed and rolled back", status: "failed", phase: "failed", failedPhase: "extracting", backup: "b-2", rolledBack: new(true),
-			want: map[string]any{"status": "failed", "backupSnapshotId": "b-2", "rolledBack": true,
+			rollbackFailed: new(false),
+			want: map[string]any{"status": "failed", "backupSnapshotId": "b-2", "rolledBack": true, "rollbackFailed": false,
+				"progress": map[string]any{"phase": "failed", "step": 6, "steps": 6, "percent": 100}}},
+		{name: "failed and the rollback failed", status: "failed", phase: "failed", failedPhase: "extracting", backup: "b-3",
+			rolledBack: new(false), rollbackFailed: new(true),
+			want: map[string]any{"status": "failed", "backupSnapshotId": "b-3", "rolledBack": false, "rollbackFailed": true,
 				"progress": map[string]any{"phase": "failed", "step": 6, "steps": 6, "percent": 100}}},
 		{name: "in progress, recorded before migration 008", status: "in_progress",
-			want: map[string]any{"status": "in_progress", "rolledBack": false,
+			want: map[string]any{"status": "in_progress", "rolledBack": false, "rollbackFailed": false,
 				"progress": map[string]any{"phase": "vetting", "step": 1, "steps": 6, "percent": 16}}},
 		{name: "completed, recorded before migration 008", status: "completed",
-			want: map[string]any{"status": "completed", "rolledBack": false,
+			want: map[string]any{"status": "completed", "rolledBack": false, "rollbackFailed": false,
 				"progress": map[string]any{"phase": "completed", "step": 6, "steps": 6, "percent": 100}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			id := uuid.NewString()
 			sqlExec(t, h, `insert into snapshot_restore_jobs (id, snapshot_id, session_id, target_session_id, user_id, status, started_at,
-				completed_at, phase, failed_phase, backup_snapshot_id, rolled_back)
+				completed_at, phase, failed_phase, backup_snapshot_id, rolled_back, rollback_failed)
 				values ($1, $2, 's-alice', 's-alice', 'alice', $3::text, localtimestamp,
-					case when $3::text in ('completed', 'failed') then localtimestamp end, nullif($4, ''), nullif($5, ''), nullif($6, ''), $7)`,
-				id, snap, tc.status, tc.phase, tc.failedPhase, tc.backup, tc.rolledBack)
+					case when $3::text in ('completed', 'failed') then localtimestamp end, nullif($4, ''), nullif($5, ''), nullif($6, ''), $7, $8)`,
+				id, snap, tc.status, tc.phase, tc.failedPhase, tc.backup, tc.rolledBack, tc.rollbackFailed)
 			status, body := h.Do(http.MethodGet, restorePath("s-alice", snap)+"/status", h.Token("alice", authn.User), nil)
 			require.Equal(t, http.StatusOK, status, "%s", body)
 			var got struct {

@@ -307,13 +307,17 @@ type JobView struct {
 	// RolledBack is true when the job failed and /config was put back as it
 	// was before the restore.
 	RolledBack bool `json:"rolledBack"`
+	// RollbackFailed is true when the job failed after clearing /config
+	// and putting the backup back failed too: /config needs an operator.
+	RollbackFailed bool `json:"rollbackFailed"`
 }
 
 // listJobsSQL reads the ten newest jobs of snapshot $1, as StreamSpace's
 // API did, with their state.
 const listJobsSQL = `
 select id, coalesce(status, ''), coalesce(started_at, localtimestamp), completed_at, coalesce(error_message, ''),
-       coalesce(target_session_id, ''), coalesce(backup_snapshot_id, ''), coalesce(phase, ''), coalesce(rolled_back, false)
+       coalesce(target_session_id, ''), coalesce(backup_snapshot_id, ''), coalesce(phase, ''), coalesce(rolled_back, false),
+       coalesce(rollback_failed, false)
 from snapshot_restore_jobs
 where snapshot_id = $1
 order by started_at desc, id
@@ -332,7 +336,7 @@ func listJobs(ctx context.Context, q querier, snapshotID string) ([]JobView, err
 			phase Phase
 		)
 		if err := rows.Scan(&v.ID, &v.Status, &v.StartedAt, &v.CompletedAt, &v.ErrorMessage, &v.TargetSessionID,
-			&v.BackupSnapshotID, &phase, &v.RolledBack); err != nil {
+			&v.BackupSnapshotID, &phase, &v.RolledBack, &v.RollbackFailed); err != nil {
 			return nil, fmt.Errorf("list restore jobs of %s: %w", snapshotID, err)
 		}
 		v.Progress = progressOf(v.Status, phase)

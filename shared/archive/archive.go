@@ -88,6 +88,14 @@ type Summary struct {
 // ErrRejected is matched by every Rejection.
 var ErrRejected = errors.New("archive rejected")
 
+// ErrTooManyEntries and ErrTooLarge are matched, besides ErrRejected, by the
+// Rejection of a stream over Limits.MaxEntries or Limits.MaxBytes, so a
+// caller can name the setting that holds the cap.
+var (
+	ErrTooManyEntries = errors.New("archive has more entries than its cap")
+	ErrTooLarge       = errors.New("archive expands to more bytes than its cap")
+)
+
 // Rejection says why a stream failed the vet. It is final: reading the same
 // object again gives the same answer. Errors that are not Rejections came from
 // reading the source (a dropped connection) or writing the output, and may
@@ -98,6 +106,8 @@ type Rejection struct {
 	Entry string
 	// Reason says what is wrong, in words an operator can act on.
 	Reason string
+	// over is ErrTooManyEntries or ErrTooLarge for a cap's rejection.
+	over error
 }
 
 func (r *Rejection) Error() string {
@@ -107,8 +117,11 @@ func (r *Rejection) Error() string {
 	return fmt.Sprintf("archive rejected: entry %q: %s", r.Entry, r.Reason)
 }
 
-// Is makes errors.Is(err, ErrRejected) true for every Rejection.
-func (r *Rejection) Is(target error) bool { return target == ErrRejected }
+// Is makes errors.Is(err, ErrRejected) true for every Rejection, and
+// errors.Is(err, ErrTooManyEntries) or (err, ErrTooLarge) for a cap's.
+func (r *Rejection) Is(target error) bool {
+	return target == ErrRejected || (r.over != nil && target == r.over)
+}
 
 func reject(entry, format string, args ...any) *Rejection {
 	return &Rejection{Entry: entry, Reason: fmt.Sprintf(format, args...)}

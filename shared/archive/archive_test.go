@@ -26,6 +26,7 @@ func TestVetRejects(t *testing.T) {
 		want   *archive.Expect
 		entry  string // the entry the rejection names ("" for the stream)
 		reason string // a part of the rejection's reason
+		over   error  // ErrTooManyEntries or ErrTooLarge for a cap's rejection
 	}{
 		{name: "traversal", data: tgz(t, dir("./"), file("../evil", "x")),
 			entry: "../evil", reason: "parent directory reference"},
@@ -85,9 +86,9 @@ func TestVetRejects(t *testing.T) {
 		{name: "over-long name", data: tgz(t, file(long, "x")),
 			entry: long, reason: "longer than 4096"},
 		{name: "entry cap", data: tgz(t, dir("./"), file("a", "1"), file("b", "2")), lim: archive.Limits{MaxEntries: 2},
-			reason: "more than 2 entries"},
+			reason: "more than 2 entries", over: archive.ErrTooManyEntries},
 		{name: "byte cap", data: tgz(t, file("a", "123"), file("b", "456")), lim: archive.Limits{MaxBytes: 5},
-			entry: "b", reason: "exceed 5 bytes"},
+			entry: "b", reason: "exceed 5 bytes", over: archive.ErrTooLarge},
 		{name: "truncated gzip trailer", data: good[:len(good)-4], reason: "truncated"},
 		{name: "truncated in the middle", data: good[:len(good)/2], reason: "truncated"},
 		{name: "empty stream", data: nil, reason: "truncated"},
@@ -101,7 +102,7 @@ func TestVetRejects(t *testing.T) {
 		{name: "content size mismatch", data: good, want: &archive.Expect{SHA256: sha(good), Entries: 2, Bytes: 6},
 			reason: "5 bytes, the manifest says 6"},
 		{name: "more bytes than the manifest says", data: good, want: &archive.Expect{SHA256: sha(good), Entries: 2, Bytes: 4},
-			entry: "./a.txt", reason: "exceed 4 bytes"},
+			entry: "./a.txt", reason: "exceed 4 bytes", over: archive.ErrTooLarge},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -112,6 +113,13 @@ func TestVetRejects(t *testing.T) {
 			require.ErrorAs(t, err, &rej)
 			assert.Equal(t, tc.entry, rej.Entry, "rejected entry")
 			assert.Contains(t, rej.Reason, tc.reason)
+			for _, cap := range []error{archive.ErrTooManyEntries, archive.ErrTooLarge} {
+				if cap == tc.over {
+					assert.ErrorIs(t, err, cap)
+				} else {
+					assert.NotErrorIs(t, err, cap)
+				}
+			}
 		})
 	}
 }
@@ -126,6 +134,7 @@ func TestVetStopsStreamedBombs(t *testing.T) {
 		want        *archive.Expect
 		gen         func(tw *tar.Writer) error
 		reason      string
+		over        error // the cap's sentinel
 		maxProduced int64 // uncompressed bytes the generator may get out before Vet stops it
 	}{
 		{
@@ -136,7 +145,7 @@ func TestVetStopsStreamedBombs(t *testing.T) {
 				}
 				return writeZeros(tw, 10<<30)
 			},
-			reason: "exceed 1073741824 bytes", maxProduced: 64 << 20,
+			reason: "exceed 1073741824 bytes", over: archive.ErrTooLarge, maxProduced: 64 << 20,
 		},
 		{
 			name: "one 10 GB file of zeros behind a manifest of 1 MiB", want: &archive.Expect{Entries: 1, Bytes: 1 << 20},
@@ -146,7 +155,7 @@ func TestVetStopsStreamedBombs(t *testing.T) {
 				}
 				return writeZeros(tw, 10<<30)
 			},
-			reason: "exceed 1048576 bytes", maxProduced: 64 << 20,
+			reason: "exceed 1048576 bytes", over: archive.ErrTooLarge, maxProduced: 64 << 20,
 		},
 		{
 			name: "10 GB of zeros in 1 MiB files", lim: archive.Limits{MaxBytes: 256 << 20},
@@ -162,7 +171,7 @@ func TestVetStopsStreamedBombs(t *testing.T) {
 				}
 				return nil
 			},
-			reason: "exceed 268435456 bytes", maxProduced: 320 << 20,
+			reason: "exceed 268435456 bytes", over: archive.ErrTooLarge, maxProduced: 320 << 20,
 		},
 		{
 			name: "1,000,000 tiny entries", lim: archive.Limits{MaxEntries: 250_000},
@@ -174,7 +183,7 @@ func TestVetStopsStreamedBombs(t *testing.T) {
 				}
 				return nil
 			},
-			reason: "more than 250000 entries", maxProduced: 300_000 * 512,
+			reason: "more than 250000 entries", over: archive.ErrTooManyEntries, maxProduced: 300_000 * 512,
 		},
 	}
 	for _, tc := range tests {
@@ -184,6 +193,7 @@ func TestVetStopsStreamedBombs(t *testing.T) {
 			produced := g.stop()
 			require.ErrorIs(t, err, archive.ErrRejected)
 			assert.Contains(t, err.Error(), tc.reason)
+			assert.ErrorIs(t, err, tc.over, "the cap is named")
 			assert.LessOrEqual(t, produced, tc.maxProduced, "bytes generated before the cap stopped the read")
 		})
 	}

@@ -156,14 +156,18 @@ func scan(ctx context.Context, r io.Reader, lim Limits, want *Expect, out *repac
 		}
 		sum.Entries++
 		if sum.Entries > lim.MaxEntries {
-			return fail(reject("", "more than %d entries", lim.MaxEntries))
+			rej := reject("", "more than %d entries", lim.MaxEntries)
+			rej.over = ErrTooManyEntries
+			return fail(rej)
 		}
 		e, rej := t.check(h)
 		if rej != nil {
 			return fail(rej)
 		}
 		if h.Size > lim.MaxBytes-sum.Bytes {
-			return fail(reject(h.Name, "contents exceed %d bytes in total", lim.MaxBytes))
+			rej := reject(h.Name, "contents exceed %d bytes in total", lim.MaxBytes)
+			rej.over = ErrTooLarge
+			return fail(rej)
 		}
 		sum.Bytes += h.Size
 		if out != nil {
