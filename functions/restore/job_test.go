@@ -66,12 +66,13 @@ type world struct {
 // newWorld starts everything; wrap, when not nil, wraps the job's storage
 // and pod clients with a fault.
 func newWorld(t *testing.T, wrap func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods), extra ...map[string]string) *world {
-	return newWorldWithRules(t, wrap, nil, extra...)
+	return newWorldWithExec(t, wrap, nil, extra...)
 }
 
-// newWorldWithRules is newWorld with extra RBAC rules for the function.
-func newWorldWithRules(t *testing.T, wrap func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods),
-	rules []rbacv1.PolicyRule, extra ...map[string]string) *world {
+// newWorldWithExec is newWorld with the verbs the function's Role grants
+// on pods/exec; nil grants the deployed Role's.
+func newWorldWithExec(t *testing.T, wrap func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods),
+	execVerbs []string, extra ...map[string]string) *world {
 	t.Helper()
 	w := &world{s3: s3test.Start(t), cluster: kubetest.Start(t), session: "s-1", user: "alice", uid: 4242}
 	w.bucket = w.s3.Bucket(t)
@@ -79,7 +80,7 @@ func newWorldWithRules(t *testing.T, wrap func(w *world, o function.Objects, p f
 	kubelet := w.cluster.Kubelet(t)
 	w.pod = kubelet.Pod(t, w.ns, kubetest.PodSpec{SessionID: w.session,
 		Env: map[string]string{"PUID": strconv.Itoa(w.uid), "PGID": strconv.Itoa(w.uid)}})
-	sessionRole(t, w.cluster, w.ns, "restore", rules...)
+	sessionRole(t, w.cluster, w.ns, "restore", execVerbs)
 
 	env := w.s3.Env(w.bucket)
 	env["KUBECONFIG"] = kubeconfig(t, w.cluster, "restore")
@@ -103,16 +104,20 @@ func newWorldWithRules(t *testing.T, wrap func(w *world, o function.Objects, p f
 
 // sessionRole is what the restore function's Role grants in the sessions'
 // namespace (deploy/functions/restore/role.yaml), bound to its
-// ServiceAccount, plus extra rules. It returns once the binding is in force.
-func sessionRole(t *testing.T, c *kubetest.Cluster, ns, sa string, extra ...rbacv1.PolicyRule) {
+// ServiceAccount, with execVerbs on pods/exec instead of its get and create
+// when given. It returns once the binding is in force.
+func sessionRole(t *testing.T, c *kubetest.Cluster, ns, sa string, execVerbs []string) {
 	t.Helper()
 	ctx := context.Background()
-	rules := append([]rbacv1.PolicyRule{
+	if execVerbs == nil {
+		// A WebSocket exec (a GET) needs get and, on 1.35, create; SPDY's
+		// POST needs create.
+		execVerbs = []string{"get", "create"}
+	}
+	rules := []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
-		// SPDY's POST needs create; a WebSocket exec (a GET) would need get,
-		// so the function falls back to SPDY.
-		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create"}},
-	}, extra...)
+		{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: execVerbs},
+	}
 	_, err := c.Client.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{
 		ObjectMeta: metav1.ObjectMeta{Name: "restore-sessions"}, Rules: rules}, metav1.CreateOptions{})
 	require.NoError(t, err)
@@ -374,22 +379,22 @@ func (w *world) deliver(t *testing.T, e cloudevents.Event) int {
 // protocol: /config becomes the snapshot, owned by the session's user, and
 // the backup holds what it was.
 func TestRestoreJob(t *testing.T) {
-	wsExec := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"get"}}
 	tests := []struct {
-		name     string
-		protocol string
-		rules    []rbacv1.PolicyRule
-		env      map[string]string
+		name      string
+		protocol  string
+		execVerbs []string
+		env       map[string]string
 	}{
-		{name: "auto falls back to spdy under the deploy role", protocol: ""},
+		{name: "auto under the deploy role", protocol: ""},
+		{name: "auto falls back to spdy where the role grants only create", protocol: "", execVerbs: []string{"create"}},
 		{name: "spdy", protocol: "spdy"},
-		{name: "websocket where the role allows it", protocol: "websocket", rules: []rbacv1.PolicyRule{wsExec}},
+		{name: "websocket", protocol: "websocket"},
 		{name: "an SSE-KMS snapshot and its SSE-KMS backup", protocol: "",
 			env: map[string]string{"S3_SSE": "aws:kms", "S3_SSE_KMS_KEY_ID": s3test.KMSKeyID}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorldWithRules(t, nil, tc.rules, map[string]string{"RESTORE_EXEC_PROTOCOL": tc.protocol}, tc.env)
+			w := newWorldWithExec(t, nil, tc.execVerbs, map[string]string{"RESTORE_EXEC_PROTOCOL": tc.protocol}, tc.env)
 			restoreJob(t, w)
 		})
 	}
