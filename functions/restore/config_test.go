@@ -33,6 +33,7 @@ func TestConfig(t *testing.T) {
 		{name: "an entry cap", env: map[string]string{"RESTORE_MAX_ENTRIES": "0"}, want: "RESTORE_MAX_ENTRIES"},
 		{name: "a lease too short to renew", env: map[string]string{"RESTORE_LEASE_TTL": "1s"}, want: "RESTORE_LEASE_TTL"},
 		{name: "a job timeout", env: map[string]string{"RESTORE_JOB_TIMEOUT": "10s"}, want: "RESTORE_JOB_TIMEOUT"},
+		{name: "no job slot", env: map[string]string{"RESTORE_MAX_JOBS": "0"}, want: "RESTORE_MAX_JOBS 0: want at least 1"},
 		{name: "an endpoint that is not a URL", env: map[string]string{"S3_ENDPOINT": "minio:9000"}, want: "S3_ENDPOINT"},
 		{name: "an unknown encryption mode", env: map[string]string{"S3_SSE": "aes256"}, want: `S3_SSE "aes256"`},
 		{name: "a KMS key without SSE-KMS", env: map[string]string{"S3_SSE": "AES256", "S3_SSE_KMS_KEY_ID": "k"},

@@ -54,6 +54,12 @@ type Config struct {
 	// JobTimeout bounds one attempt at a job; a rollback gets as long
 	// again. Keep it below the revision's timeoutSeconds.
 	JobTimeout time.Duration `env:"RESTORE_JOB_TIMEOUT" envDefault:"9m"`
+	// MaxJobs caps the restore jobs this instance runs at once; a job
+	// delivered while all run is answered 503 with Retry-After and changes
+	// nothing, so the broker delivers it again later (docs/restore.md). It
+	// bounds the memory streams take, where containerConcurrency also
+	// counts REST requests.
+	MaxJobs int `env:"RESTORE_MAX_JOBS" envDefault:"2"`
 }
 
 // Validate checks what the env tags cannot express.
@@ -83,6 +89,9 @@ func (c *Config) Validate() error {
 	}
 	if c.JobTimeout < time.Minute {
 		all = append(all, fmt.Errorf("RESTORE_JOB_TIMEOUT %s: want at least 1m", c.JobTimeout))
+	}
+	if c.MaxJobs < 1 {
+		all = append(all, fmt.Errorf("RESTORE_MAX_JOBS %d: want at least 1", c.MaxJobs))
 	}
 	return errors.Join(all...)
 }
@@ -128,6 +137,8 @@ type Function struct {
 	pods      pods
 	capture   capturer
 	jobs      *metrics.JobMetrics
+	// slots bounds the jobs running at once (RESTORE_MAX_JOBS).
+	slots *service.JobSlots
 	// owner names this instance in job leases.
 	owner string
 	// wrap, when set (by tests), wraps the storage and pod clients, to
@@ -165,6 +176,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	f.manifests = manifests{store: f.objects}
 	f.capture = homeCapturer{pods: f.pods, store: store, maxBytes: f.cfg.MaxBytes}
 	f.jobs = svc.Job("restore")
+	f.slots = service.NewJobSlots(f.cfg.MaxJobs)
 	f.owner, _ = os.Hostname()
 	if f.owner == "" {
 		f.owner = Name

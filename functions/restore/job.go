@@ -148,6 +148,15 @@ func (f *Function) runJob(ctx context.Context, e cloudevents.Event) error {
 		runtime.MarkDuplicate(ctx)
 		return nil
 	}
+	// A slot before the lease: a delivery that finds every slot taken is
+	// answered 503 having changed nothing, and the broker (or, once its
+	// retries are spent, the stale-job sweep) asks again.
+	release, err := f.slots.TryStart()
+	if err != nil {
+		runtime.AddLogAttrs(ctx, slog.String("restoreJob", j.ID), slog.String("outcome", "no job slot"))
+		return err
+	}
+	defer release()
 	owner := f.owner + "/" + uuid.NewString()
 	lease, ok, err := db.AcquireLease(ctx, f.svc.Pool, "restore:"+j.ID, owner, f.cfg.LeaseTTL)
 	if err != nil {

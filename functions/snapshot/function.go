@@ -57,6 +57,12 @@ type Config struct {
 	// JobTimeout bounds one job; it must end before the revision's
 	// timeoutSeconds (deploy/functions/snapshot) cuts the delivery.
 	JobTimeout time.Duration `env:"SNAPSHOT_JOB_TIMEOUT" envDefault:"570s"`
+	// MaxJobs caps the snapshot jobs this instance runs at once; a job
+	// delivered while all run is answered 503 with Retry-After and changes
+	// nothing, so the broker delivers it again later (docs/snapshots.md,
+	// "Streams per instance"). It bounds the memory streams take, where
+	// containerConcurrency also counts REST requests.
+	MaxJobs int `env:"SNAPSHOT_MAX_JOBS" envDefault:"2"`
 	// ProgressInterval is how often a running job emits snapshot.progress.
 	ProgressInterval time.Duration `env:"SNAPSHOT_PROGRESS_INTERVAL" envDefault:"5s"`
 	// AutoConcurrency caps the automatic snapshots being taken at once,
@@ -99,6 +105,9 @@ func (c *Config) Validate() error {
 	if c.JobTimeout <= c.LeaseTTL {
 		all = append(all, fmt.Errorf("SNAPSHOT_JOB_TIMEOUT %s: want more than SNAPSHOT_LEASE_TTL", c.JobTimeout))
 	}
+	if c.MaxJobs < 1 {
+		all = append(all, fmt.Errorf("SNAPSHOT_MAX_JOBS %d: want at least 1", c.MaxJobs))
+	}
 	if c.ProgressInterval <= 0 {
 		all = append(all, fmt.Errorf("SNAPSHOT_PROGRESS_INTERVAL %s: want a positive duration", c.ProgressInterval))
 	}
@@ -121,6 +130,8 @@ type Function struct {
 	quota   Quota
 	objects *objstore.Store
 	pods    *kube.Client
+	// jobs bounds the snapshot jobs running at once (SNAPSHOT_MAX_JOBS).
+	jobs *service.JobSlots
 	// instance names this process in its jobs' lease owners: the pod's
 	// name and a random suffix, since a restarted container keeps its pod
 	// name. Each job adds its own suffix.
@@ -156,6 +167,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	f.svc, f.cfg, f.objects, f.pods = svc, cfg, objects, pods
 	f.quota = Quota{Count: cfg.QuotaCount, Bytes: cfg.QuotaBytes}
 	f.instance = instanceName()
+	f.jobs = service.NewJobSlots(cfg.MaxJobs)
 
 	svc.Mux.Route("GET /api/v1/sessions/{sessionId}/snapshots", f.listSessionSnapshots)
 	svc.Mux.Route("POST /api/v1/sessions/{sessionId}/snapshots", f.createSnapshot)

@@ -110,6 +110,8 @@ func TestConfig(t *testing.T) {
 		{name: "a KMS key without SSE-KMS", env: map[string]string{"S3_SSE": "AES256", "S3_SSE_KMS_KEY_ID": "k"},
 			want: "S3_SSE_KMS_KEY_ID is set but S3_SSE is not aws:kms"},
 		{name: "an endpoint that is not a URL", env: map[string]string{"S3_ENDPOINT": "minio:9000"}, want: "S3_ENDPOINT"},
+		{name: "no job slot", env: map[string]string{"SNAPSHOT_MAX_JOBS": "0"}, want: "SNAPSHOT_MAX_JOBS 0: want at least 1"},
+		{name: "a job cap that is not a number", env: map[string]string{"SNAPSHOT_MAX_JOBS": "two"}, want: "SNAPSHOT_MAX_JOBS"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -77,6 +77,15 @@ func (f *Function) onRequested(ctx context.Context, e cloudevents.Event) error {
 		runtime.MarkDuplicate(ctx)
 		return nil
 	}
+	// A slot before the lease: a delivery that finds every slot taken is
+	// answered 503 having changed nothing, and the broker (or, once its
+	// retries are spent, the snapshot-schedule tick) asks again.
+	release, err := f.jobs.TryStart()
+	if err != nil {
+		runtime.AddLogAttrs(ctx, slog.String("outcome", "no job slot"))
+		return err
+	}
+	defer release()
 	// Each delivery is its own owner: a redelivery to this same instance
 	// must not renew the running job's lease and run a second copy.
 	owner := f.instance + "-" + uuid.NewString()[:8]
