@@ -347,6 +347,27 @@ func (h *Harness) Deliver(e cloudevents.Event, structured bool) (int, *cloudeven
 	return Deliver(h.tb, h.URL, e, structured)
 }
 
+// DeliverHeader posts e to the function in binary mode, as the broker
+// does, and returns the status and the response's header (a 503's
+// Retry-After).
+func (h *Harness) DeliverHeader(e cloudevents.Event) (int, http.Header) {
+	h.tb.Helper()
+	req, err := http.NewRequest(http.MethodPost, h.URL, nil)
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	if err := cehttp.WriteRequest(binding.WithForceBinary(context.Background()), binding.ToMessage(&e), req); err != nil {
+		h.tb.Fatal(err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, resp.Header
+}
+
 // Deliver posts e to url as the broker does.
 func Deliver(tb testing.TB, url string, e cloudevents.Event, structured bool) (int, *cloudevents.Event) {
 	tb.Helper()

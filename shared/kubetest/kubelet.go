@@ -56,6 +56,10 @@ type Pod struct {
 	mu      sync.Mutex
 	execs   map[*exec.Cmd]context.CancelFunc
 	broken  bool
+	// gate, while set, holds new execs before their command starts;
+	// held counts those waiting.
+	gate chan struct{}
+	held int
 }
 
 // Kubelet registers a fresh Node served by a TLS test server that the test
@@ -207,9 +211,44 @@ func (p *Pod) Break() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.broken = true
+	if p.gate != nil {
+		close(p.gate)
+		p.gate = nil
+	}
 	for _, cancel := range p.execs {
 		cancel()
 	}
+}
+
+// Hold makes the pod's execs wait, before their command starts, until
+// release is called (or the pod breaks): a job held at a known point for
+// as long as the test needs, with no timing. The test's end releases them.
+func (p *Pod) Hold(tb testing.TB) (release func()) {
+	tb.Helper()
+	p.mu.Lock()
+	gate := make(chan struct{})
+	p.gate = gate
+	p.mu.Unlock()
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			p.mu.Lock()
+			if p.gate == gate {
+				close(gate)
+				p.gate = nil
+			}
+			p.mu.Unlock()
+		})
+	}
+	tb.Cleanup(release)
+	return release
+}
+
+// Held returns how many execs wait on a Hold.
+func (p *Pod) Held() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.held
 }
 
 // Running returns how many commands are running in the pod.
@@ -284,6 +323,13 @@ func (k *Kubelet) ExecInContainer(ctx context.Context, name string, _ types.UID,
 		}
 	}
 	pod.mu.Lock()
+	if gate := pod.gate; gate != nil {
+		pod.held++
+		pod.mu.Unlock()
+		<-gate
+		pod.mu.Lock()
+		pod.held--
+	}
 	if pod.broken {
 		pod.mu.Unlock()
 		return errors.New("kubetest: pod " + name + " is gone")
