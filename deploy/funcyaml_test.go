@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"testing"
@@ -309,6 +310,22 @@ func TestFuncYAML(t *testing.T) {
 	}
 }
 
+// funcRevisionTimeout is Knative's default revision-timeout-seconds, which
+// a Service deployed by func gets: func's schema has no timeoutSeconds, and
+// the Triggers it makes carry no delivery.timeout.
+const funcRevisionTimeout = 300 * time.Second
+
+// funcJobTimeouts are the only literal run.envs a func.yaml carries, by
+// Service, and each must be there: the job timeouts, set below
+// funcRevisionTimeout so a job deployed by func ends before its delivery
+// is cut. The kustomize Services leave them at their defaults, which fit
+// their timeoutSeconds of 600.
+var funcJobTimeouts = map[string][]string{
+	"snapshot": {"SNAPSHOT_JOB_TIMEOUT"},
+	"restore":  {"RESTORE_JOB_TIMEOUT"},
+	allInOne:   {"SNAPSHOT_JOB_TIMEOUT", "RESTORE_JOB_TIMEOUT"},
+}
+
 // checkFuncAgainstService: what func.yaml deploys is what the manifests
 // deploy, except the variables and volumes only the manifests may carry:
 // StreamSpace's JWT secret file (never in func.yaml) and the event-auth
@@ -392,9 +409,14 @@ func checkFuncAgainstService(t *testing.T, f *funcFile, svc *servingv1.Service) 
 		"deploy.options.resources.limits.concurrency differs from the Service's containerConcurrency")
 
 	// Environment: func's templates become the Service's env and envFrom.
-	var env []string
+	var env, timeouts []string
 	for _, e := range f.Run.Envs {
 		switch {
+		case slices.Contains(funcJobTimeouts[f.Name], e.Name):
+			timeouts = append(timeouts, e.Name)
+			d, err := time.ParseDuration(e.Value)
+			assert.NoError(t, err, "run.envs: %s", e.Name)
+			assert.True(t, d > 0 && d < funcRevisionTimeout, "run.envs: %s=%s: want below Knative's default revision timeout, %s", e.Name, e.Value, funcRevisionTimeout)
 		case e.Name == "" && funcWholeConfigMap.MatchString(e.Value):
 			env = append(env, "envFrom configMap "+funcWholeConfigMap.FindStringSubmatch(e.Value)[1])
 		case e.Name != "" && funcSecretKey.MatchString(e.Value):
@@ -422,6 +444,7 @@ func checkFuncAgainstService(t *testing.T, f *funcFile, svc *servingv1.Service) 
 	sort.Strings(env)
 	sort.Strings(want)
 	assert.Equal(t, want, env, "run.envs against the Service's env")
+	assert.ElementsMatch(t, funcJobTimeouts[f.Name], timeouts, "run.envs: the job timeouts under func's revision timeout")
 }
 
 // TestFuncYAMLStrict proves unknown keys are refused and missing required
