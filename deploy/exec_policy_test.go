@@ -3,6 +3,7 @@ package deploy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +18,10 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/remotecommand"
+	utilexec "k8s.io/client-go/util/exec"
 
+	restore "github.com/streamspace-dev/functions/functions/restore"
+	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/kubetest"
 )
 
@@ -46,7 +50,9 @@ func execAs(t *testing.T, cfg *rest.Config, ns, pod, container string, cmd []str
 // kubelet. It shows what such a policy can hold for pods/exec: the API
 // server does apply it to the CONNECT, but its object is the
 // PodExecOptions (container, command), never the pod, so the pod's labels
-// cannot be checked there (the function checks them, shared/kube).
+// cannot be checked there (the function checks them, shared/kube). Every
+// command the functions build is admitted (so the policy and the code
+// cannot drift apart), and any other argv is denied.
 func TestExecPolicyOnTheAPIServer(t *testing.T) {
 	b := loadOverlay(t, overlayNamed(t, "functions"))
 	policies := all[*admissionregistrationv1.ValidatingAdmissionPolicy](b)
@@ -105,20 +111,53 @@ func TestExecPolicyOnTheAPIServer(t *testing.T) {
 		return err != nil && strings.Contains(err.Error(), "ValidatingAdmissionPolicy")
 	}, 2*time.Minute, 100*time.Millisecond, "the policy takes effect")
 
-	tests := []struct {
+	// Every command the functions run, as their code builds it: the policy
+	// must admit each, or a snapshot or restore fails in the cluster.
+	type row struct {
 		name      string
 		cfg       *rest.Config
 		pod       string
 		container string
 		cmd       []string
 		denied    string
-	}{
-		{name: "tar in a session pod", cfg: fn, pod: session.Name, container: "session", cmd: []string{"tar", "-cf", "/dev/null", "-C", "/config", "."}},
-		{name: "find in a session pod", cfg: fn, pod: session.Name, container: "session", cmd: []string{"find", "/config", "-maxdepth", "0"}},
-		{name: "a shell in a session pod", cfg: fn, pod: session.Name, container: "session", cmd: shell, denied: "only tar, find and chown"},
-		{name: "tar in the API's pod", cfg: fn, pod: api.Name, container: "api", cmd: []string{"tar", "-cf", "/dev/null", "-C", "/config", "."}, denied: `container "session"`},
-		{name: "another ServiceAccount is not held by it", cfg: other, pod: api.Name, container: "api", cmd: shell},
 	}
+	var tests []row
+	// The chown's owner is the pod's PUID:PGID, up to the largest uid_t.
+	built := append([][]string{homesnap.Command}, restore.Commands(1000, 1000)...)
+	built = append(built, restore.Commands(0, 4294967295)...)
+	seen := map[string]bool{}
+	for _, cmd := range built {
+		name := "the functions' " + strings.Join(cmd, " ")
+		if !seen[name] {
+			seen[name] = true
+			tests = append(tests, row{name: name, cfg: fn, pod: session.Name, container: "session", cmd: cmd})
+		}
+	}
+	const onlyOwn = "only their own tar, find and chown commands on /config"
+	tests = append(tests, []row{
+		{name: "a shell in a session pod", cfg: fn, pod: session.Name, container: "session", cmd: shell, denied: onlyOwn},
+		{name: "sh -c id", cfg: fn, pod: session.Name, container: "session", cmd: []string{"sh", "-c", "id"}, denied: onlyOwn},
+		{name: "find running a shell", cfg: fn, pod: session.Name, container: "session",
+			cmd: []string{"find", "/config", "-exec", "sh", "-c", "id", ";"}, denied: onlyOwn},
+		{name: "find with -exec after the functions' arguments", cfg: fn, pod: session.Name, container: "session",
+			cmd: []string{"find", "/config", "-xdev", "-print0", "-exec", "sh", "-c", "id", ";"}, denied: onlyOwn},
+		{name: "tar piping entries to a shell", cfg: fn, pod: session.Name, container: "session",
+			cmd: []string{"tar", "--to-command=sh", "-xf", "-"}, denied: onlyOwn},
+		{name: "tar running a checkpoint action", cfg: fn, pod: session.Name, container: "session",
+			cmd: []string{"tar", "-cf", "-", "-C", "/config", ".", "--checkpoint=1", "--checkpoint-action=exec=sh"}, denied: onlyOwn},
+		{name: "tar extracting into /", cfg: fn, pod: session.Name, container: "session", cmd: []string{"tar", "-xf", "-", "-C", "/"}, denied: onlyOwn},
+		{name: "tar archiving /etc", cfg: fn, pod: session.Name, container: "session", cmd: []string{"tar", "-cf", "-", "-C", "/etc", "."}, denied: onlyOwn},
+		{name: "chown of /etc/passwd", cfg: fn, pod: session.Name, container: "session", cmd: []string{"chown", "0:0", "/etc/passwd"}, denied: onlyOwn},
+		{name: "chown -R of /", cfg: fn, pod: session.Name, container: "session", cmd: []string{"chown", "-R", "1000:1000", "/"}, denied: onlyOwn},
+		{name: "chown to a name", cfg: fn, pod: session.Name, container: "session", cmd: []string{"chown", "-R", "root:root", "/config"}, denied: onlyOwn},
+		{name: "chown with an extra path", cfg: fn, pod: session.Name, container: "session",
+			cmd: []string{"chown", "-R", "1000:1000", "/config", "/etc"}, denied: onlyOwn},
+		{name: "find deleting /", cfg: fn, pod: session.Name, container: "session",
+			cmd: []string{"find", "/", "-xdev", "-mindepth", "1", "-delete"}, denied: onlyOwn},
+		{name: "no command", cfg: fn, pod: session.Name, container: "session", cmd: nil, denied: onlyOwn},
+		{name: "tar in the API's pod", cfg: fn, pod: api.Name, container: "api", cmd: homesnap.Command, denied: `container "session"`},
+		{name: "another ServiceAccount is not held by it", cfg: other, pod: api.Name, container: "api", cmd: shell},
+	}...)
 	for _, tc := range tests {
 		for _, websocket := range []bool{false, true} {
 			proto := "spdy"
@@ -128,7 +167,10 @@ func TestExecPolicyOnTheAPIServer(t *testing.T) {
 			t.Run(proto+"/"+tc.name, func(t *testing.T) {
 				err := execAs(t, tc.cfg, ns, tc.pod, tc.container, tc.cmd, websocket)
 				if tc.denied == "" {
-					assert.NoError(t, err)
+					// Admitted: the command ran. It may exit non-zero here
+					// (tar -xf - with no input), never be refused.
+					var exit utilexec.ExitError
+					assert.True(t, err == nil || errors.As(err, &exit), "admitted and run: %v", err)
 					return
 				}
 				require.Error(t, err)

@@ -106,6 +106,14 @@ func chownCmd(uid, gid int) []string {
 	return []string{"chown", "-R", fmt.Sprintf("%d:%d", uid, gid), configDir}
 }
 
+// Commands lists every command a restore job runs in a session pod, the
+// chown with uid and gid: the exec admission policy
+// (deploy/base/exec-policy.yaml) admits exactly these and the backup's
+// homesnap.Command, which a test checks on a real API server.
+func Commands(uid, gid int) [][]string {
+	return [][]string{clearCmd, extractCmd, listCmd, chownCmd(uid, gid)}
+}
+
 // objects is the storage the job reads archives from.
 type objects interface {
 	Get(ctx context.Context, key string, pin objstore.Pin) (io.ReadCloser, objstore.Object, error)
