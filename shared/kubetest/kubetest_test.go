@@ -173,6 +173,57 @@ func TestPodBreak(t *testing.T) {
 	}
 }
 
+// TestPodHold: a held exec waits, before its command starts, until the
+// test releases it, or fails when the pod breaks.
+func TestPodHold(t *testing.T) {
+	c := kubetest.Start(t)
+	kubelet := c.Kubelet(t)
+	ns := c.Namespace(t)
+	execRole(t, c, ns, "snapshot")
+	cfg := c.ServiceAccountConfig("functions", "snapshot")
+
+	tests := []struct {
+		name    string
+		brk     bool
+		wantErr bool
+	}{
+		{name: "released, the command runs"},
+		{name: "a broken pod ends the held exec with an error", brk: true, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := kubelet.Pod(t, ns, kubetest.PodSpec{SessionID: "s3"})
+			release := pod.Hold(t)
+			var out bytes.Buffer
+			done := make(chan error, 1)
+			go func() {
+				done <- executor(t, cfg, "websocket", pod, "echo", "ran").StreamWithContext(context.Background(),
+					remotecommand.StreamOptions{Stdin: bytes.NewBufferString(""), Stdout: &out, Stderr: io.Discard})
+			}()
+			require.Eventually(t, func() bool { return pod.Held() == 1 }, testTimeout, pollInterval)
+			assert.Zero(t, pod.Running(), "held before its command starts")
+			select {
+			case err := <-done:
+				t.Fatalf("a held exec ended: %v", err)
+			default:
+			}
+			if tc.brk {
+				pod.Break()
+			} else {
+				release()
+			}
+			err := <-done
+			assert.Zero(t, pod.Held())
+			if tc.wantErr {
+				assert.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, "ran\n", out.String())
+		})
+	}
+}
+
 // TestNamespace makes a namespace from any test name, whatever characters
 // a table row's name holds.
 func TestNamespace(t *testing.T) {
