@@ -36,7 +36,7 @@ type Limits struct {
 // Defaults for Limits.
 const (
 	DefaultMaxBytes   int64 = 64 << 30
-	DefaultMaxEntries int64 = 2_000_000
+	DefaultMaxEntries int64 = 500_000
 	DefaultMaxPadding int64 = 1 << 20
 	// MaxNameLen is the longest entry name or link target accepted (PATH_MAX).
 	MaxNameLen = 4096
