@@ -24,6 +24,7 @@ import (
 	kubeclient "knative.dev/pkg/client/injection/kube/client"
 	"knative.dev/pkg/injection/clients/dynamicclient"
 
+	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/authn"
 )
 
@@ -33,7 +34,9 @@ var sessionsGVR = schema.GroupVersionResource{Group: "stream.space", Version: "v
 // (knative.dev/eventing/pkg/adapter/apiserver, what
 // cmd/apiserver_receive_adapter runs) against the real API server, as the
 // ServiceAccount of deploy/base/sessions-source.yaml with that file's Role,
-// watching StreamSpace's Sessions and sending to the function. A Session
+// watching StreamSpace's Sessions and sending to the function. As deployed,
+// the adapter and its ServiceAccount are in the functions' namespace and the
+// Role in the sessions' namespace. A Session
 // created and deleted scales the warm pool of its template up and back down.
 func TestApiServerSourceAdapter(t *testing.T) {
 	k := newKube(t)
@@ -51,7 +54,7 @@ func TestApiServerSourceAdapter(t *testing.T) {
 
 	// The adapter, configured as Knative's ApiServerSource reconciler
 	// configures it for deploy/'s source.
-	cfg := k.cluster.ServiceAccountConfig(k.ns, sourceSA)
+	cfg := k.cluster.ServiceAccountConfig(events.FunctionsNamespace, sourceSA)
 	kc, err := kubernetes.NewForConfig(cfg)
 	require.NoError(t, err)
 	dc, err := dynamic.NewForConfig(cfg)
@@ -63,7 +66,7 @@ func TestApiServerSourceAdapter(t *testing.T) {
 	})
 	require.NoError(t, err)
 	t.Setenv("NAME", "autoscale-sessions")
-	t.Setenv("NAMESPACE", k.ns)
+	t.Setenv("NAMESPACE", events.FunctionsNamespace)
 	t.Setenv("K_SINK", h.URL)
 	t.Setenv("K_SOURCE_CONFIG", string(sourceConfig))
 	env := apiserver.NewEnvConfig()
@@ -117,7 +120,8 @@ func installSessionCRD(t *testing.T, k *kube) {
 }
 
 // bindSourceRole creates the Role of deploy/base/sessions-source.yaml in
-// the test's namespace and binds it to the ServiceAccount sa.
+// the test's namespace, the sessions' one, and binds it to the
+// ServiceAccount sa of the functions' namespace.
 func bindSourceRole(t *testing.T, k *kube, sa string) {
 	t.Helper()
 	raw, err := os.ReadFile("../../deploy/base/sessions-source.yaml")
@@ -137,7 +141,7 @@ func bindSourceRole(t *testing.T, k *kube, sa string) {
 	_, err = k.cluster.Client.RbacV1().RoleBindings(k.ns).Create(ctx, &rbacv1.RoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: k.ns},
 		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: k.ns}},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: events.FunctionsNamespace}},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
 }
