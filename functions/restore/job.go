@@ -408,9 +408,7 @@ func (r *run) backup(ctx context.Context) error {
 		r.backupFailed(err)
 		return err
 	}
-	rec := archiveRecord{Manifest: homesnap.ManifestKey(j.Backup.StoragePath), ETag: m.ETag, VersionID: m.VersionID,
-		SHA256: m.SHA256, Entries: m.Entries, TarBytes: m.TarBytes, Level: m.Level,
-		Pod: m.Pod.Namespace + "/" + m.Pod.Name, Warnings: m.Warnings}
+	rec := m.Record(homesnap.ManifestKey(j.Backup.StoragePath))
 	raw, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -442,7 +440,7 @@ func (r *run) backupFailed(cause error) {
 		inner = he.Err
 	}
 	reason := truncate(strings.ToValidUTF8(inner.Error(), "?"), 4000)
-	rec, err := json.Marshal(failureRecord{Stage: string(stage), Error: reason})
+	rec, err := json.Marshal(homesnap.FailureRecord{Stage: stage, Error: reason})
 	if err == nil {
 		err = r.f.svc.Commit(ctx, func(tx pgx.Tx) ([]cloudevents.Event, error) {
 			_, err := tx.Exec(ctx, backupFailedSQL, r.j.Backup.ID, fmt.Sprintf("%s: %s", stage, reason), rec)

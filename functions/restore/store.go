@@ -11,6 +11,7 @@ import (
 
 	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/errs"
+	"github.com/streamspace-dev/functions/shared/homesnap"
 )
 
 // The SQL of the restore function. It uses StreamSpace's own tables as they
@@ -154,29 +155,7 @@ type backup struct {
 	Status      SnapshotStatus
 	StoragePath string
 	// Archive is its metadata.archive, set once it is available.
-	Archive archiveRecord
-}
-
-// archiveRecord is metadata.archive of an available snapshot, in the shape
-// the snapshot function writes it (docs/snapshots.md): the manifest's key
-// and the archive's pin and checks.
-type archiveRecord struct {
-	Manifest  string   `json:"manifest"`
-	ETag      string   `json:"etag"`
-	VersionID string   `json:"versionId,omitempty"`
-	SHA256    string   `json:"sha256"`
-	Entries   int64    `json:"entries"`
-	TarBytes  int64    `json:"tarBytes"`
-	Level     int      `json:"level"`
-	Pod       string   `json:"pod"`
-	Warnings  []string `json:"warnings,omitempty"`
-}
-
-// failureRecord is metadata.failure of a failed snapshot, in the shape the
-// snapshot function writes it.
-type failureRecord struct {
-	Stage string `json:"stage"`
-	Error string `json:"error"`
+	Archive homesnap.ArchiveRecord
 }
 
 // jobSQL reads job $1, locked against a concurrent change of its status,

@@ -192,29 +192,12 @@ func (f *Function) capture(ctx context.Context, s Snapshot, sess Session) (homes
 	})
 }
 
-// archiveRecord is metadata.archive of an available snapshot: what a
-// restore needs to read exactly this archive and check it.
-type archiveRecord struct {
-	Manifest  string   `json:"manifest"`
-	ETag      string   `json:"etag"`
-	VersionID string   `json:"versionId,omitempty"`
-	SHA256    string   `json:"sha256"`
-	Entries   int64    `json:"entries"`
-	TarBytes  int64    `json:"tarBytes"`
-	Level     int      `json:"level"`
-	Pod       string   `json:"pod"`
-	Warnings  []string `json:"warnings,omitempty"`
-}
-
 // complete records the stored archive: available, snapshot.completed.
 // If the lease was lost, or the snapshot was deleted meanwhile, nothing is
 // recorded; in the second case the objects just written are removed.
 func (f *Function) complete(ctx context.Context, e cloudevents.Event, owner string, s Snapshot, res homesnap.Result) error {
 	m := res.Manifest
-	rec, err := json.Marshal(archiveRecord{
-		Manifest: res.ManifestObject.Key, ETag: m.ETag, VersionID: m.VersionID, SHA256: m.SHA256,
-		Entries: m.Entries, TarBytes: m.TarBytes, Level: m.Level, Pod: m.Pod.Namespace + "/" + m.Pod.Name, Warnings: m.Warnings,
-	})
+	rec, err := json.Marshal(m.Record(res.ManifestObject.Key))
 	if err != nil {
 		return err
 	}
@@ -246,18 +229,12 @@ func (f *Function) complete(ctx context.Context, e cloudevents.Event, owner stri
 	return nil
 }
 
-// failureRecord is metadata.failure of a failed snapshot.
-type failureRecord struct {
-	Stage homesnap.Stage `json:"stage"`
-	Error string         `json:"error"`
-}
-
 // fail records a failed capture: failed with the stage and the error,
 // snapshot.failed.
 func (f *Function) fail(ctx context.Context, e cloudevents.Event, owner string, s Snapshot, capErr error) error {
 	stage := homesnap.StageOf(capErr)
 	reason := failureMessage(capErr)
-	rec, err := json.Marshal(failureRecord{Stage: stage, Error: reason})
+	rec, err := json.Marshal(homesnap.FailureRecord{Stage: stage, Error: reason})
 	if err != nil {
 		return err
 	}

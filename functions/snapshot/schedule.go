@@ -232,7 +232,7 @@ func (f *Function) staleJobs(ctx context.Context) (again, abandoned int, err err
 				// A row StreamSpace's own API left creating (its ids are
 				// not UUIDs, so no event can name it): failed, silently.
 				msg := fmt.Sprintf("%s: created by another producer and never finished", stageAbandoned)
-				rec, err := json.Marshal(failureRecord{Stage: stageAbandoned, Error: msg})
+				rec, err := json.Marshal(homesnap.FailureRecord{Stage: stageAbandoned, Error: msg})
 				if err != nil {
 					return nil, err
 				}
@@ -244,7 +244,7 @@ func (f *Function) staleJobs(ctx context.Context) (again, abandoned int, err err
 			}
 			if old[i] {
 				msg := fmt.Sprintf("%s: no job finished it within %s", stageAbandoned, giveUp)
-				rec, err := json.Marshal(failureRecord{Stage: stageAbandoned, Error: msg})
+				rec, err := json.Marshal(homesnap.FailureRecord{Stage: stageAbandoned, Error: msg})
 				if err != nil {
 					return nil, err
 				}
