@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -104,6 +105,39 @@ func Report(b *testing.B, prefix string, whole Stage, names []string, stages ...
 	b.ReportMetric(limit.Seconds(), prefix+"limit-s")
 	b.ReportMetric(whole.Wall.Seconds(), prefix+"wall-s")
 	b.ReportMetric(whole.Wall.Seconds()/limit.Seconds(), prefix+"ratio")
+}
+
+// ReportCPU reports where a stage's CPU seconds went: this process
+// (name+"-self-s"), the pods' commands (name+"-pod-s") and the servers
+// (name+"-servers-s"), so a pipeline that costs more than its stages alone
+// shows on which side the extra is spent.
+func ReportCPU(b *testing.B, name string, c CPU) {
+	b.Helper()
+	b.ReportMetric(c.Self.Seconds(), name+"-self-s")
+	b.ReportMetric(c.Pod.Seconds(), name+"-pod-s")
+	b.ReportMetric(c.Servers.Seconds(), name+"-servers-s")
+}
+
+// Profiled returns f, which, when dir is not empty, also writes this
+// process's CPU profile while it runs to dir/name.pprof. Run the benchmark
+// without -cpuprofile then, as only one CPU profile can run at a time.
+func Profiled(b *testing.B, dir, name string, f func()) func() {
+	b.Helper()
+	if dir == "" {
+		return f
+	}
+	return func() {
+		out, err := os.Create(filepath.Join(dir, name+".pprof"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer out.Close()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			b.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+		f()
+	}
 }
 
 // PeakRSS resets the process's peak resident set (VmHWM) and returns a

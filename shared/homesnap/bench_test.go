@@ -26,6 +26,10 @@ import (
 //
 //	SNAPSHOT_BENCH_BYTES         the mixed tree of the throughput run (1 GiB)
 //	SNAPSHOT_BENCH_MEMORY_SIZES  the trees of the memory run (256MiB,2GiB)
+//	SNAPSHOT_BENCH_PROFILE       a folder: when set, the throughput run writes
+//	                             this process's CPU profile of each stage and of
+//	                             the snapshot there (<name>.pprof), to compare
+//	                             with go tool pprof -top
 //
 // mixedTree fills dir with about size bytes: files of 64 KiB to 8 MiB,
 // alternately text (compressible) and random bytes (not), in nested folders.
@@ -81,13 +85,17 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 	work := b.TempDir()
 	tarPath, gzPath := filepath.Join(work, "home.tar"), filepath.Join(work, "home.tar.gz")
 
+	measure := func(name string, f func()) benchtest.Stage {
+		return benchtest.Measure(benchtest.Profiled(b, os.Getenv("SNAPSHOT_BENCH_PROFILE"), name, f))
+	}
+
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		// Stage 1: the pod's tar, read through pods/exec.
 		f, err := os.Create(tarPath)
 		require.NoError(b, err)
 		var tarBytes countingWriter
-		tarStage := benchtest.Measure(func() {
+		tarStage := measure("tar", func() {
 			require.NoError(b, e.kube.Exec(ctx, e.target, homesnap.Command, kube.Streams{Stdout: io.MultiWriter(f, &tarBytes)}))
 		})
 		require.NoError(b, f.Close())
@@ -96,7 +104,7 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 		require.NoError(b, err)
 		out, err := os.Create(gzPath)
 		require.NoError(b, err)
-		gzStage := benchtest.Measure(func() {
+		gzStage := measure("gzip", func() {
 			zw, _ := gzip.NewWriterLevel(out, 6)
 			_, err := io.Copy(zw, bufio.NewReaderSize(in, 1<<20))
 			require.NoError(b, err)
@@ -107,7 +115,7 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 		// Stage 3: SHA-256 of the gzip stream.
 		in, err = os.Open(gzPath)
 		require.NoError(b, err)
-		shaStage := benchtest.Measure(func() {
+		shaStage := measure("sha256", func() {
 			h := sha256.New()
 			_, err := io.Copy(h, bufio.NewReaderSize(in, 1<<20))
 			require.NoError(b, err)
@@ -116,7 +124,7 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 		// Stage 4: the multipart upload of the gzip stream.
 		in, err = os.Open(gzPath)
 		require.NoError(b, err)
-		upStage := benchtest.Measure(func() {
+		upStage := measure("upload", func() {
 			_, err := e.store.Upload(ctx, "bench/stage.tar.gz", struct{ io.Reader }{in}, objstore.UploadOptions{MaxBytes: size})
 			require.NoError(b, err)
 		})
@@ -124,7 +132,7 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 		// The one-pass snapshot.
 		rss := benchtest.PeakRSS(b)
 		var res homesnap.Result
-		snap := benchtest.Measure(func() {
+		snap := measure("snapshot", func() {
 			res, err = homesnap.Capture(ctx, e.kube, e.store, homesnap.Request{
 				Pod: e.target, ArchiveKey: "bench/snap.tar.gz", ManifestKey: "bench/snap.json", MaxBytes: 4 * size, Level: 6})
 			require.NoError(b, err)
@@ -143,7 +151,9 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 			for name, s := range map[string]benchtest.Stage{"tar": tarStage, "gzip": gzStage, "sha256": shaStage, "upload": upStage} {
 				b.ReportMetric(s.Wall.Seconds(), "w_"+name+"-s")
 				b.ReportMetric(s.CPU.Total().Seconds(), "c_"+name+"-s")
+				benchtest.ReportCPU(b, name, s.CPU)
 			}
+			benchtest.ReportCPU(b, "snapshot", snap.CPU)
 			b.ReportMetric(limit.Seconds(), "limit-s")
 			b.ReportMetric(snap.Wall.Seconds(), "snapshot-s")
 			b.ReportMetric(snap.Wall.Seconds()/limit.Seconds(), "ratio")
