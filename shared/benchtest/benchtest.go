@@ -8,6 +8,7 @@ package benchtest
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
@@ -63,17 +64,25 @@ func serversCPU() time.Duration {
 	return time.Duration(ticks) * (time.Second / 100) // USER_HZ
 }
 
-// Stage is one measured part of a pipeline: wall time and CPU time.
+// Stage is one measured part of a pipeline: wall time, CPU time, and the
+// bytes this process allocated meanwhile (garbage the collector then pays
+// for).
 type Stage struct {
-	Wall time.Duration
-	CPU  CPU
+	Wall  time.Duration
+	CPU   CPU
+	Alloc uint64
 }
 
-// Measure runs f and returns its wall and CPU time.
+// Measure runs f and returns its wall and CPU time and its allocations.
 func Measure(f func()) Stage {
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
 	c0, t0 := CPUNow(), time.Now()
 	f()
-	return Stage{Wall: time.Since(t0), CPU: CPUNow().Since(c0)}
+	s := Stage{Wall: time.Since(t0), CPU: CPUNow().Since(c0)}
+	runtime.ReadMemStats(&m1)
+	s.Alloc = m1.TotalAlloc - m0.TotalAlloc
+	return s
 }
 
 // Cores is the number of cores the stages of a pipeline share on the
@@ -110,12 +119,14 @@ func Report(b *testing.B, prefix string, whole Stage, names []string, stages ...
 // ReportCPU reports where a stage's CPU seconds went: this process
 // (name+"-self-s"), the pods' commands (name+"-pod-s") and the servers
 // (name+"-servers-s"), so a pipeline that costs more than its stages alone
-// shows on which side the extra is spent.
-func ReportCPU(b *testing.B, name string, c CPU) {
+// shows on which side the extra is spent; and what this process allocated
+// during it (name+"-alloc-MB").
+func ReportCPU(b *testing.B, name string, s Stage) {
 	b.Helper()
-	b.ReportMetric(c.Self.Seconds(), name+"-self-s")
-	b.ReportMetric(c.Pod.Seconds(), name+"-pod-s")
-	b.ReportMetric(c.Servers.Seconds(), name+"-servers-s")
+	b.ReportMetric(s.CPU.Self.Seconds(), name+"-self-s")
+	b.ReportMetric(s.CPU.Pod.Seconds(), name+"-pod-s")
+	b.ReportMetric(s.CPU.Servers.Seconds(), name+"-servers-s")
+	b.ReportMetric(float64(s.Alloc)/1e6, name+"-alloc-MB")
 }
 
 // Profiled returns f, which, when dir is not empty, also writes this

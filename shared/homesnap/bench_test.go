@@ -151,9 +151,9 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 			for name, s := range map[string]benchtest.Stage{"tar": tarStage, "gzip": gzStage, "sha256": shaStage, "upload": upStage} {
 				b.ReportMetric(s.Wall.Seconds(), "w_"+name+"-s")
 				b.ReportMetric(s.CPU.Total().Seconds(), "c_"+name+"-s")
-				benchtest.ReportCPU(b, name, s.CPU)
+				benchtest.ReportCPU(b, name, s)
 			}
-			benchtest.ReportCPU(b, "snapshot", snap.CPU)
+			benchtest.ReportCPU(b, "snapshot", snap)
 			b.ReportMetric(limit.Seconds(), "limit-s")
 			b.ReportMetric(snap.Wall.Seconds(), "snapshot-s")
 			b.ReportMetric(snap.Wall.Seconds()/limit.Seconds(), "ratio")

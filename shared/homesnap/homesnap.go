@@ -12,7 +12,6 @@
 package homesnap
 
 import (
-	"archive/tar"
 	"bufio"
 	"context"
 	"crypto/sha256"
@@ -25,8 +24,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/klauspost/compress/gzip"
 
 	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/kube"
@@ -190,26 +187,20 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 	var tarBytes, entries, contentBytes, stored atomic.Int64
 	var warnings []string
 
-	tarR, tarW := io.Pipe()
+	tarStream := newChunkPipe(chunks, handoff)
 	gzR, gzW := io.Pipe()
 	var wg sync.WaitGroup
 
-	// The pod's tar writes its stream into tarW.
+	// The pod's tar writes its stream into chunks.
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		// Stages hand over a MiB at a time, so each works on one chunk
-		// while the next one fills (double buffering across the pipes).
-		out := bufio.NewWriterSize(tarW, handoff)
-		err := ex.Exec(ctx, req.Pod, Command, kube.Streams{Stdout: out})
+		err := ex.Exec(ctx, req.Pod, Command, kube.Streams{Stdout: tarStream})
 		if code := kube.ExitCode(err); code == tarChangedStatus {
 			var ee *kube.ExitError
 			errors.As(err, &ee)
 			warnings = append(warnings, "tar: a file changed while it was read (exit status 1): "+lastLine(ee.Stderr))
 			err = nil
-		}
-		if err == nil {
-			err = out.Flush()
 		}
 		if err != nil {
 			stage := StageTar
@@ -219,15 +210,17 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 			first.set(stage, err)
 			cancel()
 		}
-		tarW.CloseWithError(err)
+		tarStream.closeWrite(err)
 	}()
 
-	// One goroutine counts the tar stream and gzips it into gzW.
+	// One goroutine counts the tar stream and gzips it into gzW, handing
+	// the gzip stream over a MiB at a time.
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		defer tarStream.stop()
 		zout := bufio.NewWriterSize(gzW, handoff)
-		err := compress(bufio.NewReaderSize(tarR, handoff), zout, req, &tarBytes, &entries, &contentBytes)
+		err := compressChunks(tarStream, zout, req, &tarBytes, &entries, &contentBytes)
 		if err == nil {
 			err = zout.Flush()
 		}
@@ -238,7 +231,6 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 				first.set(StageCompress, err)
 			}
 			cancel()
-			tarR.CloseWithError(err)
 		}
 		gzW.CloseWithError(err)
 	}()
@@ -310,63 +302,8 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 	return Result{Manifest: m, ManifestObject: mo}, nil
 }
 
-// compress reads the tar stream from r, counting entries and bytes and
-// stopping past req.MaxBytes, and writes its gzip to w. Every byte of the
-// stream is compressed, the end-of-archive blocks and padding included, so
-// the stored archive is exactly what tar wrote.
-func compress(r io.Reader, w io.Writer, req Request, tarBytes, entries, contentBytes *atomic.Int64) error {
-	zw, err := gzip.NewWriterLevel(w, req.Level)
-	if err != nil {
-		return err
-	}
-	counted := &limitCounter{r: r, n: tarBytes, max: req.MaxBytes}
-	tee := io.TeeReader(counted, zw)
-	tr := tar.NewReader(tee)
-	var dataEnd int64 // where the last entry's content and padding end in the stream
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			// tar ends an archive with two zero blocks. A stream that stops
-			// right after an entry was cut short, and its exit status may
-			// have been lost with its end (docs/snapshots.md).
-			if tarBytes.Load() < dataEnd+2*tarBlock {
-				return errors.New("read tar stream: it ends without tar's end-of-archive blocks, so it was cut short")
-			}
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("read tar stream: %w", err)
-		}
-		entries.Add(1)
-		dataEnd = tarBytes.Load()
-		if h.Typeflag == tar.TypeReg {
-			contentBytes.Add(h.Size)
-			dataEnd += (h.Size + tarBlock - 1) / tarBlock * tarBlock
-		}
-	}
-	if _, err := io.Copy(io.Discard, tee); err != nil {
-		return fmt.Errorf("read tar stream: %w", err)
-	}
-	return zw.Close()
-}
-
 // tarBlock is tar's block size.
 const tarBlock = 512
-
-// limitCounter counts what passes and fails once more than max has.
-type limitCounter struct {
-	r   io.Reader
-	n   *atomic.Int64
-	max int64
-}
-
-func (l *limitCounter) Read(p []byte) (int, error) {
-	n, err := l.r.Read(p)
-	if total := l.n.Add(int64(n)); l.max > 0 && total > l.max {
-		return 0, fmt.Errorf("%w (%d bytes)", errLimit, l.max)
-	}
-	return n, err
-}
 
 type writerFunc func([]byte) (int, error)
 

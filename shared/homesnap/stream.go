@@ -1,0 +1,326 @@
+package homesnap
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/klauspost/compress/gzip"
+)
+
+// The tar stream crosses from the exec's goroutine to the compressing one
+// in chunks of handoff bytes, and no byte of it is copied on the way but
+// once into a chunk: the exec's stdout is read straight into a chunk
+// (chunkPipe.ReadFrom), gzip takes each chunk whole, in one large write,
+// and archive/tar reads only the header blocks out of it, skipping the
+// content by seeking (tarSource). A copy through io.Pipe, bufio and
+// archive/tar's 8 KiB content skipping cost a CPU second per GiB more,
+// on a machine where the capture shares two cores with the pod's tar, the
+// API server and the object store (docs/snapshots.md).
+
+// chunks is how many chunks a capture's tar stream uses: one being filled,
+// one being compressed, and the rest waiting between them.
+const chunks = 4
+
+// errStopped is what the exec's side of a chunkPipe gets once the
+// compressing side has stopped; the cause is that side's error.
+var errStopped = errors.New("the tar stream's reader stopped")
+
+// chunkPipe carries a byte stream from one goroutine to another in chunks,
+// in order, with a fixed set of buffers.
+type chunkPipe struct {
+	full chan []byte // filled chunks, in order
+	free chan []byte // chunks to fill
+	cur  []byte      // the chunk being filled (writer's side)
+
+	stopOnce sync.Once
+	stopped  chan struct{} // closed when the reading side stops
+	werr     error         // why the writing side ended, read after full is closed
+}
+
+func newChunkPipe(n, size int) *chunkPipe {
+	p := &chunkPipe{full: make(chan []byte, n), free: make(chan []byte, n), stopped: make(chan struct{})}
+	for range n {
+		p.free <- make([]byte, 0, size)
+	}
+	return p
+}
+
+// chunk is the writer's current chunk with room left, waiting for one.
+func (p *chunkPipe) chunk() error {
+	if p.cur != nil && len(p.cur) < cap(p.cur) {
+		return nil
+	}
+	if p.cur != nil {
+		select {
+		case p.full <- p.cur:
+			p.cur = nil
+		case <-p.stopped:
+			return errStopped
+		}
+	}
+	select {
+	case c := <-p.free:
+		p.cur = c[:0]
+		return nil
+	case <-p.stopped:
+		return errStopped
+	}
+}
+
+// Write copies b into chunks.
+func (p *chunkPipe) Write(b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		if err := p.chunk(); err != nil {
+			return n, err
+		}
+		k := copy(p.cur[len(p.cur):cap(p.cur)], b)
+		p.cur = p.cur[:len(p.cur)+k]
+		b = b[k:]
+		n += k
+	}
+	return n, nil
+}
+
+// ReadFrom reads r straight into chunks until r ends (io.Copy uses it).
+func (p *chunkPipe) ReadFrom(r io.Reader) (int64, error) {
+	var n int64
+	for {
+		if err := p.chunk(); err != nil {
+			return n, err
+		}
+		k, err := r.Read(p.cur[len(p.cur):cap(p.cur)])
+		p.cur = p.cur[:len(p.cur)+k]
+		n += int64(k)
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// closeWrite ends the stream: with err nil, after the chunk being filled,
+// which is handed over; else the reader gets err after what it has.
+func (p *chunkPipe) closeWrite(err error) {
+	if err == nil && len(p.cur) > 0 {
+		select {
+		case p.full <- p.cur:
+		case <-p.stopped:
+		}
+	}
+	p.cur = nil
+	p.werr = err
+	close(p.full)
+}
+
+// next is the next chunk, or the writer's error (io.EOF for a clean end).
+func (p *chunkPipe) next() ([]byte, error) {
+	c, ok := <-p.full
+	if !ok {
+		if p.werr != nil {
+			return nil, p.werr
+		}
+		return nil, io.EOF
+	}
+	return c, nil
+}
+
+// release gives a chunk back to the writer.
+func (p *chunkPipe) release(c []byte) { p.free <- c }
+
+// stop ends the reading side; the writer's next wait fails.
+func (p *chunkPipe) stop() { p.stopOnce.Do(func() { close(p.stopped) }) }
+
+// chunkSource yields a byte stream a chunk at a time.
+type chunkSource interface {
+	next() ([]byte, error)
+	release([]byte)
+}
+
+// readerChunks is a chunkSource over an io.Reader.
+type readerChunks struct {
+	r   io.Reader
+	buf []byte
+	err error // met after the last chunk's bytes
+}
+
+func (rc *readerChunks) next() ([]byte, error) {
+	if rc.err != nil {
+		return nil, rc.err
+	}
+	n, err := io.ReadFull(rc.r, rc.buf[:cap(rc.buf)])
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = io.EOF
+	}
+	rc.err = err
+	if n > 0 {
+		return rc.buf[:n], nil
+	}
+	return nil, err
+}
+
+func (rc *readerChunks) release([]byte) {}
+
+// tarSource is the reader archive/tar walks the stream with. Each chunk is
+// counted (failing past the cap) and gzipped whole as it is taken from the
+// source, before tar reads from it; tar's skipping of a file's content is a
+// Seek, which passes over the bytes without copying them.
+type tarSource struct {
+	src   chunkSource
+	chunk []byte // the current chunk, released when consumed
+	buf   []byte // its unread rest
+	pos   int64  // how far tar has read or skipped
+	skip  int64  // a skip not yet applied: Seek is lazy, Read applies it
+	eof   error  // the source's end, once seen
+
+	zw       io.Writer
+	tarBytes *atomic.Int64
+	max      int64
+}
+
+// fill makes buf non-empty, taking the next chunk.
+func (s *tarSource) fill() error {
+	if len(s.buf) > 0 {
+		return nil
+	}
+	if s.eof != nil {
+		return s.eof
+	}
+	if s.chunk != nil {
+		s.src.release(s.chunk)
+		s.chunk = nil
+	}
+	c, err := s.src.next()
+	if err != nil {
+		s.eof = err
+		return err
+	}
+	if total := s.tarBytes.Add(int64(len(c))); s.max > 0 && total > s.max {
+		s.src.release(c)
+		s.eof = fmt.Errorf("%w (%d bytes)", errLimit, s.max)
+		return s.eof
+	}
+	if _, err := s.zw.Write(c); err != nil {
+		s.src.release(c)
+		s.eof = &compressError{err}
+		return s.eof
+	}
+	s.chunk, s.buf = c, c
+	return nil
+}
+
+// Read applies a pending skip, then reads.
+func (s *tarSource) Read(p []byte) (int, error) {
+	for s.skip > 0 {
+		if err := s.fill(); err != nil {
+			return 0, err
+		}
+		k := int(min(s.skip, int64(len(s.buf))))
+		s.buf, s.skip, s.pos = s.buf[k:], s.skip-int64(k), s.pos+int64(k)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if err := s.fill(); err != nil {
+		return 0, err
+	}
+	n := copy(p, s.buf)
+	s.buf, s.pos = s.buf[n:], s.pos+int64(n)
+	return n, nil
+}
+
+// Seek moves forward from the current position only (what archive/tar asks
+// for to skip content); the bytes are passed over on the next Read, which
+// reports a stream that ends before them.
+func (s *tarSource) Seek(offset int64, whence int) (int64, error) {
+	if whence != io.SeekCurrent || offset < 0 {
+		return 0, errors.New("tar stream: only forward seeks")
+	}
+	s.skip += offset
+	return s.pos + s.skip, nil
+}
+
+// drain compresses the rest of the stream, after tar's end-of-archive.
+func (s *tarSource) drain() error {
+	for {
+		s.buf = nil
+		err := s.fill()
+		if errors.Is(err, io.EOF) {
+			if s.chunk != nil {
+				s.src.release(s.chunk)
+				s.chunk = nil
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// compressError is gzip's failure (its output refused), apart from the
+// stream's.
+type compressError struct{ err error }
+
+func (e *compressError) Error() string { return e.err.Error() }
+func (e *compressError) Unwrap() error { return e.err }
+
+// compress reads the tar stream from r, counting entries and bytes and
+// stopping past req.MaxBytes, and writes its gzip to w. Every byte of the
+// stream is compressed, the end-of-archive blocks and padding included, so
+// the stored archive is exactly what tar wrote.
+func compress(r io.Reader, w io.Writer, req Request, tarBytes, entries, contentBytes *atomic.Int64) error {
+	return compressChunks(&readerChunks{r: r, buf: make([]byte, 0, handoff)}, w, req, tarBytes, entries, contentBytes)
+}
+
+// compressChunks is compress reading from a chunkSource.
+func compressChunks(src chunkSource, w io.Writer, req Request, tarBytes, entries, contentBytes *atomic.Int64) error {
+	zw, err := gzip.NewWriterLevel(w, req.Level)
+	if err != nil {
+		return err
+	}
+	s := &tarSource{src: src, zw: zw, tarBytes: tarBytes, max: req.MaxBytes}
+	tr := tar.NewReader(s)
+	var dataEnd int64 // where the last entry's content and padding end in the stream
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			// tar ends an archive with two zero blocks. A stream that stops
+			// right after an entry was cut short, and its exit status may
+			// have been lost with its end (docs/snapshots.md).
+			if s.pos < dataEnd+2*tarBlock {
+				return errors.New("read tar stream: it ends without tar's end-of-archive blocks, so it was cut short")
+			}
+			break
+		}
+		if err != nil {
+			return readError(err)
+		}
+		entries.Add(1)
+		dataEnd = s.pos
+		if h.Typeflag == tar.TypeReg {
+			contentBytes.Add(h.Size)
+			dataEnd += (h.Size + tarBlock - 1) / tarBlock * tarBlock
+		}
+	}
+	if err := s.drain(); err != nil {
+		return readError(err)
+	}
+	return zw.Close()
+}
+
+// readError words a failure met while reading the stream: the cap and
+// gzip's own failures as they are, the rest as the stream's.
+func readError(err error) error {
+	var ce *compressError
+	if errors.Is(err, errLimit) || errors.As(err, &ce) {
+		return err
+	}
+	return fmt.Errorf("read tar stream: %w", err)
+}
