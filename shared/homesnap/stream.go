@@ -16,14 +16,15 @@ import (
 // once into a chunk: the exec's stdout is read straight into a chunk
 // (chunkPipe.ReadFrom), gzip takes each chunk whole, in one large write,
 // and archive/tar reads only the header blocks out of it, skipping the
-// content by seeking (tarSource). A copy through io.Pipe, bufio and
-// archive/tar's 8 KiB content skipping cost a CPU second per GiB more,
-// on a machine where the capture shares two cores with the pod's tar, the
-// API server and the object store (docs/snapshots.md).
+// content by seeking (tarSource). The capture shares two cores with the
+// pod's tar, the API server and the object store, so every extra pass over
+// the stream (a copy through bufio and io.Pipe, 8 KiB reads teed into gzip
+// as small writes) slows the snapshot (docs/snapshots.md).
 
 // chunks is how many chunks a capture's tar stream uses: one being filled,
-// one being compressed, and the rest waiting between them.
-const chunks = 4
+// one being compressed, one waiting between them: 3 MiB whatever the
+// home's size.
+const chunks = 3
 
 // errStopped is what the exec's side of a chunkPipe gets once the
 // compressing side has stopped; the cause is that side's error.
