@@ -32,18 +32,29 @@ var errStopped = errors.New("the tar stream's reader stopped")
 
 // chunkPipe carries a byte stream from one goroutine to another in chunks,
 // in order, with a fixed set of buffers.
+//
+// An exec that fails or is cancelled returns while client-go's goroutine
+// may still be writing its stdout, so the writing side is locked, and a
+// failed stream's end (closeWrite with an error) does not wait for that
+// goroutine: it only wakes it, and the writes it still makes fail.
 type chunkPipe struct {
 	full chan []byte // filled chunks, in order
 	free chan []byte // chunks to fill
-	cur  []byte      // the chunk being filled (writer's side)
+
+	mu  sync.Mutex // the writing side
+	cur []byte     // the chunk being filled
+
+	closeOnce sync.Once
+	closed    chan struct{} // closed when the writing side has ended
+	werr      error         // why, set before closed is closed
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when the reading side stops
-	werr     error         // why the writing side ended, read after full is closed
 }
 
 func newChunkPipe(n, size int) *chunkPipe {
-	p := &chunkPipe{full: make(chan []byte, n), free: make(chan []byte, n), stopped: make(chan struct{})}
+	p := &chunkPipe{full: make(chan []byte, n), free: make(chan []byte, n),
+		closed: make(chan struct{}), stopped: make(chan struct{})}
 	for range n {
 		p.free <- make([]byte, 0, size)
 	}
@@ -52,15 +63,17 @@ func newChunkPipe(n, size int) *chunkPipe {
 
 // chunk is the writer's current chunk with room left, waiting for one.
 func (p *chunkPipe) chunk() error {
+	select {
+	case <-p.closed:
+		return io.ErrClosedPipe
+	default:
+	}
 	if p.cur != nil && len(p.cur) < cap(p.cur) {
 		return nil
 	}
 	if p.cur != nil {
-		select {
-		case p.full <- p.cur:
-			p.cur = nil
-		case <-p.stopped:
-			return errStopped
+		if err := p.send(); err != nil {
+			return err
 		}
 	}
 	select {
@@ -69,11 +82,28 @@ func (p *chunkPipe) chunk() error {
 		return nil
 	case <-p.stopped:
 		return errStopped
+	case <-p.closed:
+		return io.ErrClosedPipe
+	}
+}
+
+// send hands the current chunk to the reader.
+func (p *chunkPipe) send() error {
+	select {
+	case p.full <- p.cur:
+		p.cur = nil
+		return nil
+	case <-p.stopped:
+		return errStopped
+	case <-p.closed:
+		return io.ErrClosedPipe
 	}
 }
 
 // Write copies b into chunks.
 func (p *chunkPipe) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	n := 0
 	for len(b) > 0 {
 		if err := p.chunk(); err != nil {
@@ -89,6 +119,8 @@ func (p *chunkPipe) Write(b []byte) (int, error) {
 
 // ReadFrom reads r straight into chunks until r ends (io.Copy uses it).
 func (p *chunkPipe) ReadFrom(r io.Reader) (int64, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var n int64
 	for {
 		if err := p.chunk(); err != nil {
@@ -106,30 +138,41 @@ func (p *chunkPipe) ReadFrom(r io.Reader) (int64, error) {
 	}
 }
 
-// closeWrite ends the stream: with err nil, after the chunk being filled,
-// which is handed over; else the reader gets err after what it has.
+// closeWrite ends the stream. With err nil the writes are over (the exec
+// returned after its stdout was copied) and the chunk being filled is
+// handed over first; otherwise the reader gets err after at most what was
+// handed over, and later writes fail.
 func (p *chunkPipe) closeWrite(err error) {
-	if err == nil && len(p.cur) > 0 {
-		select {
-		case p.full <- p.cur:
-		case <-p.stopped:
+	if err == nil {
+		p.mu.Lock()
+		if len(p.cur) > 0 && p.send() != nil {
+			err = io.ErrClosedPipe
 		}
+		p.mu.Unlock()
 	}
-	p.cur = nil
-	p.werr = err
-	close(p.full)
+	p.closeOnce.Do(func() {
+		p.werr = err
+		close(p.closed)
+	})
 }
 
 // next is the next chunk, or the writer's error (io.EOF for a clean end).
 func (p *chunkPipe) next() ([]byte, error) {
-	c, ok := <-p.full
-	if !ok {
+	select {
+	case c := <-p.full:
+		return c, nil
+	case <-p.closed:
+		// Chunks handed over before the end come first.
+		select {
+		case c := <-p.full:
+			return c, nil
+		default:
+		}
 		if p.werr != nil {
 			return nil, p.werr
 		}
 		return nil, io.EOF
 	}
-	return c, nil
 }
 
 // release gives a chunk back to the writer.
