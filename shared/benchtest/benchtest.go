@@ -85,6 +85,24 @@ func Measure(f func()) Stage {
 	return s
 }
 
+// Best is the best of a stage measured several times: round is the
+// measurement's index (0 for the first), best the best of the earlier ones.
+// Each figure is the smallest of the rounds on its own (wall time, each
+// side's CPU time, allocations): work from others on a shared machine only
+// ever adds to them, so the smallest is the closest to the stage's own
+// cost. The same is taken for the stages and for the pipeline they form.
+func Best(round int, best, s Stage) Stage {
+	if round == 0 {
+		return s
+	}
+	return Stage{
+		Wall: min(best.Wall, s.Wall),
+		CPU: CPU{Self: min(best.CPU.Self, s.CPU.Self), Pod: min(best.CPU.Pod, s.CPU.Pod),
+			Servers: min(best.CPU.Servers, s.CPU.Servers)},
+		Alloc: min(best.Alloc, s.Alloc),
+	}
+}
+
 // Cores is the number of cores the stages of a pipeline share on the
 // machine the targets were set for.
 const Cores = 2
