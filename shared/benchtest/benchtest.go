@@ -119,15 +119,19 @@ func Limit(stages ...Stage) time.Duration {
 }
 
 // Report reports each named stage's wall (w_name-s) and CPU seconds
-// (c_name-s), the pipeline's limit (prefix+"limit-s"), its wall time
-// (prefix+"wall-s") and the ratio of the two (prefix+"ratio"; the target is
-// at most 1.15).
+// (c_name-s) with their split (ReportCPU), the pipeline's limit
+// (prefix+"limit-s"), its wall time (prefix+"wall-s"), CPU seconds
+// (prefix+"cpu-s", split as prefix+"pass") and the ratio of wall time to
+// limit (prefix+"ratio"; the target is at most 1.15).
 func Report(b *testing.B, prefix string, whole Stage, names []string, stages ...Stage) {
 	b.Helper()
 	for i, s := range stages {
 		b.ReportMetric(s.Wall.Seconds(), "w_"+prefix+names[i]+"-s")
 		b.ReportMetric(s.CPU.Total().Seconds(), "c_"+prefix+names[i]+"-s")
+		ReportCPU(b, prefix+names[i], s)
 	}
+	b.ReportMetric(whole.CPU.Total().Seconds(), prefix+"cpu-s")
+	ReportCPU(b, prefix+"pass", whole)
 	limit := Limit(stages...)
 	b.ReportMetric(limit.Seconds(), prefix+"limit-s")
 	b.ReportMetric(whole.Wall.Seconds(), prefix+"wall-s")
