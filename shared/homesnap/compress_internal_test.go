@@ -54,7 +54,7 @@ func TestCompressWantsTheEndOfArchive(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var tarBytes, entries, content atomic.Int64
-			err := compress(bytes.NewReader(tc.stream), io.Discard, Request{Level: 1, MaxBytes: 1 << 20},
+			err := compressChunks(&smallChunks{rest: tc.stream, size: handoff}, io.Discard, Request{Level: 1, MaxBytes: 1 << 20},
 				&tarBytes, &entries, &content)
 			if tc.wantErr != "" {
 				require.Error(t, err)

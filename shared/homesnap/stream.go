@@ -187,30 +187,6 @@ type chunkSource interface {
 	release([]byte)
 }
 
-// readerChunks is a chunkSource over an io.Reader.
-type readerChunks struct {
-	r   io.Reader
-	buf []byte
-	err error // met after the last chunk's bytes
-}
-
-func (rc *readerChunks) next() ([]byte, error) {
-	if rc.err != nil {
-		return nil, rc.err
-	}
-	n, err := io.ReadFull(rc.r, rc.buf[:cap(rc.buf)])
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		err = io.EOF
-	}
-	rc.err = err
-	if n > 0 {
-		return rc.buf[:n], nil
-	}
-	return nil, err
-}
-
-func (rc *readerChunks) release([]byte) {}
-
 // tarSource is the reader archive/tar walks the stream with. Each chunk is
 // counted (failing past the cap) and gzipped whole as it is taken from the
 // source, before tar reads from it; tar's skipping of a file's content is a
@@ -315,15 +291,10 @@ type compressError struct{ err error }
 func (e *compressError) Error() string { return e.err.Error() }
 func (e *compressError) Unwrap() error { return e.err }
 
-// compress reads the tar stream from r, counting entries and bytes and
-// stopping past req.MaxBytes, and writes its gzip to w. Every byte of the
-// stream is compressed, the end-of-archive blocks and padding included, so
-// the stored archive is exactly what tar wrote.
-func compress(r io.Reader, w io.Writer, req Request, tarBytes, entries, contentBytes *atomic.Int64) error {
-	return compressChunks(&readerChunks{r: r, buf: make([]byte, 0, handoff)}, w, req, tarBytes, entries, contentBytes)
-}
-
-// compressChunks is compress reading from a chunkSource.
+// compressChunks reads the tar stream from src, counting entries and bytes
+// and stopping past req.MaxBytes, and writes its gzip to w. Every byte of
+// the stream is compressed, the end-of-archive blocks and padding included,
+// so the stored archive is exactly what tar wrote.
 func compressChunks(src chunkSource, w io.Writer, req Request, tarBytes, entries, contentBytes *atomic.Int64) error {
 	zw, err := gzip.NewWriterLevel(w, req.Level)
 	if err != nil {
