@@ -21,15 +21,15 @@ import (
 // the stream (a copy through bufio and io.Pipe, 8 KiB reads teed into gzip
 // as small writes) slows the snapshot (docs/snapshots.md).
 
-// chunks is how many chunks a capture's tar stream uses: 16 MiB whatever
+// chunks is how many chunks a capture's tar stream uses: 8 MiB whatever
 // the home's size. Over WebSocket client-go hands each message on through
 // an io.Pipe, so when the compressing goroutine waits (for the upload to
 // take a part, or for a core) the whole exec path stalls back to the pod's
 // tar, and on a busy machine it does not catch up. The chunks waiting
-// between the two absorb those waits: in back-to-back runs on a busy
-// machine, three chunks took 9.2 s for 1 GiB and sixteen 7.4 s
-// (docs/restore.md, Benchmarks).
-const chunks = 16
+// between the two absorb those waits: for 1 GiB on a busy machine, 3
+// chunks took 9.2 s, 8 took 7.2 s and 16 7.4 s, each MiB of them costing
+// about two of peak RSS (docs/restore.md, Benchmarks).
+const chunks = 8
 
 // errStopped is what the exec's side of a chunkPipe gets once the
 // compressing side has stopped; the cause is that side's error.
