@@ -22,13 +22,16 @@ type homeCapturer struct {
 	pods     homesnap.Execer
 	store    homesnap.Store
 	maxBytes int64
+	// maxEntries is RESTORE_MAX_ENTRIES: a backup the rollback could not
+	// restore is not taken.
+	maxEntries int64
 }
 
 // Capture stores pod's /config under key, its manifest beside it.
 func (c homeCapturer) Capture(ctx context.Context, pod kube.Pod, key string, labels map[string]string) (homesnap.Manifest, error) {
 	res, err := homesnap.Capture(ctx, c.pods, c.store, homesnap.Request{
 		Pod: pod, ArchiveKey: key, ManifestKey: homesnap.ManifestKey(key),
-		MaxBytes: c.maxBytes, Level: backupLevel, Labels: labels,
+		MaxBytes: c.maxBytes, MaxEntries: c.maxEntries, Level: backupLevel, Labels: labels,
 	})
 	if err != nil {
 		return homesnap.Manifest{}, err

@@ -174,7 +174,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 		f.objects, f.pods = f.wrap(f.objects, f.pods)
 	}
 	f.manifests = manifests{store: f.objects}
-	f.capture = homeCapturer{pods: f.pods, store: store, maxBytes: f.cfg.MaxBytes}
+	f.capture = homeCapturer{pods: f.pods, store: store, maxBytes: f.cfg.MaxBytes, maxEntries: f.cfg.MaxEntries}
 	f.jobs = svc.Job("restore")
 	f.slots = service.NewJobSlots(f.cfg.MaxJobs)
 	f.owner, _ = os.Hostname()

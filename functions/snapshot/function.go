@@ -46,6 +46,11 @@ type Config struct {
 	// home fails cleanly at the "limit" stage. It also sizes the upload's
 	// parts so the largest allowed home fits S3's 10,000 parts.
 	MaxBytes int64 `env:"SNAPSHOT_MAX_BYTES" envDefault:"21474836480"`
+	// MaxEntries caps the entries (files, folders, links) of one
+	// snapshot's tar stream, failing at the "limit" stage past it. It
+	// equals the restore function's RESTORE_MAX_ENTRIES, so no snapshot is
+	// stored that a restore refuses.
+	MaxEntries int64 `env:"SNAPSHOT_MAX_ENTRIES" envDefault:"500000"`
 	// QuotaCount and QuotaBytes bound one user's snapshots (not deleted or
 	// failed) and the bytes they store; a new snapshot past either is 409.
 	QuotaCount int64 `env:"SNAPSHOT_QUOTA_COUNT" envDefault:"50"`
@@ -95,6 +100,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBytes < 1 {
 		all = append(all, fmt.Errorf("SNAPSHOT_MAX_BYTES %d: want a positive size in bytes", c.MaxBytes))
+	}
+	if c.MaxEntries < 1 {
+		all = append(all, fmt.Errorf("SNAPSHOT_MAX_ENTRIES %d: want at least 1", c.MaxEntries))
 	}
 	if c.QuotaCount < 1 || c.QuotaBytes < 1 {
 		all = append(all, errors.New("SNAPSHOT_QUOTA_COUNT and SNAPSHOT_QUOTA_BYTES: want positive numbers"))

@@ -112,6 +112,7 @@ func TestConfig(t *testing.T) {
 		{name: "an endpoint that is not a URL", env: map[string]string{"S3_ENDPOINT": "minio:9000"}, want: "S3_ENDPOINT"},
 		{name: "no job slot", env: map[string]string{"SNAPSHOT_MAX_JOBS": "0"}, want: "SNAPSHOT_MAX_JOBS 0: want at least 1"},
 		{name: "a job cap that is not a number", env: map[string]string{"SNAPSHOT_MAX_JOBS": "two"}, want: "SNAPSHOT_MAX_JOBS"},
+		{name: "no entry allowed", env: map[string]string{"SNAPSHOT_MAX_ENTRIES": "0"}, want: "SNAPSHOT_MAX_ENTRIES 0: want at least 1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

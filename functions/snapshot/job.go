@@ -177,6 +177,7 @@ func (f *Function) capture(ctx context.Context, s Snapshot, sess Session) (homes
 		ArchiveKey:  s.StoragePath,
 		ManifestKey: homesnap.ManifestKey(s.StoragePath),
 		MaxBytes:    f.cfg.MaxBytes,
+		MaxEntries:  f.cfg.MaxEntries,
 		Level:       sess.Config.GzipLevel(),
 		Progress: func(p homesnap.Progress) {
 			err := f.svc.Commit(ctx, func(pgx.Tx) ([]cloudevents.Event, error) {

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -264,6 +265,15 @@ func TestSnapshotJobFailures(t *testing.T) {
 			o: opts{env: map[string]string{"SNAPSHOT_MAX_BYTES": "16777216"}},
 			prepare: func(t *testing.T, w *world) {
 				sparse(t, filepath.Join(w.pod(t, "s-1").Dir, "big"), 64<<20)
+			}},
+		{name: "a home with more entries than SNAPSHOT_MAX_ENTRIES", stage: "limit", reason: "more than 20 entries",
+			o: opts{env: map[string]string{"SNAPSHOT_MAX_ENTRIES": "20"}},
+			prepare: func(t *testing.T, w *world) {
+				dir := filepath.Join(w.pod(t, "s-1").Dir, "many")
+				require.NoError(t, os.MkdirAll(dir, 0o755))
+				for i := range 30 {
+					require.NoError(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%02d", i)), []byte("x"), 0o644))
+				}
 			}},
 		{name: "the pod disappears mid-stream", stage: "tar", o: opts{env: map[string]string{"SNAPSHOT_MAX_BYTES": "8589934592"}}, prepare: func(t *testing.T, w *world) {
 			pod := w.pod(t, "s-1")

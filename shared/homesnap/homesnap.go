@@ -112,6 +112,10 @@ type Request struct {
 	// MaxBytes caps the uncompressed tar stream; past it the capture fails
 	// at StageLimit. It also sizes the upload's parts.
 	MaxBytes int64
+	// MaxEntries, when positive, caps the tar stream's entries; past it
+	// the capture fails at StageLimit. A restore refuses an archive with
+	// more entries than its own cap, so the two are kept equal.
+	MaxEntries int64
 	// Level is the gzip level, 0 (stored, still .tar.gz) to 9.
 	Level int
 	// Progress, when set, is called every ProgressEvery while the capture

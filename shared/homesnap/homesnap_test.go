@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -229,6 +230,12 @@ func TestCaptureFailures(t *testing.T) {
 		{name: "home larger than the limit", stage: homesnap.StageLimit, prepare: func(t *testing.T, e *env, req *homesnap.Request) {
 			sparse(t, filepath.Join(e.pod.Dir, "big"), 64<<20)
 			req.MaxBytes = 16 << 20
+		}},
+		{name: "home with more entries than the limit", stage: homesnap.StageLimit, prepare: func(t *testing.T, e *env, req *homesnap.Request) {
+			for i := range 40 {
+				write(t, filepath.Join(e.pod.Dir, "many", fmt.Sprintf("f%02d", i)), []byte("x"))
+			}
+			req.MaxEntries = 25
 		}},
 		{name: "the pod disappears mid-stream", stage: homesnap.StageTar, prepare: func(t *testing.T, e *env, req *homesnap.Request) {
 			sparse(t, filepath.Join(e.pod.Dir, "big"), 8<<30)

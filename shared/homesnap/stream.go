@@ -322,7 +322,9 @@ func compressChunks(src chunkSource, w io.Writer, req Request, tarBytes, entries
 		if err != nil {
 			return readError(err)
 		}
-		entries.Add(1)
+		if n := entries.Add(1); req.MaxEntries > 0 && n > req.MaxEntries {
+			return fmt.Errorf("%w (more than %d entries)", errLimit, req.MaxEntries)
+		}
 		dataEnd = s.pos
 		if h.Typeflag == tar.TypeReg {
 			contentBytes.Add(h.Size)
