@@ -8,6 +8,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -254,23 +256,129 @@ func (f *failingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// TestVetReadErrorIsNotARejection checks that a body failing to read is
+// told apart from a malformed stream wherever it fails, though it is read
+// in a goroutine of its own, ahead of the checks.
 func TestVetReadErrorIsNotARejection(t *testing.T) {
-	data := tgz(t, mixedTree(1<<20)...)
+	data := tgz(t, mixedTree(4<<20)...)
 	dropped := errors.New("connection reset by peer")
+	vet := func(r io.Reader) error {
+		_, err := archive.Vet(context.Background(), r, archive.Limits{}, nil)
+		return err
+	}
+	repack := func(r io.Reader) error {
+		_, err := archive.Repack(context.Background(), io.Discard, r, archive.Limits{}, nil)
+		return err
+	}
 	tests := []struct {
 		name  string
+		pass  func(io.Reader) error
 		after int
 	}{
-		{name: "at the start", after: 0},
-		{name: "in the middle", after: len(data) / 2},
+		{name: "vet, at the start", pass: vet, after: 0},
+		{name: "vet, in the first read", pass: vet, after: 100},
+		{name: "vet, in the middle", pass: vet, after: len(data) / 2},
+		{name: "vet, one byte before the end", pass: vet, after: len(data) - 1},
+		{name: "repack, in the middle", pass: repack, after: len(data) / 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := archive.Vet(context.Background(), &failingReader{r: bytes.NewReader(data), after: tc.after, err: dropped},
-				archive.Limits{}, nil)
+			err := tc.pass(&failingReader{r: bytes.NewReader(data), after: tc.after, err: dropped})
 			require.Error(t, err)
 			assert.ErrorIs(t, err, dropped)
+			assert.Contains(t, err.Error(), "read archive")
 			assert.NotErrorIs(t, err, archive.ErrRejected)
 		})
 	}
+}
+
+// gatedReader serves head, then blocks every further Read until release
+// is closed. It counts the Reads under way and those begun after done is
+// closed.
+type gatedReader struct {
+	head    io.Reader
+	entered chan struct{} // closed when a Read first waits at the gate
+	release chan struct{}
+	done    chan struct{} // closed by the test when the pass returned
+	once    sync.Once
+	active  atomic.Int32
+	late    atomic.Int32
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	g.active.Add(1)
+	defer g.active.Add(-1)
+	select {
+	case <-g.done:
+		g.late.Add(1)
+	default:
+	}
+	if n, err := g.head.Read(p); n > 0 || err != io.EOF {
+		return n, err
+	}
+	g.once.Do(func() { close(g.entered) })
+	<-g.release
+	return 0, errors.New("released")
+}
+
+// TestReadingEndsWithThePass checks that the goroutine reading the stream
+// has ended when Vet or Repack returns: a read of the body under way is
+// waited for, and none begins after. The stream is rejected at an entry
+// after many good ones, and the body then blocks, so the reading goroutine
+// is most often waiting in a Read when the checks give up. That Read then
+// fails, after the rejection: the rejection is what is reported.
+func TestReadingEndsWithThePass(t *testing.T) {
+	ents := []ent{dir("./")}
+	for i := range 20000 {
+		ents = append(ents, file("./f"+strconv.Itoa(i), "x"))
+	}
+	data := tgz(t, append(ents, file("../evil", "x"))...)
+	passes := []struct {
+		name string
+		run  func(r io.Reader) error
+	}{
+		{name: "vet", run: func(r io.Reader) error {
+			_, err := archive.Vet(context.Background(), r, archive.Limits{}, nil)
+			return err
+		}},
+		{name: "repack", run: func(r io.Reader) error {
+			_, err := archive.Repack(context.Background(), io.Discard, r, archive.Limits{}, nil)
+			return err
+		}},
+	}
+	for _, tc := range passes {
+		t.Run(tc.name, func(t *testing.T) {
+			// The whole head in one Read, as the gate's comes next.
+			g := &gatedReader{head: &oneRead{b: data}, entered: make(chan struct{}), release: make(chan struct{}),
+				done: make(chan struct{})}
+			released := make(chan struct{})
+			go func() {
+				defer close(released)
+				select {
+				case <-g.entered:
+				case <-g.done:
+				}
+				close(g.release)
+			}()
+			err := tc.run(g)
+			assert.Zero(t, g.active.Load(), "no Read of the body is under way when the pass returns")
+			close(g.done)
+			<-released
+			require.ErrorIs(t, err, archive.ErrRejected)
+			assert.Contains(t, err.Error(), "../evil")
+			assert.Zero(t, g.late.Load(), "no Read begins after the pass returned")
+		})
+	}
+}
+
+// oneRead returns b in a single Read, then io.EOF.
+type oneRead struct{ b []byte }
+
+func (o *oneRead) Read(p []byte) (int, error) {
+	if len(o.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, o.b)
+	o.b = o.b[n:]
+	return n, nil
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
+
+	"github.com/streamspace-dev/functions/shared/chunkpipe"
 )
 
 // Vet reads the tar.gz stream r to its end and checks every entry, the caps,
@@ -98,10 +100,24 @@ func (p *repacker) write(h *tar.Header, e entry, body io.Reader) error {
 	return nil
 }
 
+// The compressed stream is read and hashed in a goroutine of its own and
+// handed to the one that decompresses and checks it through a chunkpipe, so
+// the object store's read and SHA-256 overlap gunzip and the tar walk
+// instead of adding to them (docs/restore.md, Benchmarks). Each read of
+// the body is handed over as it is (chunkpipe.Pipe.ReadOnce), so the
+// reading side is never more than readChunks reads ahead of the checks:
+// a cap that stops the checks stops the reading as soon.
+const (
+	readChunks = 16
+	readChunk  = 256 << 10 // the most one read of the body may bring
+)
+
 // source counts and hashes the compressed bytes and remembers the first
 // error of the underlying reader, so that a failure to read (transient) is
-// told apart from a malformed stream (a Rejection).
+// told apart from a malformed stream (a Rejection). A cancelled ctx ends
+// the reading without counting as a failure to read.
 type source struct {
+	ctx context.Context
 	r   io.Reader
 	h   hash.Hash
 	n   int64
@@ -109,6 +125,9 @@ type source struct {
 }
 
 func (s *source) Read(p []byte) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		return 0, err
+	}
 	n, err := s.r.Read(p)
 	s.n += int64(n)
 	s.h.Write(p[:n])
@@ -118,15 +137,81 @@ func (s *source) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// readAll reads src to its end into p, a read at a time, and ends p's
+// writing side with src's error, nil at its end. (source records any other
+// error than io.EOF itself as a failure to read, wrapped ones included.)
+func readAll(p *chunkpipe.Pipe, src *source) {
+	for {
+		if _, err := p.ReadOnce(src); err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			p.CloseWrite(err)
+			return
+		}
+	}
+}
+
+// chunkReader reads the chunks of a pipe.
+type chunkReader struct {
+	p     *chunkpipe.Pipe
+	chunk []byte // the current chunk, released when consumed
+	buf   []byte // its unread rest
+	err   error  // the pipe's end, once seen
+}
+
+func (r *chunkReader) Read(b []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		if r.chunk != nil {
+			r.p.Release(r.chunk)
+			r.chunk = nil
+		}
+		c, err := r.p.Next()
+		if err != nil {
+			r.err = err
+			return 0, err
+		}
+		r.chunk, r.buf = c, c
+	}
+	n := copy(b, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
 func scan(ctx context.Context, r io.Reader, lim Limits, want *Expect, out *repacker) (Summary, error) {
 	lim = lim.withDefaults()
 	if want != nil && want.Bytes >= 0 && want.Bytes < lim.MaxBytes {
 		lim.MaxBytes = want.Bytes
 	}
-	src := &source{r: r, h: sha256.New()}
+	src := &source{ctx: ctx, r: r, h: sha256.New()}
+	pipe := chunkpipe.New(readChunks, readChunk)
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		readAll(pipe, src)
+	}()
+	// On every return the reading goroutine is stopped and waited for: r is
+	// the caller's again, and src may be looked at. A read under way ends
+	// first; an object store's body ends its reads when ctx is cancelled.
+	stopRead := func() {
+		pipe.Stop()
+		<-read
+	}
+	defer stopRead()
+	in := &chunkReader{p: pipe}
+	// readFailed says whether a failure to read the body reached the
+	// checks; one met by a read ahead of them, after they gave up, does not
+	// count.
+	readFailed := func() bool {
+		stopRead()
+		return in.err != nil && src.err != nil
+	}
 	var sum Summary
 	fail := func(err error) (Summary, error) {
-		if src.err != nil {
+		if readFailed() {
 			return sum, fmt.Errorf("read archive: %w", src.err)
 		}
 		if ctx.Err() != nil {
@@ -135,8 +220,9 @@ func scan(ctx context.Context, r io.Reader, lim Limits, want *Expect, out *repac
 		return sum, err
 	}
 	// A bufio.Reader in front makes the gzip reader use it as its
-	// ByteReader, so it reads no further than the stream's end.
-	zr, err := gzip.NewReader(bufio.NewReaderSize(src, 256<<10))
+	// ByteReader (and its fast path). gzip reads its members to the
+	// stream's end, so on success every byte was read and hashed.
+	zr, err := gzip.NewReader(bufio.NewReaderSize(in, 256<<10))
 	if err != nil {
 		return fail(streamFault("gzip header", err))
 	}
@@ -172,7 +258,7 @@ func scan(ctx context.Context, r io.Reader, lim Limits, want *Expect, out *repac
 		sum.Bytes += h.Size
 		if out != nil {
 			if err := out.write(h, e, tr); err != nil {
-				if src.err != nil || isStreamErr(err) {
+				if readFailed() || isStreamErr(err) {
 					return fail(streamFault("entry "+h.Name, err))
 				}
 				return sum, err
@@ -189,6 +275,7 @@ func scan(ctx context.Context, r io.Reader, lim Limits, want *Expect, out *repac
 	if pad > lim.MaxPadding {
 		return fail(reject("", "more than %d bytes after the tar end", lim.MaxPadding))
 	}
+	stopRead()
 	sum.CompressedBytes = src.n
 	sum.SHA256 = hex.EncodeToString(src.h.Sum(nil))
 	if want == nil {

@@ -75,7 +75,7 @@ type smallChunks struct {
 	size int
 }
 
-func (s *smallChunks) next() ([]byte, error) {
+func (s *smallChunks) Next() ([]byte, error) {
 	if len(s.rest) == 0 {
 		return nil, io.EOF
 	}
@@ -85,7 +85,7 @@ func (s *smallChunks) next() ([]byte, error) {
 	return c, nil
 }
 
-func (s *smallChunks) release([]byte) {}
+func (s *smallChunks) Release([]byte) {}
 
 // gnuTar is what GNU tar writes for dir: the archives homesnap reads.
 func gnuTar(t *testing.T, dir string, args ...string) []byte {
@@ -199,80 +199,5 @@ func TestCompressStopsAtTheLimit(t *testing.T) {
 				require.NoError(t, err)
 			})
 		}
-	}
-}
-
-// TestChunkPipe checks the handoff between the exec's goroutine and the
-// compressing one, including client-go's stdout copy outliving a failed
-// exec.
-func TestChunkPipe(t *testing.T) {
-	data := make([]byte, 10000)
-	for i := range data {
-		data[i] = byte(i * 7)
-	}
-	errExec := errors.New("exec failed")
-	tests := []struct {
-		name string
-		run  func(t *testing.T, p *chunkPipe)
-	}{
-		{name: "a clean end delivers every byte in order", run: func(t *testing.T, p *chunkPipe) {
-			var got bytes.Buffer
-			done := make(chan error)
-			go func() {
-				for {
-					c, err := p.next()
-					if err != nil {
-						done <- err
-						return
-					}
-					got.Write(c)
-					p.release(c)
-				}
-			}()
-			_, err := io.Copy(p, struct{ io.Reader }{bytes.NewReader(data)})
-			require.NoError(t, err)
-			_, err = p.Write(data[:10])
-			require.NoError(t, err)
-			p.closeWrite(nil)
-			require.ErrorIs(t, <-done, io.EOF)
-			assert.True(t, bytes.Equal(append(append([]byte{}, data...), data[:10]...), got.Bytes()))
-		}},
-		{name: "a failed end reaches the reader after the chunks before it", run: func(t *testing.T, p *chunkPipe) {
-			_, err := p.Write(data[:250]) // two full chunks handed over, one being filled
-			require.NoError(t, err)
-			p.closeWrite(errExec)
-			for range 2 {
-				c, err := p.next()
-				require.NoError(t, err)
-				assert.Len(t, c, 100)
-			}
-			_, err = p.next()
-			require.ErrorIs(t, err, errExec)
-		}},
-		{name: "a writer blocked on a full pipe is released by a failed end", run: func(t *testing.T, p *chunkPipe) {
-			done := make(chan error)
-			go func() {
-				_, err := p.Write(data) // more than the chunks hold: blocks
-				done <- err
-			}()
-			p.closeWrite(errExec)
-			require.ErrorIs(t, <-done, io.ErrClosedPipe)
-			_, err := p.Write(data[:1])
-			require.ErrorIs(t, err, io.ErrClosedPipe, "writes after the end fail")
-		}},
-		{name: "a writer blocked on a full pipe is released when the reader stops", run: func(t *testing.T, p *chunkPipe) {
-			done := make(chan error)
-			go func() {
-				_, err := p.ReadFrom(struct{ io.Reader }{bytes.NewReader(data)})
-				done <- err
-			}()
-			p.stop()
-			require.ErrorIs(t, <-done, errStopped)
-		}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			tc.run(t, newChunkPipe(3, 100))
-		})
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/streamspace-dev/functions/shared/chunkpipe"
 	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/kube"
 	"github.com/streamspace-dev/functions/shared/objstore"
@@ -191,7 +192,7 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 	var tarBytes, entries, contentBytes, stored atomic.Int64
 	var warnings []string
 
-	tarStream := newChunkPipe(chunks, handoff)
+	tarStream := chunkpipe.New(chunks, handoff)
 	gzR, gzW := io.Pipe()
 	var wg sync.WaitGroup
 
@@ -214,7 +215,7 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 			first.set(stage, err)
 			cancel()
 		}
-		tarStream.closeWrite(err)
+		tarStream.CloseWrite(err)
 	}()
 
 	// One goroutine counts the tar stream and gzips it into gzW, handing
@@ -222,7 +223,7 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		defer tarStream.stop()
+		defer tarStream.Stop()
 		zout := bufio.NewWriterSize(gzW, handoff)
 		err := compressChunks(tarStream, zout, req, &tarBytes, &entries, &contentBytes)
 		if err == nil {

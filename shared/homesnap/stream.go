@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"sync/atomic"
 
 	"github.com/klauspost/compress/gzip"
@@ -14,7 +13,7 @@ import (
 // The tar stream crosses from the exec's goroutine to the compressing one
 // in chunks of handoff bytes, and no byte of it is copied on the way but
 // once into a chunk: the exec's stdout is read straight into a chunk
-// (chunkPipe.ReadFrom), gzip takes each chunk whole, in one large write,
+// (chunkpipe.Pipe.ReadFrom), gzip takes each chunk whole, in one large write,
 // and archive/tar reads only the header blocks out of it, skipping the
 // content by seeking (tarSource). The capture shares two cores with the
 // pod's tar, the API server and the object store, so every extra pass over
@@ -31,165 +30,10 @@ import (
 // about two of peak RSS (docs/restore.md, Benchmarks).
 const chunks = 8
 
-// errStopped is what the exec's side of a chunkPipe gets once the
-// compressing side has stopped; the cause is that side's error.
-var errStopped = errors.New("the tar stream's reader stopped")
-
-// chunkPipe carries a byte stream from one goroutine to another in chunks,
-// in order, with a fixed set of buffers.
-//
-// An exec that fails or is cancelled returns while client-go's goroutine
-// may still be writing its stdout, so the writing side is locked, and a
-// failed stream's end (closeWrite with an error) does not wait for that
-// goroutine: it only wakes it, and the writes it still makes fail.
-type chunkPipe struct {
-	full chan []byte // filled chunks, in order
-	free chan []byte // chunks to fill
-
-	mu  sync.Mutex // the writing side
-	cur []byte     // the chunk being filled
-
-	closeOnce sync.Once
-	closed    chan struct{} // closed when the writing side has ended
-	werr      error         // why, set before closed is closed
-
-	stopOnce sync.Once
-	stopped  chan struct{} // closed when the reading side stops
-}
-
-func newChunkPipe(n, size int) *chunkPipe {
-	p := &chunkPipe{full: make(chan []byte, n), free: make(chan []byte, n),
-		closed: make(chan struct{}), stopped: make(chan struct{})}
-	for range n {
-		p.free <- make([]byte, 0, size)
-	}
-	return p
-}
-
-// chunk is the writer's current chunk with room left, waiting for one.
-func (p *chunkPipe) chunk() error {
-	select {
-	case <-p.closed:
-		return io.ErrClosedPipe
-	default:
-	}
-	if p.cur != nil && len(p.cur) < cap(p.cur) {
-		return nil
-	}
-	if p.cur != nil {
-		if err := p.send(); err != nil {
-			return err
-		}
-	}
-	select {
-	case c := <-p.free:
-		p.cur = c[:0]
-		return nil
-	case <-p.stopped:
-		return errStopped
-	case <-p.closed:
-		return io.ErrClosedPipe
-	}
-}
-
-// send hands the current chunk to the reader.
-func (p *chunkPipe) send() error {
-	select {
-	case p.full <- p.cur:
-		p.cur = nil
-		return nil
-	case <-p.stopped:
-		return errStopped
-	case <-p.closed:
-		return io.ErrClosedPipe
-	}
-}
-
-// Write copies b into chunks.
-func (p *chunkPipe) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for len(b) > 0 {
-		if err := p.chunk(); err != nil {
-			return n, err
-		}
-		k := copy(p.cur[len(p.cur):cap(p.cur)], b)
-		p.cur = p.cur[:len(p.cur)+k]
-		b = b[k:]
-		n += k
-	}
-	return n, nil
-}
-
-// ReadFrom reads r straight into chunks until r ends (io.Copy uses it).
-func (p *chunkPipe) ReadFrom(r io.Reader) (int64, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var n int64
-	for {
-		if err := p.chunk(); err != nil {
-			return n, err
-		}
-		k, err := r.Read(p.cur[len(p.cur):cap(p.cur)])
-		p.cur = p.cur[:len(p.cur)+k]
-		n += int64(k)
-		if errors.Is(err, io.EOF) {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-	}
-}
-
-// closeWrite ends the stream. With err nil the writes are over (the exec
-// returned after its stdout was copied) and the chunk being filled is
-// handed over first; otherwise the reader gets err after at most what was
-// handed over, and later writes fail.
-func (p *chunkPipe) closeWrite(err error) {
-	if err == nil {
-		p.mu.Lock()
-		if len(p.cur) > 0 && p.send() != nil {
-			err = io.ErrClosedPipe
-		}
-		p.mu.Unlock()
-	}
-	p.closeOnce.Do(func() {
-		p.werr = err
-		close(p.closed)
-	})
-}
-
-// next is the next chunk, or the writer's error (io.EOF for a clean end).
-func (p *chunkPipe) next() ([]byte, error) {
-	select {
-	case c := <-p.full:
-		return c, nil
-	case <-p.closed:
-		// Chunks handed over before the end come first.
-		select {
-		case c := <-p.full:
-			return c, nil
-		default:
-		}
-		if p.werr != nil {
-			return nil, p.werr
-		}
-		return nil, io.EOF
-	}
-}
-
-// release gives a chunk back to the writer.
-func (p *chunkPipe) release(c []byte) { p.free <- c }
-
-// stop ends the reading side; the writer's next wait fails.
-func (p *chunkPipe) stop() { p.stopOnce.Do(func() { close(p.stopped) }) }
-
-// chunkSource yields a byte stream a chunk at a time.
+// chunkSource yields a byte stream a chunk at a time (a chunkpipe.Pipe).
 type chunkSource interface {
-	next() ([]byte, error)
-	release([]byte)
+	Next() ([]byte, error)
+	Release([]byte)
 }
 
 // tarSource is the reader archive/tar walks the stream with. Each chunk is
@@ -218,21 +62,21 @@ func (s *tarSource) fill() error {
 		return s.eof
 	}
 	if s.chunk != nil {
-		s.src.release(s.chunk)
+		s.src.Release(s.chunk)
 		s.chunk = nil
 	}
-	c, err := s.src.next()
+	c, err := s.src.Next()
 	if err != nil {
 		s.eof = err
 		return err
 	}
 	if total := s.tarBytes.Add(int64(len(c))); s.max > 0 && total > s.max {
-		s.src.release(c)
+		s.src.Release(c)
 		s.eof = fmt.Errorf("%w (%d bytes)", errLimit, s.max)
 		return s.eof
 	}
 	if _, err := s.zw.Write(c); err != nil {
-		s.src.release(c)
+		s.src.Release(c)
 		s.eof = &compressError{err}
 		return s.eof
 	}
@@ -278,7 +122,7 @@ func (s *tarSource) drain() error {
 		err := s.fill()
 		if errors.Is(err, io.EOF) {
 			if s.chunk != nil {
-				s.src.release(s.chunk)
+				s.src.Release(s.chunk)
 				s.chunk = nil
 			}
 			return nil

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/streamspace-dev/functions/shared/benchtest"
+	"github.com/streamspace-dev/functions/shared/chunkpipe"
 )
 
 // BenchmarkInProcess measures what a capture spends in this process on a
@@ -32,16 +33,16 @@ func BenchmarkInProcess(b *testing.B) {
 			_, err := io.CopyBuffer(sha256.New(), gzR, make([]byte, 8<<20))
 			hashed <- err
 		}()
-		p := newChunkPipe(chunks, handoff)
+		p := chunkpipe.New(chunks, handoff)
 		go func() {
 			// The exec's side: io.Copy from a stream without WriteTo.
 			_, err := io.Copy(p, struct{ io.Reader }{bytes.NewReader(stream)})
-			p.closeWrite(err)
+			p.CloseWrite(err)
 		}()
 		var tarBytes, entries, content atomic.Int64
 		zout := bufio.NewWriterSize(gzW, handoff)
 		err := compressChunks(p, zout, Request{Level: 6, MaxBytes: 1 << 40}, &tarBytes, &entries, &content)
-		p.stop()
+		p.Stop()
 		if err == nil {
 			err = zout.Flush()
 		}
