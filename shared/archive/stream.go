@@ -103,14 +103,24 @@ func (p *repacker) write(h *tar.Header, e entry, body io.Reader) error {
 // The compressed stream is read and hashed in a goroutine of its own and
 // handed to the one that decompresses and checks it through a chunkpipe, so
 // the object store's read and SHA-256 overlap gunzip and the tar walk
-// instead of adding to them (docs/restore.md, Benchmarks). Each read of
-// the body is handed over as it is (chunkpipe.Pipe.ReadOnce), so the
-// reading side is never more than readChunks reads ahead of the checks:
-// a cap that stops the checks stops the reading as soon.
+// instead of adding to them (docs/restore.md, Benchmarks).
+//
+// A cap that stops the checks must stop the reading as soon (a bomb's
+// bytes are not fetched past it), so the reading is kept close to the
+// checks: each read of the body is handed over as it is
+// (chunkpipe.Pipe.ReadOnce), at most readChunks of them are ahead, and one
+// read brings at most a 64th of what was read before it, between
+// minRead and readChunk. Past the first MiB the reading is thus at most
+// about 6% ahead of the checks, and never more than 1 MiB.
 const (
-	readChunks = 16
-	readChunk  = 256 << 10 // the most one read of the body may bring
+	readChunks = 4
+	readChunk  = 256 << 10
+	minRead    = 16 << 10
 )
+
+// readSize is the most the next read of the body may bring, read bytes
+// having been read.
+func readSize(read int64) int { return int(min(max(read/64, minRead), readChunk)) }
 
 // source counts and hashes the compressed bytes and remembers the first
 // error of the underlying reader, so that a failure to read (transient) is
@@ -141,8 +151,10 @@ func (s *source) Read(p []byte) (int, error) {
 // writing side with src's error, nil at its end. (source records any other
 // error than io.EOF itself as a failure to read, wrapped ones included.)
 func readAll(p *chunkpipe.Pipe, src *source) {
+	lim := &limitedReads{r: src}
 	for {
-		if _, err := p.ReadOnce(src); err != nil {
+		lim.n = readSize(src.n)
+		if _, err := p.ReadOnce(lim); err != nil {
 			if err == io.EOF {
 				err = nil
 			}
@@ -151,6 +163,14 @@ func readAll(p *chunkpipe.Pipe, src *source) {
 		}
 	}
 }
+
+// limitedReads reads at most n bytes from r in each Read.
+type limitedReads struct {
+	r io.Reader
+	n int
+}
+
+func (l *limitedReads) Read(p []byte) (int, error) { return l.r.Read(p[:min(len(p), l.n)]) }
 
 // chunkReader reads the chunks of a pipe.
 type chunkReader struct {
