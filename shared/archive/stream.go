@@ -109,17 +109,18 @@ func (p *repacker) write(h *tar.Header, e entry, body io.Reader) error {
 // bytes are not fetched past it), so the reading is kept close to the
 // checks: each read of the body is handed over as it is
 // (chunkpipe.Pipe.ReadOnce), at most readChunks of them are ahead, and one
-// read brings at most a 64th of what was read before it, between
-// minRead and readChunk. Past the first MiB the reading is thus at most
-// about 6% ahead of the checks, and never more than 1 MiB.
+// read brings at most a 64th of what was read before it, between minRead
+// and readChunk. The reading is thus at most 64 KiB ahead of the checks
+// over the first MiB, about 6% of what was read after, never more than
+// 1 MiB (docs/archive.md, Reading).
 const (
 	readChunks = 4
 	readChunk  = 256 << 10
 	minRead    = 16 << 10
 )
 
-// readSize is the most the next read of the body may bring, read bytes
-// having been read.
+// readSize is the most the next read of the body may bring once read
+// bytes of it were read.
 func readSize(read int64) int { return int(min(max(read/64, minRead), readChunk)) }
 
 // source counts and hashes the compressed bytes and remembers the first
