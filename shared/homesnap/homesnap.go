@@ -230,10 +230,19 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 			err = zout.Flush()
 		}
 		if err != nil {
-			if errors.Is(err, errLimit) {
+			// A stream that is cut short or malformed is tar's failure, even
+			// when its exec ended without an error: the exit status of a
+			// pod that went away can be lost, or be tar's 1 for files that
+			// vanished as it read them. Only gzip's own output failing is
+			// the compress stage's.
+			var ce *compressError
+			switch {
+			case errors.Is(err, errLimit):
 				first.set(StageLimit, err)
-			} else {
+			case errors.As(err, &ce), errors.Is(err, io.ErrClosedPipe):
 				first.set(StageCompress, err)
+			default:
+				first.set(StageTar, err)
 			}
 			cancel()
 		}
