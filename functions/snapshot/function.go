@@ -138,8 +138,8 @@ type Function struct {
 	quota   Quota
 	objects *objstore.Store
 	pods    *kube.Client
-	// jobs bounds the snapshot jobs running at once (SNAPSHOT_MAX_JOBS).
-	jobs *service.JobSlots
+	// slots bounds the snapshot jobs running at once (SNAPSHOT_MAX_JOBS).
+	slots *service.JobSlots
 	// instance names this process in its jobs' lease owners: the pod's
 	// name and a random suffix, since a restarted container keeps its pod
 	// name. Each job adds its own suffix.
@@ -175,7 +175,7 @@ func (f *Function) Start(ctx context.Context, env map[string]string) error {
 	f.svc, f.cfg, f.objects, f.pods = svc, cfg, objects, pods
 	f.quota = Quota{Count: cfg.QuotaCount, Bytes: cfg.QuotaBytes}
 	f.instance = instanceName()
-	f.jobs = service.NewJobSlots(cfg.MaxJobs)
+	f.slots = service.NewJobSlots(cfg.MaxJobs)
 
 	svc.Mux.Route("GET /api/v1/sessions/{sessionId}/snapshots", f.listSessionSnapshots)
 	svc.Mux.Route("POST /api/v1/sessions/{sessionId}/snapshots", f.createSnapshot)

@@ -80,7 +80,7 @@ func (f *Function) onRequested(ctx context.Context, e cloudevents.Event) error {
 	// A slot before the lease: a delivery that finds every slot taken is
 	// answered 503 having changed nothing, and the broker (or, once its
 	// retries are spent, the snapshot-schedule tick) asks again.
-	release, err := f.jobs.TryStart()
+	release, err := f.slots.TryStart()
 	if err != nil {
 		runtime.AddLogAttrs(ctx, slog.String("outcome", "no job slot"))
 		return err
