@@ -26,7 +26,10 @@ var _ querier = pgx.Tx(nil)
 // applySQL updates, in one statement, every session of the batch that the
 // caller may change, and reports each id's outcome in request order.
 // $1 ids, $2 owner (null for admins), $3 tags, $4 operation. Rows are locked
-// in id order so concurrent batches over the same sessions cannot deadlock.
+// in id order so concurrent batches over the same sessions cannot deadlock,
+// and "for no key update", the lock the update itself takes (it changes no
+// key), so StreamSpace's inserts that reference a session meanwhile (their
+// foreign-key checks take a key-share lock) are not held up.
 // Add keeps the existing order and appends only the tags not yet present;
 // the common case, a session with none of them, skips the per-tag check.
 //
@@ -40,7 +43,7 @@ const applySQL = `
 		select s.id from sessions s join input i on i.id = s.id
 		where $2::text is null or s.user_id = $2
 		order by s.id
-		for update of s
+		for no key update of s
 	), updated as (
 		update sessions s
 		set tags = case $4::text

@@ -133,3 +133,46 @@ func TestRefreshOutcomes(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchLeavesForeignKeyChecksUnblocked: while a batch's transaction is
+// open, StreamSpace may still insert rows that reference the sessions it
+// updates (a snapshot of one, say). The insert's foreign-key check takes a
+// key-share lock on the session; the batch changes no key, so it must lock
+// its sessions "for no key update", which does not conflict with that.
+func TestBatchLeavesForeignKeyChecksUnblocked(t *testing.T) {
+	pool := dbtest.New(t)
+	ctx := context.Background()
+	seedUsers(t, pool, "alice")
+	_, err := pool.Exec(ctx, `insert into sessions (id, user_id, template_name, state) values ('s1', 'alice', 'firefox', 'running')`)
+	require.NoError(t, err)
+	alice := "alice"
+	tests := []struct {
+		name  string
+		batch Batch
+		owner *string
+	}{
+		{name: "a user's add", batch: Batch{Operation: OpAdd, SessionIDs: []string{"s1"}, Tags: []string{"x"}}, owner: &alice},
+		{name: "an admin's replace", batch: Batch{Operation: OpReplace, SessionIDs: []string{"s1"}, Tags: []string{"y"}}},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			batchTx, err := pool.Begin(ctx)
+			require.NoError(t, err)
+			defer batchTx.Rollback(ctx)
+			got, err := applyBatch(ctx, batchTx, tc.owner, tc.batch)
+			require.NoError(t, err)
+			require.Equal(t, []SessionResult{{SessionID: "s1", Outcome: "updated"}}, got)
+
+			// StreamSpace's insert, with the batch still open. Blocked, it
+			// would fail at the lock timeout instead of waiting.
+			insertTx, err := pool.Begin(ctx)
+			require.NoError(t, err)
+			defer insertTx.Rollback(ctx)
+			_, err = insertTx.Exec(ctx, `set local lock_timeout = '5s'`)
+			require.NoError(t, err)
+			_, err = insertTx.Exec(ctx, `insert into session_snapshots (id, session_id, user_id, name, status) values ($1, 's1', 'alice', 'n', 'creating')`,
+				fmt.Sprintf("snap-%d", i))
+			assert.NoError(t, err, "the batch's row lock blocks a foreign-key check")
+		})
+	}
+}
