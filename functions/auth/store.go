@@ -74,12 +74,16 @@ select user_id from auth_identities where provider = $1 and subject = $2 for upd
 // stands in (PgBouncer's transaction mode keeps it, docs/data.md).
 const lockIdentitySQL = `select pg_advisory_xact_lock(hashtextextended($1, 7))`
 
-// userSQL reads a StreamSpace user, locked for the login's update.
+// userSQL reads a StreamSpace user, locked for the login's update: "for no
+// key update", the lock that update takes itself (it changes no key), so
+// StreamSpace's inserts that reference the user meanwhile (a session, a
+// group membership: their foreign-key checks take a key-share lock) are not
+// held up.
 const userSQL = `
 select id, username, email, coalesce(full_name, ''), coalesce(role, 'user'),
        coalesce(provider, 'local'), coalesce(active, true),
        coalesce(created_at, now()), coalesce(updated_at, now()), last_login
-from users where id = $1 for update`
+from users where id = $1 for no key update`
 
 // emailOwnerSQL finds the user holding an email (StreamSpace keeps emails
 // unique, case as written).
