@@ -57,7 +57,7 @@ func (f *Function) onRequested(ctx context.Context, e cloudevents.Event) error {
 	var sess Session
 	err := db.Read(ctx, f.svc.Pool, func(tx pgx.Tx) error {
 		var err error
-		if s, err = snapshotByID(ctx, tx, d.SnapshotID, false); err != nil {
+		if s, err = snapshotByID(ctx, tx, d.SnapshotID); err != nil {
 			return err
 		}
 		sess, err = jobSession(ctx, tx, s.SessionID)

@@ -171,7 +171,10 @@ const getSQL = `select ` + snapshotColumns + ` from session_snapshots s where s.
 func getSnapshot(ctx context.Context, tx pgx.Tx, session, id string, lock bool) (Snapshot, error) {
 	q := getSQL
 	if lock {
-		q += ` for update`
+		// The lock the status update takes itself: a restore's claim
+		// (an update) still waits for it, and a foreign-key check of a
+		// row that references the snapshot does not.
+		q += ` for no key update`
 	}
 	s, err := scanSnapshot(tx.QueryRow(ctx, q, id, session))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -186,12 +189,8 @@ func getSnapshot(ctx context.Context, tx pgx.Tx, session, id string, lock bool) 
 // byIDSQL reads a snapshot by id alone, for the job.
 const byIDSQL = `select ` + snapshotColumns + ` from session_snapshots s where s.id = $1`
 
-func snapshotByID(ctx context.Context, tx pgx.Tx, id string, lock bool) (Snapshot, error) {
-	q := byIDSQL
-	if lock {
-		q += ` for update`
-	}
-	s, err := scanSnapshot(tx.QueryRow(ctx, q, id))
+func snapshotByID(ctx context.Context, tx pgx.Tx, id string) (Snapshot, error) {
+	s, err := scanSnapshot(tx.QueryRow(ctx, byIDSQL, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Snapshot{}, errs.E(errs.NotFound, "snapshot %s not found", id)
 	}
