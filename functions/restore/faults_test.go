@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -23,7 +22,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/klauspost/compress/gzip"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -31,7 +29,6 @@ import (
 
 	"github.com/streamspace-dev/functions/events"
 	function "github.com/streamspace-dev/functions/functions/restore"
-	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/objstore"
 )
@@ -610,28 +607,13 @@ func TestRestoreWithoutAPod(t *testing.T) {
 	sqlExec(t, w.h, `insert into sessions (id, user_id, template_name, state, namespace) values ('s-gone', $1, 'firefox', 'running', $2)`,
 		w.user, w.ns)
 	snap := w.storeSnapshot(t, snapshotDir(t))
-	status, body := w.h.Do(http.MethodPost, restorePath(w.session, snap), w.h.Token(w.user, authn.User),
-		map[string]string{"targetSessionId": "s-gone"})
-	require.Equal(t, http.StatusAccepted, status, "%s", body)
-	var res function.RestoreResult
-	require.NoError(t, json.Unmarshal(body, &res))
-	var e cloudevents.Event
-	require.Eventually(t, func() bool {
-		for _, ev := range w.h.Sink.Events() {
-			var d events.RestoreRequestedData
-			if ev.Type() == events.RestoreRequested && ev.DataAs(&d) == nil && d.RestoreJobID == res.RestoreJobID {
-				e = ev
-				return true
-			}
-		}
-		return false
-	}, wait, 20*time.Millisecond)
+	id, e := w.requestInto(t, snap, "s-gone")
 	require.Equal(t, 2, w.deliver(t, e)/100)
-	row := w.job(t, snap, res.RestoreJobID)
+	row := w.job(t, snap, id)
 	assert.Equal(t, "failed", row.Status)
 	assert.Contains(t, row.Error, "find the session's pod")
 	assert.False(t, row.RolledBack)
 	assert.Empty(t, row.Backup)
-	assert.Equal(t, jobState{Phase: string(function.PhaseFailed), FailedPhase: string(function.PhaseVetting)}, stateOf(t, w.h, res.RestoreJobID))
+	assert.Equal(t, jobState{Phase: string(function.PhaseFailed), FailedPhase: string(function.PhaseVetting)}, stateOf(t, w.h, id))
 	assert.Equal(t, "available", row.SnapshotStatus)
 }

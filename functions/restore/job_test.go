@@ -230,11 +230,22 @@ func countEntries(t *testing.T, data []byte) (entries, size int64) {
 	return entries, size
 }
 
-// request posts a restore of snapshot and returns the job id and the
-// requested event, which the test delivers itself.
+// request posts a restore of snapshot, with no body, and returns the job id
+// and the requested event, which the test delivers itself.
 func (w *world) request(t *testing.T, snapshot string) (string, cloudevents.Event) {
 	t.Helper()
-	status, body := w.h.Do(http.MethodPost, restorePath(w.session, snapshot), w.h.Token(w.user, authn.User), nil)
+	return w.requestInto(t, snapshot, "")
+}
+
+// requestInto is request into the session target; "" sends no body, so
+// the snapshot's own session is the target.
+func (w *world) requestInto(t *testing.T, snapshot, target string) (string, cloudevents.Event) {
+	t.Helper()
+	var req any
+	if target != "" {
+		req = map[string]string{"targetSessionId": target}
+	}
+	status, body := w.h.Do(http.MethodPost, restorePath(w.session, snapshot), w.h.Token(w.user, authn.User), req)
 	require.Equal(t, http.StatusAccepted, status, "%s", body)
 	var res function.RestoreResult
 	require.NoError(t, json.Unmarshal(body, &res))

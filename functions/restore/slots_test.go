@@ -1,18 +1,14 @@
 package function_test
 
 import (
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"testing"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/streamspace-dev/functions/events"
-	function "github.com/streamspace-dev/functions/functions/restore"
 	"github.com/streamspace-dev/functions/shared/authn"
 	"github.com/streamspace-dev/functions/shared/kubetest"
 )
@@ -95,27 +91,4 @@ func TestJobSlots(t *testing.T) {
 	row := w.job(t, secondSnap, second)
 	assert.Equal(t, "completed", row.Status, row.Error)
 	assert.Equal(t, contentState(t, src), contentState(t, other.Dir))
-}
-
-// requestInto posts a restore of snapshot (of the world's session) into
-// target and returns the job id and its requested event.
-func (w *world) requestInto(t *testing.T, snapshot, target string) (string, cloudevents.Event) {
-	t.Helper()
-	status, body := w.h.Do(http.MethodPost, restorePath(w.session, snapshot), w.h.Token(w.user, authn.User),
-		map[string]any{"targetSessionId": target})
-	require.Equal(t, http.StatusAccepted, status, "%s", body)
-	var res function.RestoreResult
-	require.NoError(t, json.Unmarshal(body, &res))
-	var e cloudevents.Event
-	require.Eventually(t, func() bool {
-		for _, ev := range w.h.Sink.Events() {
-			var d events.RestoreRequestedData
-			if ev.Type() == events.RestoreRequested && ev.DataAs(&d) == nil && d.RestoreJobID == res.RestoreJobID {
-				e = ev
-				return true
-			}
-		}
-		return false
-	}, wait, 20*time.Millisecond)
-	return res.RestoreJobID, e
 }
