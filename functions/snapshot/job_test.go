@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -187,29 +186,9 @@ func TestFileChangedIsAWarning(t *testing.T) {
 	e := w.requested(t, id)
 
 	// The desktop appends to the file for as long as the job runs.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
-		if err != nil {
-			return
-		}
-		defer f.Close()
-		line := []byte("the desktop keeps writing\n")
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				_, _ = f.Write(line)
-			}
-		}
-	}()
+	stop := pod.KeepWriting(t, "growing.log")
 	status, _ := w.h.Deliver(e, false)
-	close(stop)
-	wg.Wait()
+	stop()
 	require.Equal(t, http.StatusAccepted, status)
 
 	s := w.snapshot(t, "s-1", id)

@@ -277,29 +277,9 @@ func TestFileChangedIsAWarning(t *testing.T) {
 	e := setup(t, nil)
 	path := filepath.Join(e.pod.Dir, "growing.log")
 	write(t, path, randomBytes(t, 48<<20))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
-		if err != nil {
-			return
-		}
-		defer f.Close()
-		line := []byte("the desktop keeps writing\n")
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				_, _ = f.Write(line)
-			}
-		}
-	}()
+	stop := e.pod.KeepWriting(t, "growing.log")
 	res, err := homesnap.Capture(context.Background(), e.kube, e.store, e.request("snapshots/u/s1/w.tar.gz"))
-	close(stop)
-	wg.Wait()
+	stop()
 	require.NoError(t, err)
 	require.Len(t, res.Manifest.Warnings, 1)
 	assert.Contains(t, res.Manifest.Warnings[0], "file changed as we read it")

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -242,6 +243,43 @@ func (p *Pod) Hold(tb testing.TB) (release func()) {
 	}
 	tb.Cleanup(release)
 	return release
+}
+
+// KeepWriting appends a line to the file name of the pod's /config, over
+// and over, as a live desktop writes while a snapshot reads it (GNU tar then
+// exits 1, "file changed as we read it"), until stop is called; the test's
+// end stops it too. The file must exist.
+func (p *Pod) KeepWriting(tb testing.TB, name string) (stop func()) {
+	tb.Helper()
+	f, err := os.OpenFile(filepath.Join(p.Dir, name), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		tb.Fatalf("kubetest: keep writing %s: %v", name, err)
+	}
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		defer f.Close()
+		line := []byte("the desktop keeps writing\n")
+		for {
+			select {
+			case <-done:
+				return
+			default:
+				if _, err := f.Write(line); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			close(done)
+			<-stopped
+		})
+	}
+	tb.Cleanup(stop)
+	return stop
 }
 
 // Held returns how many execs wait on a Hold.
