@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/assert"
@@ -32,6 +33,23 @@ func newBrowser(t *testing.T) context.Context {
 	ctx, cancel := chromedp.NewContext(alloc)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// pollAcrossNavigations waits, up to patience, until expr holds in the
+// page. The page navigates meanwhile (the login's redirects), and a
+// navigation destroys the JavaScript context a poll runs in: the poll then
+// fails with "Cannot find context with specified id" or "Execution context
+// was destroyed", and starts again in the new page.
+func pollAcrossNavigations(ctx context.Context, expr string) error {
+	deadline := time.Now().Add(patience)
+	for {
+		_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(time.Until(deadline))))
+		lost := err != nil && (strings.Contains(err.Error(), "Cannot find context with specified id") ||
+			strings.Contains(err.Error(), "Execution context was destroyed"))
+		if !lost || time.Now().After(deadline) {
+			return err
+		}
+	}
 }
 
 // TestBrowserLogin: a real browser goes providers → login → Hydra →
@@ -62,9 +80,7 @@ func TestBrowserLogin(t *testing.T) {
 
 	// The return page: any same-origin path; the providers list will do.
 	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(loginURL+"?returnUrl=%2Fapi%2Fv1%2Fauth%2Foidc%2Fproviders%3Fdone%3D1")))
-	_, err = chromedp.Run(ctx, chromedp.Poll[chromedp.Void](
-		`location.search === "?done=1" && localStorage.getItem("streamspace-auth") !== null`,
-		chromedp.WithPollingTimeout(patience)))
+	err = pollAcrossNavigations(ctx, `location.search === "?done=1" && localStorage.getItem("streamspace-auth") !== null`)
 	require.NoError(t, err, "the browser never came back with a session")
 	loc, err := chromedp.Run(ctx, chromedp.Location())
 	require.NoError(t, err)
@@ -112,7 +128,7 @@ func TestBrowserCompletePageRefusesForeignReturn(t *testing.T) {
 	u := e.h.URL + "/api/v1/auth/oidc/complete#token=t&expiresAt=2030-01-01T00:00:00Z&user=e30&returnUrl=" +
 		"https%3A%2F%2Fevil.example%2F"
 	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(u)))
-	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](`location.pathname === "/"`, chromedp.WithPollingTimeout(patience)))
+	err := pollAcrossNavigations(ctx, `location.pathname === "/"`)
 	require.NoError(t, err)
 	loc, err := chromedp.Run(ctx, chromedp.Location())
 	require.NoError(t, err)
