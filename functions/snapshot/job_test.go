@@ -254,7 +254,9 @@ func TestSnapshotJobFailures(t *testing.T) {
 					require.NoError(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%02d", i)), []byte("x"), 0o644))
 				}
 			}},
-		{name: "the pod disappears mid-stream", stage: "tar", o: opts{env: map[string]string{"SNAPSHOT_MAX_BYTES": "8589934592"}}, prepare: func(t *testing.T, w *world) {
+		// The broken stream is captured again (homesnap.Attempts), and that
+		// attempt finds the pod gone.
+		{name: "the pod disappears mid-stream", stage: "pod", reason: "not found", o: opts{env: map[string]string{"SNAPSHOT_MAX_BYTES": "8589934592"}}, prepare: func(t *testing.T, w *world) {
 			pod := w.pod(t, "s-1")
 			sparse(t, filepath.Join(pod.Dir, "big"), 64<<30)
 			go func() {

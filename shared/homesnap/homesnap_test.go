@@ -31,6 +31,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/kube"
 	"github.com/streamspace-dev/functions/shared/kubetest"
@@ -237,7 +238,8 @@ func TestCaptureFailures(t *testing.T) {
 			}
 			req.MaxEntries = 25
 		}},
-		{name: "the pod disappears mid-stream", stage: homesnap.StageTar, prepare: func(t *testing.T, e *env, req *homesnap.Request) {
+		// The broken stream is captured again, and that attempt finds no pod.
+		{name: "the pod disappears mid-stream", stage: homesnap.StagePod, prepare: func(t *testing.T, e *env, req *homesnap.Request) {
 			sparse(t, filepath.Join(e.pod.Dir, "big"), 8<<30)
 			var once sync.Once
 			req.ProgressEvery = 1
@@ -312,4 +314,116 @@ func TestArchiveIsExactlyTarsStream(t *testing.T) {
 		n++
 	}
 	assert.Equal(t, res.Manifest.Entries, int64(n))
+}
+
+// breakingExecer is the real client whose first breaks execs end as
+// Kubernetes' exec path can end one (docs/snapshots.md, "Exec streams can
+// be cut short"): the pod's tar runs to its end, but only the first cut
+// bytes of its stdout reach the capture, and the exec then reports err —
+// nil when the exit status read as success, else the reset.
+type breakingExecer struct {
+	kube   *kube.Client
+	breaks int
+	cut    int64
+	err    error
+	execs  atomic.Int32
+}
+
+func (b *breakingExecer) Exec(ctx context.Context, pod kube.Pod, cmd []string, s kube.Streams) error {
+	if int(b.execs.Add(1)) > b.breaks {
+		return b.kube.Exec(ctx, pod, cmd, s)
+	}
+	cut := &cutWriter{w: s.Stdout, left: b.cut}
+	if err := b.kube.Exec(ctx, pod, cmd, kube.Streams{Stdin: s.Stdin, Stdout: cut, Stderr: s.Stderr}); err != nil {
+		return err
+	}
+	return b.err
+}
+
+// cutWriter passes on its first left bytes and drops the rest.
+type cutWriter struct {
+	w    io.Writer
+	left int64
+}
+
+func (c *cutWriter) Write(p []byte) (int, error) {
+	n := int64(len(p))
+	if k := min(n, c.left); k > 0 {
+		if _, err := c.w.Write(p[:k]); err != nil {
+			return 0, err
+		}
+		c.left -= k
+	}
+	return int(n), nil
+}
+
+// TestCaptureRetriesBrokenStreams breaks the exec stream the two ways seen
+// through the real API server and kubelet: a stream cut short whose exit
+// status read as success, and a connection reset. The capture is made
+// again and stores the whole home; tar's own failures are not retried.
+func TestCaptureRetriesBrokenStreams(t *testing.T) {
+	reset := errs.Wrap(errs.Unavailable, errors.New("error reading from error stream: read message: read tcp 127.0.0.1:52694->127.0.0.1:37355: read: connection reset by peer"),
+		"exec in pod failed")
+	tests := []struct {
+		name   string
+		breaks int
+		err    error
+		execs  int32
+		stage  homesnap.Stage // "" when the capture completes
+		msg    string
+	}{
+		{name: "a stream cut short with a success status", breaks: 1, execs: 2},
+		{name: "a connection reset", breaks: 1, err: reset, execs: 2},
+		{name: "two broken attempts", breaks: 2, err: reset, execs: 3},
+		{name: "every attempt broken", breaks: homesnap.Attempts, execs: homesnap.Attempts, stage: homesnap.StageTar,
+			msg: fmt.Sprintf("attempt %d of %d", homesnap.Attempts, homesnap.Attempts)},
+		{name: "tar's own failure", breaks: 1, err: &kube.ExitError{Code: 2, Stderr: "tar: ./x: Cannot open: Permission denied"},
+			execs: 1, stage: homesnap.StageTar, msg: "Permission denied"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := setup(t, nil)
+			write(t, filepath.Join(e.pod.Dir, "notes.txt"), bytes.Repeat([]byte("hello snapshot\n"), 100000))
+			write(t, filepath.Join(e.pod.Dir, "cache.bin"), randomBytes(t, 8<<20))
+			// The cut falls inside cache.bin's content, whichever order
+			// tar takes the files in.
+			ex := &breakingExecer{kube: e.kube, breaks: tc.breaks, cut: 4 << 20, err: tc.err}
+			key := "snapshots/u/s1/r.tar.gz"
+			res, err := homesnap.Capture(context.Background(), ex, e.store, e.request(key))
+			assert.Equal(t, tc.execs, ex.execs.Load(), "execs")
+			if tc.stage != "" {
+				require.Error(t, err)
+				assert.Equal(t, tc.stage, homesnap.StageOf(err), "got %v", err)
+				assert.Contains(t, err.Error(), tc.msg)
+				objects, uploads := e.left(t, key)
+				assert.Zero(t, objects, "no archive or manifest is left")
+				assert.Zero(t, uploads, "no multipart upload is left")
+				return
+			}
+			require.NoError(t, err)
+			m := res.Manifest
+			assert.Equal(t, int64(3), m.Entries, "./, notes.txt and cache.bin")
+			assert.Equal(t, int64(1500000+8<<20), m.ContentBytes)
+			require.Len(t, m.Warnings, tc.breaks)
+			assert.Contains(t, m.Warnings[0], "exec stream broke")
+
+			body, _, err := e.store.Get(context.Background(), m.Archive, objstore.Pin{ETag: m.ETag})
+			require.NoError(t, err)
+			raw, err := io.ReadAll(body)
+			require.NoError(t, body.Close())
+			require.NoError(t, err)
+			out := t.TempDir()
+			cmd := exec.Command("tar", "-xzf", "-", "-C", out)
+			cmd.Stdin = bytes.NewReader(raw)
+			msg, err := cmd.CombinedOutput()
+			require.NoError(t, err, "%s", msg)
+			for _, f := range []string{"notes.txt", "cache.bin"} {
+				want, err := os.ReadFile(filepath.Join(e.pod.Dir, f))
+				require.NoError(t, err)
+				got, err := os.ReadFile(filepath.Join(out, f))
+				require.NoError(t, err)
+				assert.True(t, bytes.Equal(want, got), "%s stored whole", f)
+			}
+		})
+	}
 }
