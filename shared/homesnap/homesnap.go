@@ -179,8 +179,9 @@ var errLimit = errors.New("the home directory is larger than the snapshot limit"
 // Attempts is how many times Capture runs the pod's tar when its exec
 // stream breaks. Kubernetes' exec path can reset a stream as it ends, losing
 // its last bytes and sometimes its exit status (docs/snapshots.md, "Exec
-// streams can be cut short"); an attempt fails that way a few times in a
-// hundred, so three in a row practically never do.
+// streams can be cut short"). Whether it does depends on where a 5 s
+// heartbeat falls against the stream's end, so a new attempt usually
+// passes.
 const Attempts = 3
 
 // Capture runs the pod's tar and stores its gzip with a manifest. It
