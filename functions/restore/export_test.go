@@ -13,3 +13,10 @@ func WithFaults(f *Function, wrap func(Objects, Pods) (Objects, Pods)) *Function
 	f.wrap = wrap
 	return f
 }
+
+// ClearCmd and ExtractCmd are the job's clear and extract commands, for the
+// benchmark that measures them.
+var (
+	ClearCmd   = clearCmd
+	ExtractCmd = extractCmd
+)

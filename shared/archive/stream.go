@@ -107,20 +107,22 @@ func (p *repacker) write(h *tar.Header, e entry, body io.Reader) error {
 //
 // A cap that stops the checks must stop the reading as soon (a bomb's
 // bytes are not fetched past it), so the reading is kept close to the
-// checks: each read of the body is handed over as it is
-// (chunkpipe.Pipe.ReadOnce), at most readChunks of them are ahead, and one
-// read brings at most a 64th of what was read before it, between minRead
-// and readChunk. The reading is thus at most 64 KiB ahead of the checks
-// over the first MiB, about 6% of what was read after, never more than
-// 1 MiB (docs/archive.md, Reading).
+// checks: a chunk holds a 64th of what was read before it, between minRead
+// and readChunk, and at most readChunks of them are ahead. The reading is
+// thus at most 64 KiB ahead of the checks over the first MiB, about 6% of
+// what was read after, never more than 1 MiB (docs/archive.md, Reading).
+// A chunk is filled before it is handed over, fewer bytes only at the
+// body's end or failure: an HTTP body's reads bring what the connection
+// holds, often a few KiB, and handing each over by itself costs the
+// decompressing goroutine, the pipeline's longest, a wake-up per read.
 const (
 	readChunks = 4
 	readChunk  = 256 << 10
 	minRead    = 16 << 10
 )
 
-// readSize is the most the next read of the body may bring once read
-// bytes of it were read.
+// readSize is the size of the next chunk once read bytes of the body were
+// read.
 func readSize(read int64) int { return int(min(max(read/64, minRead), readChunk)) }
 
 // source counts and hashes the compressed bytes and remembers the first
@@ -148,14 +150,14 @@ func (s *source) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// readAll reads src to its end into p, a read at a time, and ends p's
+// readAll reads src to its end into p, a chunk at a time, and ends p's
 // writing side with src's error, nil at its end. (source records any other
 // error than io.EOF itself as a failure to read, wrapped ones included.)
 func readAll(p *chunkpipe.Pipe, src *source) {
-	lim := &limitedReads{r: src}
+	full := &fullReads{r: src}
 	for {
-		lim.n = readSize(src.n)
-		if _, err := p.ReadOnce(lim); err != nil {
+		full.n = readSize(src.n)
+		if _, err := p.ReadOnce(full); err != nil {
 			if err == io.EOF {
 				err = nil
 			}
@@ -165,13 +167,25 @@ func readAll(p *chunkpipe.Pipe, src *source) {
 	}
 }
 
-// limitedReads reads at most n bytes from r in each Read.
-type limitedReads struct {
+// fullReads reads n bytes from r in each Read, fewer only when r ends or
+// fails.
+type fullReads struct {
 	r io.Reader
 	n int
 }
 
-func (l *limitedReads) Read(p []byte) (int, error) { return l.r.Read(p[:min(len(p), l.n)]) }
+func (f *fullReads) Read(p []byte) (int, error) {
+	p = p[:min(len(p), f.n)]
+	n := 0
+	for n < len(p) {
+		k, err := f.r.Read(p[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
 
 // chunkReader reads the chunks of a pipe.
 type chunkReader struct {

@@ -228,3 +228,19 @@ func Sizes(b *testing.B, name, def string) []int64 {
 	}
 	return out
 }
+
+// Rounds reads the environment variable name: how many times a benchmark
+// measures its stages and pipelines, 1 when unset. Each figure is then the
+// best of the rounds (Best).
+func Rounds(b *testing.B, name string) int {
+	b.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return 1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		b.Fatalf("%s=%q: not a number of rounds", name, v)
+	}
+	return n
+}

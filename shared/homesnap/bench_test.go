@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 
 	"github.com/klauspost/compress/gzip"
@@ -93,12 +92,7 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 		return benchtest.Measure(benchtest.Profiled(b, os.Getenv("SNAPSHOT_BENCH_PROFILE"), name, f))
 	}
 
-	rounds := 1
-	if v := os.Getenv("SNAPSHOT_BENCH_ROUNDS"); v != "" {
-		n, err := strconv.Atoi(v)
-		require.NoError(b, err, "SNAPSHOT_BENCH_ROUNDS")
-		rounds = max(n, 1)
-	}
+	rounds := benchtest.Rounds(b, "SNAPSHOT_BENCH_ROUNDS")
 
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
