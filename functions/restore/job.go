@@ -456,8 +456,8 @@ func (r *run) backupFailed(cause error) {
 // checked entries, checks every restored entry is there and gives the files
 // to the session's user. It returns the number of entries restored.
 func (r *run) replace(ctx context.Context, key string, pin objstore.Pin, want archive.Expect) (int64, error) {
-	if err := r.f.pods.Exec(ctx, r.pod, clearCmd, kube.Streams{}); err != nil {
-		return 0, fmt.Errorf("clear /config: %w", err)
+	if err := r.clear(ctx); err != nil {
+		return 0, err
 	}
 	if err := r.phase(ctx, PhaseExtracting); err != nil {
 		return 0, err
@@ -472,18 +472,101 @@ func (r *run) replace(ctx context.Context, key string, pin objstore.Pin, want ar
 	if err := r.verify(ctx, restored); err != nil {
 		return 0, err
 	}
-	if err := r.f.pods.Exec(ctx, r.pod, chownCmd(r.pod.UID, r.pod.GID), kube.Streams{}); err != nil {
-		return 0, fmt.Errorf("chown /config: %w", err)
+	if err := r.chown(ctx); err != nil {
+		return 0, err
 	}
 	return int64(restored.Len()), nil
 }
 
+// again runs once, which runs one command in the pod, and runs it again
+// while its exec's stream broke (kube.StreamBroke), up to kube.Attempts in
+// all (docs/restore.md, "Broken exec streams"). once returns its exec's
+// failure, or its output found cut short, as execErr, apart from any other
+// failure (a re-pack's refusal, a storage read, a clear before it), which
+// ends it at once. Before another attempt the session's pod is found again
+// by its label: a pod that is gone, or was replaced, ends it too.
+func (r *run) again(ctx context.Context, once func(attempt int) (execErr, err error)) error {
+	for attempt := 1; ; attempt++ {
+		execErr, err := once(attempt)
+		if err != nil || execErr == nil {
+			return err
+		}
+		if !kube.StreamBroke(ctx, execErr) || attempt == kube.Attempts {
+			if attempt > 1 {
+				return fmt.Errorf("%w (attempt %d of %d)", execErr, attempt, kube.Attempts)
+			}
+			return execErr
+		}
+		r.f.svc.Log.Warn("restore: exec stream broke, running the command again",
+			"restoreJob", r.j.ID, "phase", r.at, "attempt", attempt, "error", execErr)
+		if err := r.samePod(ctx); err != nil {
+			return fmt.Errorf("%w; not run again: %w", execErr, err)
+		}
+	}
+}
+
+// samePod checks that the job's pod is still the session's Running and
+// Ready pod.
+func (r *run) samePod(ctx context.Context) error {
+	p, err := r.f.pods.SessionPod(ctx, kube.Namespace(r.j.Target.Namespace, r.f.cfg.Namespace), r.j.TargetSessionID)
+	if err != nil {
+		return err
+	}
+	if p.Name != r.pod.Name {
+		return fmt.Errorf("the session's pod %s was replaced by %s", r.pod.Name, p.Name)
+	}
+	return nil
+}
+
+// clear empties /config. Running it again only deletes what is left.
+func (r *run) clear(ctx context.Context) error {
+	return r.again(ctx, func(int) (error, error) {
+		if err := r.f.pods.Exec(ctx, r.pod, clearCmd, kube.Streams{}); err != nil {
+			return fmt.Errorf("clear /config: %w", err), nil
+		}
+		return nil, nil
+	})
+}
+
+// chown gives /config to the session's user. Running it again gives the
+// same owner.
+func (r *run) chown(ctx context.Context) error {
+	return r.again(ctx, func(int) (error, error) {
+		if err := r.f.pods.Exec(ctx, r.pod, chownCmd(r.pod.UID, r.pod.GID), kube.Streams{}); err != nil {
+			return fmt.Errorf("chown /config: %w", err), nil
+		}
+		return nil, nil
+	})
+}
+
 // extract streams the object at key, pinned, through archive.Repack into
-// the pod's tar. A failure on either side stops the other.
+// the pod's tar. An attempt whose exec stream broke may have left part of
+// the archive in /config: the next one clears it again and reads the
+// object afresh, pinned and re-checked as the first.
 func (r *run) extract(ctx context.Context, key string, pin objstore.Pin, want archive.Expect) (*archive.NameSet, error) {
+	var restored *archive.NameSet
+	err := r.again(ctx, func(attempt int) (execErr, err error) {
+		if attempt > 1 {
+			if err := r.clear(ctx); err != nil {
+				return nil, err
+			}
+		}
+		restored, execErr, err = r.extractOnce(ctx, key, pin, want)
+		return execErr, err
+	})
+	return restored, err
+}
+
+// errTarStopped is what Repack meets when the pod's tar stops reading.
+var errTarStopped = errors.New("the pod's tar stopped reading")
+
+// extractOnce is one attempt of extract. A failure on either side stops
+// the other; the exec's failure is returned as execErr unless the re-pack
+// failed first, on its own.
+func (r *run) extractOnce(ctx context.Context, key string, pin objstore.Pin, want archive.Expect) (restored *archive.NameSet, execErr, err error) {
 	body, _, err := r.f.objects.Get(ctx, key, pin)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer body.Close()
 	pr, pw := io.Pipe()
@@ -503,45 +586,49 @@ func (r *run) extract(ctx context.Context, key string, pin objstore.Pin, want ar
 		}
 		done <- result{sum, err}
 	}()
-	execErr := r.f.pods.Exec(ectx, r.pod, extractCmd, kube.Streams{Stdin: pr})
-	pr.CloseWithError(errors.New("the pod's tar stopped reading"))
+	execErr = r.f.pods.Exec(ectx, r.pod, extractCmd, kube.Streams{Stdin: pr})
+	pr.CloseWithError(errTarStopped)
 	res := <-done
-	if res.err != nil {
-		return nil, fmt.Errorf("re-pack the archive: %w", res.err)
+	switch {
+	case res.err != nil && (execErr == nil || !errors.Is(res.err, errTarStopped)):
+		return nil, nil, fmt.Errorf("re-pack the archive: %w", res.err)
+	case execErr != nil:
+		return nil, fmt.Errorf("extract into /config: %w", execErr), nil
 	}
-	if execErr != nil {
-		return nil, fmt.Errorf("extract into /config: %w", execErr)
-	}
-	return res.sum.Restored, nil
+	return res.sum.Restored, nil, nil
 }
 
 // verify counts, in the pod, the restored entries that are there; every one
-// must be. Files the session created meanwhile are not counted.
+// must be. Files the session created meanwhile are not counted. The listing
+// changes nothing, so one cut short is simply made again: one that does not
+// end with a NUL, and one that lacks restored entries, since a listing cut
+// between two names looks just like that (docs/restore.md).
 func (r *run) verify(ctx context.Context, restored *archive.NameSet) error {
-	pr, pw := io.Pipe()
-	type result struct {
-		n   int
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		n, err := restored.CountPresent(pr)
-		pr.CloseWithError(err)
-		done <- result{n, err}
-	}()
-	err := r.f.pods.Exec(ctx, r.pod, listCmd, kube.Streams{Stdout: pw})
-	pw.CloseWithError(err)
-	res := <-done
-	if err != nil {
-		return fmt.Errorf("list /config: %w", err)
-	}
-	if res.err != nil {
-		return res.err
-	}
-	if res.n != restored.Len() {
-		return fmt.Errorf("verify: %d of %d restored entries are in /config", res.n, restored.Len())
-	}
-	return nil
+	return r.again(ctx, func(int) (error, error) {
+		pr, pw := io.Pipe()
+		type result struct {
+			n   int
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			n, err := restored.CountPresent(pr)
+			pr.CloseWithError(err)
+			done <- result{n, err}
+		}()
+		err := r.f.pods.Exec(ctx, r.pod, listCmd, kube.Streams{Stdout: pw})
+		pw.CloseWithError(err)
+		res := <-done
+		switch {
+		case err != nil:
+			return fmt.Errorf("list /config: %w", err), nil
+		case res.err != nil:
+			return fmt.Errorf("list /config: cut short: %w", res.err), nil
+		case res.n != restored.Len():
+			return fmt.Errorf("verify: %d of %d restored entries are in /config", res.n, restored.Len()), nil
+		}
+		return nil, nil
+	})
 }
 
 // finish records a completed job, its snapshot available again, and the
@@ -646,8 +733,8 @@ func (r *run) rollback(ctx context.Context) error {
 	if a := b.Archive; pin.ETag != a.ETag || pin.VersionID != a.VersionID || want.SHA256 != a.SHA256 || want.Entries != a.Entries {
 		return fmt.Errorf("the backup's manifest describes another archive than the one recorded in snapshot %s", b.ID)
 	}
-	if err := r.f.pods.Exec(ctx, r.pod, clearCmd, kube.Streams{}); err != nil {
-		return fmt.Errorf("clear /config: %w", err)
+	if err := r.clear(ctx); err != nil {
+		return err
 	}
 	restored, err := r.extract(ctx, b.StoragePath, pin, want)
 	if err != nil {
@@ -656,8 +743,5 @@ func (r *run) rollback(ctx context.Context) error {
 	if err := r.verify(ctx, restored); err != nil {
 		return err
 	}
-	if err := r.f.pods.Exec(ctx, r.pod, chownCmd(r.pod.UID, r.pod.GID), kube.Streams{}); err != nil {
-		return fmt.Errorf("chown /config: %w", err)
-	}
-	return nil
+	return r.chown(ctx)
 }

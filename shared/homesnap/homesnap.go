@@ -176,45 +176,31 @@ type Result struct {
 // errLimit is the cap being passed, recorded as the tar stage's failure.
 var errLimit = errors.New("the home directory is larger than the snapshot limit")
 
-// Attempts is how many times Capture runs the pod's tar when its exec
-// stream breaks. Kubernetes' exec path can reset a stream as it ends, losing
-// its last bytes and sometimes its exit status (docs/snapshots.md, "Exec
-// streams can be cut short"). Whether it does depends on where a 5 s
-// heartbeat falls against the stream's end, so a new attempt usually
-// passes.
-const Attempts = 3
-
 // Capture runs the pod's tar and stores its gzip with a manifest. It
 // returns only after every goroutine it started has ended. On failure the
 // multipart upload has been aborted and no archive or manifest is left;
 // the error is an *Error naming the stage.
 //
-// An attempt whose exec stream broke (StageTar with no exit status from
-// tar: the connection was reset, or the stream ended without tar's
-// end-of-archive blocks) is cleaned up and made again from the start, up
-// to Attempts in all, while ctx lasts. Progress then starts again from
-// zero, and the manifest's warnings record the broken attempts. Any other
-// failure, tar's own exit status included, ends the capture at once.
+// An attempt whose exec stream broke (StageTar and kube.StreamBroke: no
+// exit status from tar, the connection was reset or the stream ended
+// without tar's end-of-archive blocks) is cleaned up and made again from
+// the start, up to kube.Attempts in all, while ctx lasts. Progress then
+// starts again from zero, and the manifest's warnings record the broken
+// attempts. Any other failure, tar's own exit status included, ends the
+// capture at once.
 func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, error) {
 	var broken []string
 	for attempt := 1; ; attempt++ {
 		res, err := capture(ctx, ex, st, req, broken)
-		if err == nil || !streamBroke(err) || attempt == Attempts || ctx.Err() != nil {
+		if err == nil || StageOf(err) != StageTar || !kube.StreamBroke(ctx, err) || attempt == kube.Attempts {
 			var e *Error
 			if len(broken) > 0 && errors.As(err, &e) {
-				err = &Error{Stage: e.Stage, Err: fmt.Errorf("%w (attempt %d of %d; the first: %s)", e.Err, attempt, Attempts, broken[0])}
+				err = &Error{Stage: e.Stage, Err: fmt.Errorf("%w (attempt %d of %d; the first: %s)", e.Err, attempt, kube.Attempts, broken[0])}
 			}
 			return res, err
 		}
 		broken = append(broken, err.Error())
 	}
-}
-
-// streamBroke reports whether a capture failed because its exec stream
-// broke rather than because of tar, the home or the store: the tar stage
-// with no exit status from tar.
-func streamBroke(err error) bool {
-	return StageOf(err) == StageTar && kube.ExitCode(err) < 0
 }
 
 // capture is one attempt of Capture; broken lists the earlier attempts'

@@ -375,8 +375,8 @@ func TestCaptureRetriesBrokenStreams(t *testing.T) {
 		{name: "a stream cut short with a success status", breaks: 1, execs: 2},
 		{name: "a connection reset", breaks: 1, err: reset, execs: 2},
 		{name: "two broken attempts", breaks: 2, err: reset, execs: 3},
-		{name: "every attempt broken", breaks: homesnap.Attempts, execs: homesnap.Attempts, stage: homesnap.StageTar,
-			msg: fmt.Sprintf("attempt %d of %d", homesnap.Attempts, homesnap.Attempts)},
+		{name: "every attempt broken", breaks: kube.Attempts, execs: kube.Attempts, stage: homesnap.StageTar,
+			msg: fmt.Sprintf("attempt %d of %d", kube.Attempts, kube.Attempts)},
 		{name: "tar's own failure", breaks: 1, err: &kube.ExitError{Code: 2, Stderr: "tar: ./x: Cannot open: Permission denied"},
 			execs: 1, stage: homesnap.StageTar, msg: "Permission denied"},
 	}

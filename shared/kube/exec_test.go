@@ -216,6 +216,7 @@ func TestExecRefusals(t *testing.T) {
 			require.Error(t, err)
 			assert.Equal(t, tc.kind, errs.KindOf(err), "got %v", err)
 			assert.Contains(t, err.Error(), tc.msg)
+			assert.False(t, kube.StreamBroke(context.Background(), err), "a refusal is not a broken stream: no retry")
 		})
 	}
 }
@@ -247,4 +248,10 @@ func TestExecPodDisappears(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatal("exec did not end after its pod was deleted")
 	}
+	// What a retry of that exec meets: the pod is gone, which is no broken
+	// stream, so nothing is run again.
+	err = k.Exec(context.Background(), p, []string{"true"}, kube.Streams{})
+	require.Error(t, err)
+	assert.Equal(t, errs.NotFound, errs.KindOf(err), "got %v", err)
+	assert.False(t, kube.StreamBroke(context.Background(), err))
 }

@@ -239,6 +239,30 @@ func ExitCode(err error) int {
 	return -1
 }
 
+// Attempts is how many times in all a command whose exec stream broke
+// (StreamBroke) is run. Kubernetes' exec path can reset a stream as it
+// ends, losing its last bytes and sometimes its exit status
+// (docs/snapshots.md, "Exec streams can be cut short"). Whether it does
+// depends on where a 5 s heartbeat falls against the stream's end, so a new
+// attempt usually passes.
+const Attempts = 3
+
+// StreamBroke reports whether err, the failure of an exec or of reading its
+// output, is the exec's stream breaking rather than the command or the pod
+// failing: no exit status came back from the command (the connection was
+// reset, or the output was found cut short), ctx has not ended, and the pod
+// was neither missing nor refused (errs.NotFound, errs.Forbidden). Only such
+// a failure may be met by running the command again, and only a command
+// that is safe to run twice; a command's own non-zero exit never. Pass only
+// an exec's own failure: no other error carries an exit status either.
+func StreamBroke(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil || ExitCode(err) >= 0 {
+		return false
+	}
+	k := errs.KindOf(err)
+	return k != errs.NotFound && k != errs.Forbidden
+}
+
 // Streams are an exec's standard streams; a nil one is not opened.
 type Streams struct {
 	Stdin  io.Reader

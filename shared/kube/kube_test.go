@@ -1,6 +1,9 @@
 package kube_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/kube"
 )
 
@@ -129,6 +133,38 @@ func TestExitError(t *testing.T) {
 			if tc.msg != "" {
 				assert.True(t, strings.Contains(tc.err.Error(), tc.msg), "got %q, want it to contain %q", tc.err.Error(), tc.msg)
 			}
+		})
+	}
+}
+
+func TestStreamBroke(t *testing.T) {
+	reset := errs.Wrap(errs.Unavailable, errors.New("error reading from error stream: read message: read tcp 127.0.0.1:52694->127.0.0.1:37355: read: connection reset by peer"),
+		"exec in pod p failed")
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{name: "no error", err: nil},
+		{name: "a connection reset", err: reset, want: true},
+		{name: "a reset, wrapped by its caller", err: fmt.Errorf("list /config: %w", reset), want: true},
+		{name: "output found cut short after a success status", err: errors.New("the listing was cut short: list does not end with NUL"), want: true},
+		{name: "the command's own exit status", err: &kube.ExitError{Code: 2, Stderr: "tar: Unexpected EOF in archive"}},
+		{name: "the command's exit status, wrapped", err: fmt.Errorf("chown /config: %w", &kube.ExitError{Code: 1})},
+		{name: "the pod is gone", err: errs.E(errs.NotFound, "kube: get pod p: not found")},
+		{name: "the exec is refused", err: errs.E(errs.Forbidden, "kube: get pod p: refused")},
+		{name: "the context ended", ctx: ended, err: reset},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := tc.ctx
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			assert.Equal(t, tc.want, kube.StreamBroke(ctx, tc.err))
 		})
 	}
 }
