@@ -39,6 +39,8 @@ type breakingPods struct {
 	breaks map[string][]int
 	cut    int64
 	reset  bool
+	// then, when set, runs after each broken exec, before it returns.
+	then func()
 }
 
 // newBreakingPods wraps p; the command names are those of
@@ -79,7 +81,7 @@ func (b *breakingPods) Exec(ctx context.Context, pod kube.Pod, cmd []string, s k
 	b.mu.Lock()
 	b.execs[name]++
 	brk := slices.Contains(b.breaks[name], b.execs[name])
-	cut, reset := b.cut, b.reset
+	cut, reset, then := b.cut, b.reset, b.then
 	b.mu.Unlock()
 	if !brk {
 		return b.Pods.Exec(ctx, pod, cmd, s)
@@ -91,6 +93,9 @@ func (b *breakingPods) Exec(ctx context.Context, pod kube.Pod, cmd []string, s k
 		s.Stdout = &cutWriter{w: s.Stdout, left: cut}
 	}
 	err := b.Pods.Exec(ctx, pod, cmd, s)
+	if then != nil {
+		then()
+	}
 	if reset {
 		return errs.Wrap(errs.Unavailable, errors.New("error reading from error stream: read message: read tcp 127.0.0.1:52694->127.0.0.1:37355: read: connection reset by peer"),
 			"exec in pod %s failed", pod.Name)
@@ -260,4 +265,38 @@ func TestRestoreBrokenExecStreams(t *testing.T) {
 				"the admins are told of a failed rollback, and only of one")
 		})
 	}
+}
+
+// TestRestoreBrokenStreamOfAGonePod resets the listing's stream and deletes
+// the pod: the pod is not found again by its label, so the listing is not
+// run again, and the rollback cannot reach the pod either: the job says so
+// loudly.
+func TestRestoreBrokenStreamOfAGonePod(t *testing.T) {
+	var bp *breakingPods
+	w := newWorld(t, func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods) {
+		bp = newBreakingPods(p, w.uid)
+		return o, bp
+	})
+	writeTree(t, w.pod.Dir, homeBefore)
+	snap := w.storeSnapshot(t, snapshotDir(t))
+	bp.set(map[string][]int{"list": {1}}, 0, true)
+	bp.mu.Lock()
+	bp.then = func() { w.pod.Delete(t) }
+	bp.mu.Unlock()
+	id, e := w.request(t, snap)
+	require.Equal(t, 2, w.deliver(t, e)/100)
+
+	row := w.job(t, snap, id)
+	assert.Equal(t, "failed", row.Status)
+	assert.Equal(t, map[string]int{"clear": 2, "extract": 1, "list": 1}, bp.counts(),
+		"the listing is not run again; the rollback's clear finds no pod")
+	assert.Contains(t, row.Error, "not run again: session "+w.session+" has no running pod")
+	assert.Contains(t, row.Error, "rollback failed: clear /config")
+	assert.Equal(t, jobState{Phase: string(function.PhaseFailed), FailedPhase: string(function.PhaseVerifying), Backup: row.Backup,
+		RollbackFailed: true}, stateOf(t, w.h, id))
+	var d events.RestoreFailedData
+	waitEvent(t, w.h, events.RestoreFailed, id, &d)
+	assert.True(t, d.RollbackFailed)
+	assert.Equal(t, 1, w.h.Count(`select count(*) from notifications
+		where user_id = 'root' and type = 'snapshot.restore.rollback_failed' and data->>'restoreJobId' = $1`, id))
 }
