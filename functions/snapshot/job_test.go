@@ -254,7 +254,7 @@ func TestSnapshotJobFailures(t *testing.T) {
 					require.NoError(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%02d", i)), []byte("x"), 0o644))
 				}
 			}},
-		// The broken stream is captured again (homesnap.Attempts), and that
+		// The broken stream is captured again (kube.Attempts), and that
 		// attempt finds the pod gone.
 		{name: "the pod disappears mid-stream", stage: "pod", reason: "not found", o: opts{env: map[string]string{"SNAPSHOT_MAX_BYTES": "8589934592"}}, prepare: func(t *testing.T, w *world) {
 			pod := w.pod(t, "s-1")
