@@ -140,6 +140,29 @@ type manifestReader interface {
 // errLeaseLost ends a job whose lease another owner took over.
 var errLeaseLost = errors.New("the job's lease was lost to another owner")
 
+// leased returns a context for work done under lease: detached from
+// parent's cancellation (the work outlives a delivery the broker gave up
+// on), ended after timeout or as soon as the lease is lost (its cause then
+// errLeaseLost), with the lease kept alive meanwhile. stop ends the keeping
+// and the context.
+func leased(parent context.Context, lease *db.Lease, timeout time.Duration) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
+	ctx, cancelT := context.WithTimeout(ctx, timeout)
+	keep := lease.Keep(ctx, 0)
+	go func() {
+		select {
+		case <-lease.Lost():
+			cancel(errLeaseLost)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		keep()
+		cancelT()
+		cancel(nil)
+	}
+}
+
 // runJob is the handler of snapshot.restore.requested: it runs the job to
 // its end while holding the job's lease, so that a redelivery while it runs
 // is acknowledged and a redelivery after this owner died takes over.
@@ -179,18 +202,7 @@ func (f *Function) runJob(ctx context.Context, e cloudevents.Event) error {
 	}
 	// The job outlives a delivery that the broker gave up on: the lease,
 	// not the request, says who runs it.
-	jctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
-	defer cancel(nil)
-	jctx, cancelT := context.WithTimeout(jctx, f.cfg.JobTimeout)
-	defer cancelT()
-	stop := lease.Keep(jctx, 0)
-	go func() {
-		select {
-		case <-lease.Lost():
-			cancel(errLeaseLost)
-		case <-jctx.Done():
-		}
-	}()
+	jctx, stop := leased(ctx, lease, f.cfg.JobTimeout)
 	defer func() {
 		stop()
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -497,6 +509,9 @@ func (r *run) again(ctx context.Context, once func(attempt int) (execErr, err er
 			}
 			return execErr
 		}
+		if err := r.alive(ctx); err != nil {
+			return fmt.Errorf("%w; not run again: %w", execErr, err)
+		}
 		r.f.svc.Log.Warn("restore: exec stream broke, running the command again",
 			"restoreJob", r.j.ID, "phase", r.at, "attempt", attempt, "error", execErr)
 		if err := r.samePod(ctx); err != nil {
@@ -590,10 +605,14 @@ func (r *run) extractOnce(ctx context.Context, key string, pin objstore.Pin, wan
 	pr.CloseWithError(errTarStopped)
 	res := <-done
 	switch {
-	case res.err != nil && (execErr == nil || !errors.Is(res.err, errTarStopped)):
+	case res.err != nil && !errors.Is(res.err, errTarStopped):
 		return nil, nil, fmt.Errorf("re-pack the archive: %w", res.err)
 	case execErr != nil:
 		return nil, fmt.Errorf("extract into /config: %w", execErr), nil
+	case res.err != nil:
+		// The exec read as a success, but the pod's tar stopped reading
+		// before the stream's end: the stream was cut short on its way.
+		return nil, fmt.Errorf("extract into /config: %w", res.err), nil
 	}
 	return res.sum.Restored, nil, nil
 }
@@ -674,6 +693,11 @@ func (r *run) fail(ctx context.Context, cause, rejected error) error {
 			reason += "; /config was rolled back to the pre-restore snapshot " + r.j.Backup.ID
 		}
 	}
+	if errors.Is(r.alive(ctx), errLeaseLost) {
+		// Another owner took the job over during the rollback: it rolls
+		// back and records the outcome; this one must not write.
+		return cause
+	}
 	snapStatus := SnapshotAvailable
 	if errors.Is(rejected, archive.ErrRejected) {
 		snapStatus = SnapshotFailed
@@ -717,9 +741,11 @@ func (r *run) rollback(ctx context.Context) error {
 	if b.ID == "" || b.Status != SnapshotAvailable {
 		return errors.New("no pre-restore backup to roll back to")
 	}
-	// The rollback gets its own time: the job's may be what ran out.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.f.cfg.JobTimeout)
-	defer cancel()
+	// The rollback gets its own time, as the job's may be what ran out,
+	// and keeps the lease itself, as the job's keeping ends with the job's
+	// time. It stops as soon as the lease is lost: the new owner rolls back.
+	ctx, stop := leased(ctx, r.lease, r.f.cfg.JobTimeout)
+	defer stop()
 	if err := r.phase(ctx, PhaseRollingBack); err != nil {
 		return err
 	}
