@@ -12,6 +12,7 @@
 package homesnap
 
 import (
+	"archive/tar"
 	"bufio"
 	"context"
 	"crypto/sha256"
@@ -186,13 +187,13 @@ var errLimit = errors.New("the home directory is larger than the snapshot limit"
 // without tar's end-of-archive blocks) is cleaned up and made again from
 // the start, up to kube.Attempts in all, while ctx lasts. Progress then
 // starts again from zero, and the manifest's warnings record the broken
-// attempts. Any other failure, tar's own exit status included, ends the
-// capture at once.
+// attempts. Any other failure, tar's own exit status and a malformed
+// stream included, ends the capture at once.
 func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, error) {
 	var broken []string
 	for attempt := 1; ; attempt++ {
 		res, err := capture(ctx, ex, st, req, broken)
-		if err == nil || StageOf(err) != StageTar || !kube.StreamBroke(ctx, err) || attempt == kube.Attempts {
+		if err == nil || !streamBroke(ctx, err) || attempt == kube.Attempts {
 			var e *Error
 			if len(broken) > 0 && errors.As(err, &e) {
 				err = &Error{Stage: e.Stage, Err: fmt.Errorf("%w (attempt %d of %d; the first: %s)", e.Err, attempt, kube.Attempts, broken[0])}
@@ -201,6 +202,13 @@ func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, err
 		}
 		broken = append(broken, err.Error())
 	}
+}
+
+// streamBroke says whether a capture failed because its exec stream broke
+// (kube.StreamBroke) in the tar stage, rather than because the stream was
+// malformed: a broken stream is cut short, never garbled.
+func streamBroke(ctx context.Context, err error) bool {
+	return StageOf(err) == StageTar && kube.StreamBroke(ctx, err) && !errors.Is(err, tar.ErrHeader)
 }
 
 // capture is one attempt of Capture; broken lists the earlier attempts'

@@ -326,6 +326,7 @@ type breakingExecer struct {
 	breaks int
 	cut    int64
 	err    error
+	garble bool // the first header's checksum is garbled instead
 	execs  atomic.Int32
 }
 
@@ -333,11 +334,32 @@ func (b *breakingExecer) Exec(ctx context.Context, pod kube.Pod, cmd []string, s
 	if int(b.execs.Add(1)) > b.breaks {
 		return b.kube.Exec(ctx, pod, cmd, s)
 	}
-	cut := &cutWriter{w: s.Stdout, left: b.cut}
-	if err := b.kube.Exec(ctx, pod, cmd, kube.Streams{Stdin: s.Stdin, Stdout: cut, Stderr: s.Stderr}); err != nil {
+	var out io.Writer = &cutWriter{w: s.Stdout, left: b.cut}
+	if b.garble {
+		out = &garbleWriter{w: s.Stdout}
+	}
+	if err := b.kube.Exec(ctx, pod, cmd, kube.Streams{Stdin: s.Stdin, Stdout: out, Stderr: s.Stderr}); err != nil {
 		return err
 	}
 	return b.err
+}
+
+// garbleWriter passes everything on with the first header's checksum field
+// (bytes 148 to 155) overwritten.
+type garbleWriter struct {
+	w   io.Writer
+	pos int64
+}
+
+func (g *garbleWriter) Write(p []byte) (int, error) {
+	q := bytes.Clone(p)
+	for i := range q {
+		if at := g.pos + int64(i); at >= 148 && at < 156 {
+			q[i] = '7'
+		}
+	}
+	g.pos += int64(len(p))
+	return g.w.Write(q)
 }
 
 // cutWriter passes on its first left bytes and drops the rest.
@@ -368,6 +390,7 @@ func TestCaptureRetriesBrokenStreams(t *testing.T) {
 		name   string
 		breaks int
 		err    error
+		garble bool
 		execs  int32
 		stage  homesnap.Stage // "" when the capture completes
 		msg    string
@@ -379,6 +402,8 @@ func TestCaptureRetriesBrokenStreams(t *testing.T) {
 			msg: fmt.Sprintf("attempt %d of %d", kube.Attempts, kube.Attempts)},
 		{name: "tar's own failure", breaks: 1, err: &kube.ExitError{Code: 2, Stderr: "tar: ./x: Cannot open: Permission denied"},
 			execs: 1, stage: homesnap.StageTar, msg: "Permission denied"},
+		{name: "a malformed stream, not a broken one", breaks: 1, garble: true, execs: 1, stage: homesnap.StageTar,
+			msg: "invalid tar header"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -387,7 +412,7 @@ func TestCaptureRetriesBrokenStreams(t *testing.T) {
 			write(t, filepath.Join(e.pod.Dir, "cache.bin"), randomBytes(t, 8<<20))
 			// The cut falls inside cache.bin's content, whichever order
 			// tar takes the files in.
-			ex := &breakingExecer{kube: e.kube, breaks: tc.breaks, cut: 4 << 20, err: tc.err}
+			ex := &breakingExecer{kube: e.kube, breaks: tc.breaks, cut: 4 << 20, err: tc.err, garble: tc.garble}
 			key := "snapshots/u/s1/r.tar.gz"
 			res, err := homesnap.Capture(context.Background(), ex, e.store, e.request(key))
 			assert.Equal(t, tc.execs, ex.execs.Load(), "execs")

@@ -198,6 +198,7 @@ func TestExecRefusals(t *testing.T) {
 	session := kl.Pod(t, ns, kubetest.PodSpec{SessionID: "s1"})
 	other := kl.Pod(t, ns, kubetest.PodSpec{Labels: map[string]string{"app": "streamspace-api"}})
 	granted := grantExec(t, c, ns, "snapshot")
+	noExec := grantExec(t, c, ns, "reader", "watch")
 
 	tests := []struct {
 		name string
@@ -209,6 +210,8 @@ func TestExecRefusals(t *testing.T) {
 		{name: "a pod without app=streamspace-session", cfg: granted, pod: kube.Pod{Namespace: ns, Name: other.Name}, kind: errs.Forbidden, msg: "not a session pod"},
 		{name: "a ServiceAccount with no Role", cfg: c.ServiceAccountConfig("functions", "nobody"), pod: kube.Pod{Namespace: ns, Name: session.Name}, kind: errs.Forbidden},
 		{name: "a pod that does not exist", cfg: granted, pod: kube.Pod{Namespace: ns, Name: "gone"}, kind: errs.NotFound},
+		{name: "a ServiceAccount that may read pods but not exec", cfg: noExec, pod: kube.Pod{Namespace: ns, Name: session.Name},
+			kind: errs.Forbidden, msg: `"pods/exec"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -311,9 +311,28 @@ func (c *Client) Exec(ctx context.Context, pod Pod, cmd []string, s Streams) err
 		if ctx.Err() != nil {
 			return fmt.Errorf("kube: exec in %s: %w", pod.Name, context.Cause(ctx))
 		}
+		if refused(err) {
+			// The API server answered the exec itself with an error (RBAC,
+			// the admission policy, a pod gone): the command never ran.
+			if apierrors.IsNotFound(err) {
+				return errs.Wrap(errs.NotFound, err, "exec in pod %s: not found", pod.Name)
+			}
+			return errs.Wrap(errs.Forbidden, err, "exec in pod %s refused", pod.Name)
+		}
 		return errs.Wrap(errs.Unavailable, err, "exec in pod %s failed", pod.Name)
 	}
 	return nil
+}
+
+// refused says whether err is the API server's answer to a request with a
+// status of 4xx.
+func refused(err error) bool {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
+		return false
+	}
+	code := status.Status().Code
+	return code >= 400 && code < 500
 }
 
 func (c *Client) executor(u string) (remotecommand.Executor, error) {
