@@ -2,7 +2,6 @@ package function_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,9 +16,9 @@ import (
 
 	"github.com/streamspace-dev/functions/events"
 	function "github.com/streamspace-dev/functions/functions/restore"
-	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/kube"
+	"github.com/streamspace-dev/functions/shared/kubetest"
 )
 
 // breakingPods is the job's real pod client whose chosen execs end as
@@ -90,34 +89,16 @@ func (b *breakingPods) Exec(ctx context.Context, pod kube.Pod, cmd []string, s k
 		s.Stdin = io.LimitReader(s.Stdin, cut)
 	}
 	if s.Stdout != nil {
-		s.Stdout = &cutWriter{w: s.Stdout, left: cut}
+		s.Stdout = &kubetest.CutWriter{W: s.Stdout, Left: cut}
 	}
 	err := b.Pods.Exec(ctx, pod, cmd, s)
 	if then != nil {
 		then()
 	}
 	if reset {
-		return errs.Wrap(errs.Unavailable, errors.New("error reading from error stream: read message: read tcp 127.0.0.1:52694->127.0.0.1:37355: read: connection reset by peer"),
-			"exec in pod %s failed", pod.Name)
+		return kubetest.Reset(pod.Name)
 	}
 	return err
-}
-
-// cutWriter passes on its first left bytes and drops the rest.
-type cutWriter struct {
-	w    io.Writer
-	left int64
-}
-
-func (c *cutWriter) Write(p []byte) (int, error) {
-	n := int64(len(p))
-	if k := min(n, c.left); k > 0 {
-		if _, err := c.w.Write(p[:k]); err != nil {
-			return 0, err
-		}
-		c.left -= k
-	}
-	return int(n), nil
 }
 
 // emptyDir removes everything under dir, keeping dir.

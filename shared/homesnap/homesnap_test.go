@@ -31,7 +31,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/streamspace-dev/functions/shared/errs"
 	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/kube"
 	"github.com/streamspace-dev/functions/shared/kubetest"
@@ -334,7 +333,7 @@ func (b *breakingExecer) Exec(ctx context.Context, pod kube.Pod, cmd []string, s
 	if int(b.execs.Add(1)) > b.breaks {
 		return b.kube.Exec(ctx, pod, cmd, s)
 	}
-	var out io.Writer = &cutWriter{w: s.Stdout, left: b.cut}
+	var out io.Writer = &kubetest.CutWriter{W: s.Stdout, Left: b.cut}
 	if b.garble {
 		out = &garbleWriter{w: s.Stdout}
 	}
@@ -362,30 +361,12 @@ func (g *garbleWriter) Write(p []byte) (int, error) {
 	return g.w.Write(q)
 }
 
-// cutWriter passes on its first left bytes and drops the rest.
-type cutWriter struct {
-	w    io.Writer
-	left int64
-}
-
-func (c *cutWriter) Write(p []byte) (int, error) {
-	n := int64(len(p))
-	if k := min(n, c.left); k > 0 {
-		if _, err := c.w.Write(p[:k]); err != nil {
-			return 0, err
-		}
-		c.left -= k
-	}
-	return int(n), nil
-}
-
 // TestCaptureRetriesBrokenStreams breaks the exec stream the two ways seen
 // through the real API server and kubelet: a stream cut short whose exit
 // status read as success, and a connection reset. The capture is made
 // again and stores the whole home; tar's own failures are not retried.
 func TestCaptureRetriesBrokenStreams(t *testing.T) {
-	reset := errs.Wrap(errs.Unavailable, errors.New("error reading from error stream: read message: read tcp 127.0.0.1:52694->127.0.0.1:37355: read: connection reset by peer"),
-		"exec in pod failed")
+	reset := kubetest.Reset("ss-s1")
 	tests := []struct {
 		name   string
 		breaks int
