@@ -1,5 +1,7 @@
 package function
 
+import "github.com/streamspace-dev/functions/shared/db"
+
 // Objects and Pods are the storage and pod clients a job uses, for tests
 // that wrap them with a fault.
 type (
@@ -20,3 +22,9 @@ var (
 	ClearCmd   = clearCmd
 	ExtractCmd = extractCmd
 )
+
+// WithLeases makes f give each job's lease to seen as it is taken.
+func WithLeases(f *Function, seen func(*db.Lease)) *Function {
+	f.onLease = seen
+	return f
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/streamspace-dev/functions/events"
 	"github.com/streamspace-dev/functions/shared/archive"
+	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/kube"
 	"github.com/streamspace-dev/functions/shared/metrics"
 	"github.com/streamspace-dev/functions/shared/objstore"
@@ -144,6 +145,9 @@ type Function struct {
 	// wrap, when set (by tests), wraps the storage and pod clients, to
 	// inject faults no real server can be made to show on cue.
 	wrap func(objects, pods) (objects, pods)
+	// onLease, when set (by tests), is given each job's lease as it is
+	// taken, so a test can make the job lose it on cue.
+	onLease func(*db.Lease)
 }
 
 // New returns an unstarted restore function.

@@ -202,6 +202,9 @@ func (f *Function) runJob(ctx context.Context, e cloudevents.Event) error {
 	}
 	// The job outlives a delivery that the broker gave up on: the lease,
 	// not the request, says who runs it.
+	if f.onLease != nil {
+		f.onLease(lease)
+	}
 	jctx, stop := leased(ctx, lease, f.cfg.JobTimeout)
 	defer func() {
 		stop()
@@ -225,7 +228,7 @@ func (f *Function) runJob(ctx context.Context, e cloudevents.Event) error {
 	err = r.execute(jctx)
 	f.jobs.Done(err)
 	runtime.AddLogAttrs(ctx, slog.String("restoreJob", j.ID), slog.Bool("rolledBack", r.rolledBack))
-	if errors.Is(context.Cause(jctx), errLeaseLost) {
+	if errors.Is(r.alive(jctx), errLeaseLost) {
 		// The new owner finishes the job; this one must not write.
 		return nil
 	}

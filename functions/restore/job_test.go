@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +35,7 @@ import (
 	"github.com/streamspace-dev/functions/events"
 	function "github.com/streamspace-dev/functions/functions/restore"
 	"github.com/streamspace-dev/functions/shared/authn"
+	"github.com/streamspace-dev/functions/shared/db"
 	"github.com/streamspace-dev/functions/shared/fntest"
 	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/kubetest"
@@ -61,6 +63,8 @@ type world struct {
 	// encryption the snapshots it stores get, and the backups must get.
 	sse    types.ServerSideEncryption
 	kmsKey string
+	// lease is the last job lease the function took.
+	lease atomic.Pointer[db.Lease]
 }
 
 // newWorld starts everything; wrap, when not nil, wraps the job's storage
@@ -90,7 +94,7 @@ func newWorldWithExec(t *testing.T, wrap func(w *world, o function.Objects, p fu
 		maps.Copy(env, e)
 	}
 	w.sse, w.kmsKey = types.ServerSideEncryption(env["S3_SSE"]), env["S3_SSE_KMS_KEY_ID"]
-	f := function.New()
+	f := function.WithLeases(function.New(), func(l *db.Lease) { w.lease.Store(l) })
 	if wrap != nil {
 		function.WithFaults(f, func(o function.Objects, p function.Pods) (function.Objects, function.Pods) { return wrap(w, o, p) })
 	}

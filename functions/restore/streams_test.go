@@ -281,3 +281,42 @@ func TestRestoreBrokenStreamOfAGonePod(t *testing.T) {
 	assert.Equal(t, 1, w.h.Count(`select count(*) from notifications
 		where user_id = 'root' and type = 'snapshot.restore.rollback_failed' and data->>'restoreJobId' = $1`, id))
 }
+
+// TestRestoreRollbackStopsWhenTheLeaseIsLost breaks the listing at every
+// attempt, so the job rolls back, and breaks the rollback's extract after
+// another owner took the job's lease: the extract is not run again, and
+// the job records nothing, leaving the rollback and its record to the new
+// owner.
+func TestRestoreRollbackStopsWhenTheLeaseIsLost(t *testing.T) {
+	var bp *breakingPods
+	w := newWorld(t, func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods) {
+		bp = newBreakingPods(p, w.uid)
+		return o, bp
+	})
+	writeTree(t, w.pod.Dir, homeBefore)
+	snap := w.storeSnapshot(t, snapshotDir(t))
+	bp.set(map[string][]int{"list": {1, 2, 3}, "extract": {2}}, 0, true)
+	bp.mu.Lock()
+	bp.then = func() {
+		if bp.counts()["extract"] != 2 {
+			return
+		}
+		// Another owner takes the lease over; the job learns it at its
+		// next heartbeat, sent here at once.
+		l := w.lease.Load()
+		sqlExec(t, w.h, `update job_leases set owner = 'another', lease_until = now() + interval '1 hour' where name = $1`, l.Name)
+		require.Error(t, l.Heartbeat(context.Background()))
+	}
+	bp.mu.Unlock()
+	id, e := w.request(t, snap)
+	require.Equal(t, 2, w.deliver(t, e)/100)
+
+	assert.Equal(t, map[string]int{"clear": 2, "extract": 2, "list": 3}, bp.counts(),
+		"the rollback's extract is not run again once the lease is lost")
+	row := w.job(t, snap, id)
+	assert.Equal(t, "in_progress", row.Status, "the owner that lost the lease records no outcome")
+	assert.False(t, row.RollbackFailed)
+	assert.Equal(t, string(function.PhaseRollingBack), stateOf(t, w.h, id).Phase)
+	assert.Equal(t, 0, w.h.Count(`select count(*) from notifications where data->>'restoreJobId' = $1`, id),
+		"no admin is told of a rollback failure that was not one")
+}
