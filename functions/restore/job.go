@@ -588,23 +588,22 @@ func (r *run) extractOnce(ctx context.Context, key string, pin objstore.Pin, wan
 	}
 	defer body.Close()
 	pr, pw := io.Pipe()
-	ectx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	type result struct {
 		sum archive.Summary
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		sum, err := archive.Repack(ectx, pw, body, r.f.cfg.limits(), &want)
+		sum, err := archive.Repack(ctx, pw, body, r.f.cfg.limits(), &want)
+		// A failed re-pack ends the pod's stdin (the exec's stdin copy
+		// stops at the error): its tar stops at a stream without an end,
+		// and the exec is waited for, so no tar of a failed extract is
+		// still writing when a rollback clears /config. The failure itself
+		// is the re-pack's, whatever the tar's status.
 		pw.CloseWithError(err)
-		if err != nil {
-			// The pod's tar must not take a truncated stream for a whole one.
-			cancel()
-		}
 		done <- result{sum, err}
 	}()
-	execErr = r.f.pods.Exec(ectx, r.pod, extractCmd, kube.Streams{Stdin: pr})
+	execErr = r.f.pods.Exec(ctx, r.pod, extractCmd, kube.Streams{Stdin: pr})
 	pr.CloseWithError(errTarStopped)
 	res := <-done
 	switch {
