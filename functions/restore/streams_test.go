@@ -52,6 +52,13 @@ func newBreakingPods(p function.Pods, uid int) *breakingPods {
 	return &breakingPods{Pods: p, names: names, execs: map[string]int{}}
 }
 
+// onBreak sets then.
+func (b *breakingPods) onBreak(then func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.then = then
+}
+
 // set chooses the execs that break from now on and starts counting again.
 func (b *breakingPods) set(breaks map[string][]int, cut int64, reset bool) {
 	b.mu.Lock()
@@ -248,11 +255,9 @@ func TestRestoreBrokenExecStreams(t *testing.T) {
 	}
 }
 
-// TestRestoreBrokenStreamOfAGonePod resets the listing's stream and deletes
-// the pod: the pod is not found again by its label, so the listing is not
-// run again, and the rollback cannot reach the pod either: the job says so
-// loudly.
-func TestRestoreBrokenStreamOfAGonePod(t *testing.T) {
+// breakingWorld is a world whose execs named in breaks are reset
+// (breakingPods), with homeBefore in the pod and a snapshot stored.
+func breakingWorld(t *testing.T, breaks map[string][]int) (*world, *breakingPods, string) {
 	var bp *breakingPods
 	w := newWorld(t, func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods) {
 		bp = newBreakingPods(p, w.uid)
@@ -260,10 +265,17 @@ func TestRestoreBrokenStreamOfAGonePod(t *testing.T) {
 	})
 	writeTree(t, w.pod.Dir, homeBefore)
 	snap := w.storeSnapshot(t, snapshotDir(t))
-	bp.set(map[string][]int{"list": {1}}, 0, true)
-	bp.mu.Lock()
-	bp.then = func() { w.pod.Delete(t) }
-	bp.mu.Unlock()
+	bp.set(breaks, 0, true)
+	return w, bp, snap
+}
+
+// TestRestoreBrokenStreamOfAGonePod resets the listing's stream and deletes
+// the pod: the pod is not found again by its label, so the listing is not
+// run again, and the rollback cannot reach the pod either: the job says so
+// loudly.
+func TestRestoreBrokenStreamOfAGonePod(t *testing.T) {
+	w, bp, snap := breakingWorld(t, map[string][]int{"list": {1}})
+	bp.onBreak(func() { w.pod.Delete(t) })
 	id, e := w.request(t, snap)
 	require.Equal(t, 2, w.deliver(t, e)/100)
 
@@ -288,16 +300,8 @@ func TestRestoreBrokenStreamOfAGonePod(t *testing.T) {
 // the job records nothing, leaving the rollback and its record to the new
 // owner.
 func TestRestoreRollbackStopsWhenTheLeaseIsLost(t *testing.T) {
-	var bp *breakingPods
-	w := newWorld(t, func(w *world, o function.Objects, p function.Pods) (function.Objects, function.Pods) {
-		bp = newBreakingPods(p, w.uid)
-		return o, bp
-	})
-	writeTree(t, w.pod.Dir, homeBefore)
-	snap := w.storeSnapshot(t, snapshotDir(t))
-	bp.set(map[string][]int{"list": {1, 2, 3}, "extract": {2}}, 0, true)
-	bp.mu.Lock()
-	bp.then = func() {
+	w, bp, snap := breakingWorld(t, map[string][]int{"list": {1, 2, 3}, "extract": {2}})
+	bp.onBreak(func() {
 		if bp.counts()["extract"] != 2 {
 			return
 		}
@@ -306,8 +310,7 @@ func TestRestoreRollbackStopsWhenTheLeaseIsLost(t *testing.T) {
 		l := w.lease.Load()
 		sqlExec(t, w.h, `update job_leases set owner = 'another', lease_until = now() + interval '1 hour' where name = $1`, l.Name)
 		require.Error(t, l.Heartbeat(context.Background()))
-	}
-	bp.mu.Unlock()
+	})
 	id, e := w.request(t, snap)
 	require.Equal(t, 2, w.deliver(t, e)/100)
 
