@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
 	"github.com/stretchr/testify/require"
 
 	function "github.com/streamspace-dev/functions/functions/restore"
@@ -162,9 +161,10 @@ func restorePasses(b *testing.B, kc *kube.Client, pod kube.Pod, store *objstore.
 	writeFile(b, gzPath, body)
 	body.Close()
 	in := openFile(b, gzPath)
-	zr, err := gzip.NewReader(bufio.NewReaderSize(in, 1<<20))
+	zr, err := archive.NewReader(in)
 	require.NoError(b, err)
 	writeFile(b, tarPath, zr)
+	zr.Close()
 	in.Close()
 	in = openFile(b, tarPath)
 	out, err := os.Create(repackPath)
@@ -198,10 +198,11 @@ func restorePasses(b *testing.B, kc *kube.Client, pod kube.Pod, store *objstore.
 		}))
 		gunzip = benchtest.Best(r, gunzip, measure("gunzip", func() {
 			in := openFile(b, gzPath)
-			zr, err := gzip.NewReader(bufio.NewReaderSize(in, 1<<20))
+			zr, err := archive.NewReader(in)
 			require.NoError(b, err)
 			_, err = io.Copy(io.Discard, zr)
 			require.NoError(b, err)
+			zr.Close()
 			in.Close()
 		}))
 
@@ -242,7 +243,7 @@ func restorePasses(b *testing.B, kc *kube.Client, pod kube.Pod, store *objstore.
 			out, err := os.Create(backupPath)
 			require.NoError(b, err)
 			ow := bufio.NewWriterSize(out, 1<<20)
-			zw, err := gzip.NewWriterLevel(ow, 6)
+			zw, err := archive.NewWriter(ow, 6)
 			require.NoError(b, err)
 			_, err = io.Copy(zw, bufio.NewReaderSize(in, 1<<20))
 			require.NoError(b, err)

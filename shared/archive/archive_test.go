@@ -19,6 +19,12 @@ import (
 )
 
 func TestVetRejects(t *testing.T) {
+	for _, f := range formats {
+		t.Run(f.name, func(t *testing.T) { testVetRejects(t, f.tgz) })
+	}
+}
+
+func testVetRejects(t *testing.T, tgz func(testing.TB, ...ent) []byte) {
 	good := tgz(t, dir("./"), file("./a.txt", "hello"))
 	long := strings.Repeat("x", 5000)
 	tests := []struct {
@@ -188,16 +194,18 @@ func TestVetStopsStreamedBombs(t *testing.T) {
 			reason: "more than 250000 entries", over: archive.ErrTooManyEntries, maxProduced: 300_000 * 512,
 		},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			g := generate(tc.gen)
-			_, err := archive.Vet(context.Background(), g.r, tc.lim, tc.want)
-			produced := g.stop()
-			require.ErrorIs(t, err, archive.ErrRejected)
-			assert.Contains(t, err.Error(), tc.reason)
-			assert.ErrorIs(t, err, tc.over, "the cap is named")
-			assert.LessOrEqual(t, produced, tc.maxProduced, "bytes generated before the cap stopped the read")
-		})
+	for _, f := range formats {
+		for _, tc := range tests {
+			t.Run(f.name+"/"+tc.name, func(t *testing.T) {
+				g := generate(f, tc.gen)
+				_, err := archive.Vet(context.Background(), g.r, tc.lim, tc.want)
+				produced := g.stop()
+				require.ErrorIs(t, err, archive.ErrRejected)
+				assert.Contains(t, err.Error(), tc.reason)
+				assert.ErrorIs(t, err, tc.over, "the cap is named")
+				assert.LessOrEqual(t, produced, tc.maxProduced, "bytes generated before the cap stopped the read")
+			})
+		}
 	}
 }
 
@@ -226,17 +234,19 @@ func TestVetAccepts(t *testing.T) {
 			hardlink("a/h2", "h")}, entries: 5, bytes: 4},
 		{name: "no root entry", ents: []ent{file("x", "1")}, entries: 1, bytes: 1},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			data := tgz(t, tc.ents...)
-			sum, err := archive.Vet(context.Background(), bytes.NewReader(data), archive.Limits{},
-				&archive.Expect{SHA256: sha(data), Entries: tc.entries, Bytes: tc.bytes})
-			require.NoError(t, err)
-			assert.Equal(t, tc.entries, sum.Entries)
-			assert.Equal(t, tc.bytes, sum.Bytes)
-			assert.Equal(t, sha(data), sum.SHA256)
-			assert.Equal(t, int64(len(data)), sum.CompressedBytes)
-		})
+	for _, f := range formats {
+		for _, tc := range tests {
+			t.Run(f.name+"/"+tc.name, func(t *testing.T) {
+				data := f.tgz(t, tc.ents...)
+				sum, err := archive.Vet(context.Background(), bytes.NewReader(data), archive.Limits{},
+					&archive.Expect{SHA256: sha(data), Entries: tc.entries, Bytes: tc.bytes})
+				require.NoError(t, err)
+				assert.Equal(t, tc.entries, sum.Entries)
+				assert.Equal(t, tc.bytes, sum.Bytes)
+				assert.Equal(t, sha(data), sum.SHA256)
+				assert.Equal(t, int64(len(data)), sum.CompressedBytes)
+			})
+		}
 	}
 }
 
@@ -260,7 +270,12 @@ func (f *failingReader) Read(p []byte) (int, error) {
 // told apart from a malformed stream wherever it fails, though it is read
 // in a goroutine of its own, ahead of the checks.
 func TestVetReadErrorIsNotARejection(t *testing.T) {
-	data := tgz(t, mixedTree(4<<20)...)
+	for _, f := range formats {
+		t.Run(f.name, func(t *testing.T) { testVetReadErrorIsNotARejection(t, f.tgz(t, mixedTree(4<<20)...)) })
+	}
+}
+
+func testVetReadErrorIsNotARejection(t *testing.T, data []byte) {
 	dropped := errors.New("connection reset by peer")
 	vet := func(r io.Reader) error {
 		_, err := archive.Vet(context.Background(), r, archive.Limits{}, nil)
@@ -332,7 +347,13 @@ func TestReadingEndsWithThePass(t *testing.T) {
 	for i := range 20000 {
 		ents = append(ents, file("./f"+strconv.Itoa(i), "x"))
 	}
-	data := tgz(t, append(ents, file("../evil", "x"))...)
+	ents = append(ents, file("../evil", "x"))
+	for _, f := range formats {
+		t.Run(f.name, func(t *testing.T) { testReadingEndsWithThePass(t, f.tgz(t, ents...)) })
+	}
+}
+
+func testReadingEndsWithThePass(t *testing.T, data []byte) {
 	passes := []struct {
 		name string
 		run  func(r io.Reader) error

@@ -14,7 +14,47 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/stretchr/testify/require"
+
+	"github.com/streamspace-dev/functions/shared/archive"
 )
+
+// format is a way to gzip a test archive: in members, as snapshots are
+// written, or as one member, as snapshots were before and as `tar -czf`
+// writes them. Tests of the checks run in both, since each is inflated its
+// own way.
+type format struct {
+	name   string
+	writer func(w io.Writer, level int) io.WriteCloser
+}
+
+var (
+	members = format{name: "members", writer: func(w io.Writer, level int) io.WriteCloser {
+		zw, err := archive.NewWriter(w, level)
+		if err != nil {
+			panic(err)
+		}
+		return zw
+	}}
+	oneMember = format{name: "one member", writer: func(w io.Writer, level int) io.WriteCloser {
+		zw, err := gzip.NewWriterLevel(w, level)
+		if err != nil {
+			panic(err)
+		}
+		return zw
+	}}
+	formats = []format{members, oneMember}
+)
+
+// compress gzips b in format f.
+func (f format) compress(tb testing.TB, b []byte) []byte {
+	tb.Helper()
+	var buf bytes.Buffer
+	zw := f.writer(&buf, gzip.DefaultCompression)
+	_, err := zw.Write(b)
+	require.NoError(tb, err)
+	require.NoError(tb, zw.Close())
+	return buf.Bytes()
+}
 
 // ent describes one tar entry for a test archive.
 type ent struct {
@@ -36,13 +76,18 @@ func hardlink(name, target string) ent {
 func special(name string, typ byte) ent { return ent{name: name, typ: typ, mode: 0o600} }
 func withMode(e ent, mode int64) ent    { e.mode = mode; return e }
 
-// tgz builds a tar.gz holding ents, in order, as they are given (no
+// tgz builds a tar.gz holding ents in members, as snapshots are written.
+func tgz(tb testing.TB, ents ...ent) []byte { return members.tgz(tb, ents...) }
+
+// tgz builds a tar.gz in format f holding ents (tarOf).
+func (f format) tgz(tb testing.TB, ents ...ent) []byte { return f.compress(tb, tarOf(tb, ents...)) }
+
+// tarOf builds a tar stream holding ents, in order, as they are given (no
 // sanitising: the point is to build hostile archives).
-func tgz(tb testing.TB, ents ...ent) []byte {
+func tarOf(tb testing.TB, ents ...ent) []byte {
 	tb.Helper()
 	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
+	tw := tar.NewWriter(&buf)
 	mtime := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
 	for _, e := range ents {
 		h := &tar.Header{Name: e.name, Typeflag: e.typ, Linkname: e.link, Mode: e.mode, ModTime: mtime,
@@ -60,7 +105,6 @@ func tgz(tb testing.TB, ents ...ent) []byte {
 		}
 	}
 	require.NoError(tb, tw.Close())
-	require.NoError(tb, zw.Close())
 	return buf.Bytes()
 }
 
@@ -82,7 +126,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// generated streams an archive written by gen through a pipe, never holding
+// generated streams an archive written by gen in format f through a pipe, never holding
 // it: gen's tar writer is backed by gzip into the pipe. produced reports the
 // uncompressed bytes gen got written before the reader stopped; done is
 // closed when gen has returned.
@@ -92,9 +136,9 @@ type generated struct {
 	done     chan struct{}
 }
 
-func generate(gen func(tw *tar.Writer) error) *generated {
+func generate(f format, gen func(tw *tar.Writer) error) *generated {
 	pr, pw := io.Pipe()
-	zw, _ := gzip.NewWriterLevel(pw, gzip.BestSpeed)
+	zw := f.writer(pw, gzip.BestSpeed)
 	cw := &countingWriter{w: zw}
 	g := &generated{r: pr, produced: cw, done: make(chan struct{})}
 	go func() {

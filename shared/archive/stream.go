@@ -100,10 +100,12 @@ func (p *repacker) write(h *tar.Header, e entry, body io.Reader) error {
 	return nil
 }
 
-// The compressed stream is read and hashed in a goroutine of its own and
-// handed to the one that decompresses and checks it through a chunkpipe, so
+// The compressed stream is read and hashed in a goroutine of its own, so
 // the object store's read and SHA-256 overlap gunzip and the tar walk
-// instead of adding to them (docs/restore.md, Benchmarks).
+// instead of adding to them (docs/restore.md, Benchmarks). A stream of
+// members is cut into members there and inflated by workers (members.go);
+// any other is handed to the goroutine that inflates and checks it through
+// a chunkpipe.
 //
 // A cap that stops the checks must stop the reading as soon (a bomb's
 // bytes are not fetched past it), so the reading is kept close to the
@@ -125,7 +127,7 @@ const (
 // read.
 func readSize(read int64) int { return int(min(max(read/64, minRead), readChunk)) }
 
-// source counts and hashes the compressed bytes and remembers the first
+// source counts and hashes (when h is set) the compressed bytes and remembers the first
 // error of the underlying reader, so that a failure to read (transient) is
 // told apart from a malformed stream (a Rejection). A cancelled ctx ends
 // the reading without counting as a failure to read.
@@ -143,7 +145,9 @@ func (s *source) Read(p []byte) (int, error) {
 	}
 	n, err := s.r.Read(p)
 	s.n += int64(n)
-	s.h.Write(p[:n])
+	if s.h != nil {
+		s.h.Write(p[:n])
+	}
 	if err != nil && err != io.EOF && s.err == nil {
 		s.err = err
 	}
@@ -216,33 +220,108 @@ func (r *chunkReader) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+// tarStream is the tar stream a scan walks: the gzip stream read from the
+// source, inflated.
+type tarStream interface {
+	io.Reader
+	// stop ends the reading and inflating and waits for them: the source
+	// is the caller's again.
+	stop()
+	// reachedEnd says whether the walk met the end of what was read,
+	// where a failure to read shows.
+	reachedEnd() bool
+}
+
+// gunzip inflates a gzip stream that does not give its members' lengths
+// (snapshots taken before they did) in one goroutine, as it is read.
+type gunzip struct {
+	pipe *chunkpipe.Pipe
+	read chan struct{} // closed when the reading goroutine has ended
+	in   *chunkReader
+	zr   *gzip.Reader
+}
+
+// newGunzip starts reading src and reads the gzip header.
+func newGunzip(src *source) (*gunzip, error) {
+	g := &gunzip{pipe: chunkpipe.New(readChunks, readChunk), read: make(chan struct{})}
+	g.in = &chunkReader{p: g.pipe}
+	go func() {
+		defer close(g.read)
+		readAll(g.pipe, src)
+	}()
+	// A bufio.Reader in front makes the gzip reader use it as its
+	// ByteReader (and its fast path). gzip reads its members to the
+	// stream's end, so on success every byte was read and hashed.
+	zr, err := gzip.NewReader(bufio.NewReaderSize(g.in, 256<<10))
+	g.zr = zr
+	return g, err
+}
+
+func (g *gunzip) Read(p []byte) (int, error) { return g.zr.Read(p) }
+
+func (g *gunzip) stop() {
+	g.pipe.Stop()
+	<-g.read
+}
+
+func (g *gunzip) reachedEnd() bool { return g.in.err != nil }
+
+// open starts inflating the gzip stream r, read through src: in members
+// at once when its first member gives its length, in one goroutine
+// otherwise. On an error the stream is still to be stopped.
+func open(src *source, r io.Reader) (tarStream, error) {
+	br := bufio.NewReaderSize(r, peekSize)
+	src.r = br
+	if hasMembers(br) {
+		return newInflater(src), nil
+	}
+	return newGunzip(src)
+}
+
+// Reader is the inflating that Vet and Repack do, on its own: the tar
+// stream of a gzip stream, with neither checks nor hash.
+type Reader struct{ in tarStream }
+
+// NewReader starts inflating the gzip stream r. Close the Reader to stop.
+func NewReader(r io.Reader) (*Reader, error) {
+	in, err := open(&source{ctx: context.Background()}, r)
+	if err != nil {
+		in.stop()
+		return nil, err
+	}
+	return &Reader{in: in}, nil
+}
+
+func (r *Reader) Read(p []byte) (int, error) { return r.in.Read(p) }
+
+// Close stops the inflating and waits for it; the stream r is the
+// caller's again.
+func (r *Reader) Close() error {
+	r.in.stop()
+	return nil
+}
+
+// peekSize is the buffer that lets a scan look at the first member's
+// header before choosing how to inflate the stream.
+const peekSize = 64 << 10
+
 func scan(ctx context.Context, r io.Reader, lim Limits, want *Expect, out *repacker) (Summary, error) {
 	lim = lim.withDefaults()
 	if want != nil && want.Bytes >= 0 && want.Bytes < lim.MaxBytes {
 		lim.MaxBytes = want.Bytes
 	}
-	src := &source{ctx: ctx, r: r, h: sha256.New()}
-	pipe := chunkpipe.New(readChunks, readChunk)
-	read := make(chan struct{})
-	go func() {
-		defer close(read)
-		readAll(pipe, src)
-	}()
+	src := &source{ctx: ctx, h: sha256.New()}
+	in, openErr := open(src, r)
 	// On every return the reading goroutine is stopped and waited for: r is
 	// the caller's again, and src may be looked at. A read under way ends
 	// first; an object store's body ends its reads when ctx is cancelled.
-	stopRead := func() {
-		pipe.Stop()
-		<-read
-	}
-	defer stopRead()
-	in := &chunkReader{p: pipe}
+	defer in.stop()
 	// readFailed says whether a failure to read the body reached the
 	// checks; one met by a read ahead of them, after they gave up, does not
 	// count.
 	readFailed := func() bool {
-		stopRead()
-		return in.err != nil && src.err != nil
+		in.stop()
+		return in.reachedEnd() && src.err != nil
 	}
 	var sum Summary
 	fail := func(err error) (Summary, error) {
@@ -254,15 +333,10 @@ func scan(ctx context.Context, r io.Reader, lim Limits, want *Expect, out *repac
 		}
 		return sum, err
 	}
-	// A bufio.Reader in front makes the gzip reader use it as its
-	// ByteReader (and its fast path). gzip reads its members to the
-	// stream's end, so on success every byte was read and hashed.
-	zr, err := gzip.NewReader(bufio.NewReaderSize(in, 256<<10))
-	if err != nil {
-		return fail(streamFault("gzip header", err))
+	if openErr != nil {
+		return fail(streamFault("gzip header", openErr))
 	}
-	defer zr.Close()
-	tr := tar.NewReader(zr)
+	tr := tar.NewReader(in)
 	t := newTree()
 	for {
 		if err := ctx.Err(); err != nil {
@@ -303,14 +377,14 @@ func scan(ctx context.Context, r io.Reader, lim Limits, want *Expect, out *repac
 	// tar stops at its end marker; what follows in the gzip stream must be
 	// the zero padding of the last record, and the gzip stream must end
 	// cleanly with nothing after it.
-	pad, err := io.Copy(zeroChecker{}, io.LimitReader(zr, lim.MaxPadding+1))
+	pad, err := io.Copy(zeroChecker{}, io.LimitReader(in, lim.MaxPadding+1))
 	if err != nil {
 		return fail(streamFault("after the tar end", err))
 	}
 	if pad > lim.MaxPadding {
 		return fail(reject("", "more than %d bytes after the tar end", lim.MaxPadding))
 	}
-	stopRead()
+	in.stop()
 	sum.CompressedBytes = src.n
 	sum.SHA256 = hex.EncodeToString(src.h.Sum(nil))
 	if want == nil {
@@ -344,12 +418,15 @@ func (zeroChecker) Write(p []byte) (int, error) {
 // isStreamErr says whether err came from decoding the input rather than from
 // writing the output.
 func isStreamErr(err error) bool {
-	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) ||
+	return errors.Is(err, ErrRejected) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) ||
 		errors.Is(err, gzip.ErrHeader) || errors.Is(err, tar.ErrHeader)
 }
 
 func streamFault(where string, err error) *Rejection {
+	var rej *Rejection
 	switch {
+	case errors.As(err, &rej):
+		return rej
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		return reject("", "%s: truncated stream", where)
 	case errors.Is(err, gzip.ErrHeader):

@@ -11,9 +11,9 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/klauspost/compress/gzip"
 	"github.com/stretchr/testify/require"
 
+	"github.com/streamspace-dev/functions/shared/archive"
 	"github.com/streamspace-dev/functions/shared/benchtest"
 	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/kube"
@@ -124,8 +124,9 @@ func BenchmarkSnapshotThroughput(b *testing.B) {
 			require.NoError(b, err)
 			gzStage = benchtest.Best(r, gzStage, measure("gzip", func() {
 				ow := bufio.NewWriterSize(out, 1<<20)
-				zw, _ := gzip.NewWriterLevel(ow, 6)
-				_, err := io.Copy(zw, bufio.NewReaderSize(in, 1<<20))
+				zw, err := archive.NewWriter(ow, 6)
+				require.NoError(b, err)
+				_, err = io.Copy(zw, bufio.NewReaderSize(in, 1<<20))
 				require.NoError(b, err)
 				require.NoError(b, zw.Close())
 				require.NoError(b, ow.Flush())

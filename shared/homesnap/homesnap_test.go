@@ -286,8 +286,8 @@ func TestFileChangedIsAWarning(t *testing.T) {
 	assert.Contains(t, res.Manifest.Warnings[0], "file changed as we read it")
 }
 
-// TestArchiveIsExactlyTarsStream checks the stored gzip holds every byte
-// tar wrote, its end-of-archive blocks included.
+// TestArchiveIsExactlyTarsStream checks the stored gzip, written in
+// members, holds every byte tar wrote, its end-of-archive blocks included.
 func TestArchiveIsExactlyTarsStream(t *testing.T) {
 	e := setup(t, nil)
 	write(t, filepath.Join(e.pod.Dir, "a"), []byte("a"))
@@ -296,7 +296,11 @@ func TestArchiveIsExactlyTarsStream(t *testing.T) {
 	body, _, err := e.store.Get(context.Background(), res.Manifest.Archive, objstore.Pin{})
 	require.NoError(t, err)
 	defer body.Close()
-	zr, err := gzip.NewReader(body)
+	stored, err := io.ReadAll(body)
+	require.NoError(t, err)
+	require.Greater(t, len(stored), 20)
+	assert.Equal(t, []byte{'S', 'L', 4, 0}, stored[12:16], "the first member gives its length (docs/archive.md, Members)")
+	zr, err := gzip.NewReader(bytes.NewReader(stored))
 	require.NoError(t, err)
 	raw, err := io.ReadAll(zr)
 	require.NoError(t, err)

@@ -7,7 +7,7 @@ import (
 	"io"
 	"sync/atomic"
 
-	"github.com/klauspost/compress/gzip"
+	"github.com/streamspace-dev/functions/shared/archive"
 )
 
 // The tar stream crosses from the exec's goroutine to the compressing one
@@ -145,7 +145,7 @@ func (e *compressError) Unwrap() error { return e.err }
 // the stream is compressed, the end-of-archive blocks and padding included,
 // so the stored archive is exactly what tar wrote.
 func compressChunks(src chunkSource, w io.Writer, req Request, tarBytes, entries, contentBytes *atomic.Int64) error {
-	zw, err := gzip.NewWriterLevel(w, req.Level)
+	zw, err := archive.NewWriter(w, req.Level)
 	if err != nil {
 		return err
 	}
