@@ -403,3 +403,22 @@ func (o *oneRead) Read(p []byte) (int, error) {
 	o.b = o.b[n:]
 	return n, nil
 }
+
+// TestVetCancelled checks a cancelled context ends a pass with the
+// context's error, neither a rejection nor a failure to read, in each
+// format.
+func TestVetCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, f := range formats {
+		t.Run(f.name, func(t *testing.T) {
+			data := f.tgz(t, mixedTree(3<<20)...)
+			_, err := archive.Vet(ctx, bytes.NewReader(data), archive.Limits{}, nil)
+			assert.ErrorIs(t, err, context.Canceled)
+			assert.NotErrorIs(t, err, archive.ErrRejected)
+			_, err = archive.Repack(ctx, io.Discard, bytes.NewReader(data), archive.Limits{}, nil)
+			assert.ErrorIs(t, err, context.Canceled)
+			assert.NotErrorIs(t, err, archive.ErrRejected)
+		})
+	}
+}

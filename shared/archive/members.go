@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
 	"runtime"
 	"sync"
@@ -12,18 +13,19 @@ import (
 )
 
 // A snapshot's gzip stream is a series of gzip members of MemberSize
-// uncompressed bytes each (the last one shorter), and each member's header
-// carries the member's own length in an extra subfield, so a reader can cut
-// the stream into members as it arrives and inflate several at once
-// (docs/archive.md, Members). It stays one gzip file to every other
-// reader: RFC 1952 makes a gzip file a series of members, and `tar -xzf`
-// reads it whole.
+// uncompressed bytes each but the last, which is shorter (empty when the
+// stream is a multiple of MemberSize: a stream cut at a member's end is
+// told from a whole one), and each member's header carries the member's
+// own length in an extra subfield, so a reader can cut the stream into
+// members as it arrives and inflate several at once (docs/archive.md,
+// Members). It stays one gzip file to every other reader: RFC 1952 makes a
+// gzip file a series of members, and `tar -xzf` reads it whole.
 const (
 	// MemberSize is how many uncompressed bytes Writer puts in a member.
 	MemberSize = 1 << 20
-	// maxMember bounds a member the reader accepts, both its length from
-	// header to trailer and what it inflates to, so the members in flight
-	// hold a bounded amount of memory whatever the stream says.
+	// maxMember bounds a member's length from header to trailer, so the
+	// members in flight hold a bounded amount of memory whatever the
+	// stream says (what one inflates to is bounded by MemberSize).
 	maxMember = 2 << 20
 
 	// The header of a member: ID1 ID2 CM FLG MTIME(4) XFL OS, then, with
@@ -45,14 +47,16 @@ var lenField = []byte{lenID1, lenID2, lenFieldLen, 0, 0, 0, 0, 0}
 
 // Writer gzips what is written to it as members of MemberSize bytes, each
 // compressed whole into memory and then written to w with its length in
-// its header.
+// its header; Close writes the last, shorter one.
 type Writer struct {
-	w       io.Writer
-	zw      *gzip.Writer
-	member  bytes.Buffer // the member being compressed
-	n       int          // uncompressed bytes in it
-	members int          // members written to w
+	w      io.Writer
+	zw     *gzip.Writer
+	member bytes.Buffer // the member being compressed
+	n      int          // uncompressed bytes in it
+	err    error        // the first failure, or errClosed after Close
 }
+
+var errClosed = errors.New("archive: writer closed")
 
 // NewWriter returns a Writer at gzip level level.
 func NewWriter(w io.Writer, level int) (*Writer, error) {
@@ -66,33 +70,37 @@ func NewWriter(w io.Writer, level int) (*Writer, error) {
 	return out, nil
 }
 
-// Write compresses p, writing each member to w as it is completed.
+// Write compresses p, writing each member to w as it is completed. After
+// a failure every call fails with it: the stream is broken.
 func (w *Writer) Write(p []byte) (int, error) {
 	written := 0
-	for len(p) > 0 {
+	for len(p) > 0 && w.err == nil {
 		k := min(len(p), MemberSize-w.n)
 		if _, err := w.zw.Write(p[:k]); err != nil {
-			return written, err
+			w.err = err
+			break
 		}
 		w.n += k
 		written += k
 		p = p[k:]
 		if w.n == MemberSize {
-			if err := w.flush(); err != nil {
-				return written, err
-			}
+			w.err = w.flush()
 		}
 	}
-	return written, nil
+	return written, w.err
 }
 
-// Close writes the last member: the one under way, or an empty one when
-// nothing was written, so that the stream is a gzip file.
+// Close writes the last member, shorter than MemberSize: the rest under
+// way, or an empty one.
 func (w *Writer) Close() error {
-	if w.n == 0 && w.members > 0 {
-		return nil
+	if w.err != nil {
+		return w.err
 	}
-	return w.flush()
+	if w.err = w.flush(); w.err != nil {
+		return w.err
+	}
+	w.err = errClosed
+	return nil
 }
 
 // flush completes the member under way, writes it to w and starts the next.
@@ -105,7 +113,6 @@ func (w *Writer) flush() error {
 	if _, err := w.w.Write(b); err != nil {
 		return err
 	}
-	w.members++
 	w.member.Reset()
 	w.zw.Reset(&w.member)
 	w.zw.Extra = lenField
@@ -113,9 +120,12 @@ func (w *Writer) flush() error {
 	return nil
 }
 
-// errNotMember is the answer to data after a member that is not a member
-// giving its length.
-var errNotMember = reject("", "not a gzip member giving its length, after members that did (trailing garbage or a corrupt member)")
+// The answers to a stream of members that does not end as Writer ends it.
+var (
+	errNotMember = reject("", "not a gzip member giving its length, after members that did (trailing garbage or a corrupt member)")
+	errAfterLast = reject("", "data after the last gzip member (one short of %d bytes): trailing garbage or a corrupt member", MemberSize)
+	errCutShort  = reject("", "truncated stream: it ends after a full gzip member, without the shorter one that ends it")
+)
 
 // ownHeader says whether h, the start of a member's header, is one that
 // may give its length: gzip's magic, deflate, and extra fields.
@@ -224,21 +234,39 @@ func newInflater(r io.Reader) *inflater {
 }
 
 // cut reads r a member at a time and hands each on, ending with the
-// stream's end or with a member that holds why the stream failed.
+// stream's end or with a member that holds why the stream failed. It
+// stops reading as soon as the reader of the output has stopped.
 func (f *inflater) cut(r io.Reader) {
+	last := -1 // what the member before inflates to, by its trailer
 	for {
+		select {
+		case <-f.quit:
+			return
+		default:
+		}
 		in := f.buffer(headerLen)
 		n, err := io.ReadFull(r, in)
-		if err == io.EOF {
-			return
-		}
 		switch {
+		case err == io.EOF && last == MemberSize:
+			err = errCutShort
+		case err == io.EOF:
+			return
+		case n == 0:
+			// A failure to read, as it is.
+		case last >= 0 && last < MemberSize:
+			in, err = in[:n], errAfterLast
 		case !ownHeader(in[:n]):
 			in, err = in[:n], errNotMember
 		case err == nil:
 			in, err = f.readMember(r, in)
 		default:
 			in = in[:n]
+		}
+		if err == nil {
+			last = int(binary.LittleEndian.Uint32(in[len(in)-4:]))
+			if last > MemberSize {
+				err = reject("", "gzip member's trailer says it inflates to %d bytes, more than %d", last, MemberSize)
+			}
 		}
 		m := &member{in: in, done: make(chan struct{})}
 		if err != nil {
@@ -299,6 +327,11 @@ func (f *inflater) work() {
 			if !ok {
 				return
 			}
+			select {
+			case <-f.quit:
+				return
+			default:
+			}
 			m.out, m.err = f.inflate(zr, m.in)
 			close(m.done)
 		case <-f.quit:
@@ -308,29 +341,28 @@ func (f *inflater) work() {
 }
 
 // inflate inflates one member whole, checking it is one gzip member that
-// ends where its length says and inflates to what its trailer says.
+// ends where its length says and inflates to what its trailer says (which
+// cut bounded). The member is all there, so any failure is its own: a
+// Rejection.
 func (f *inflater) inflate(zr *gzip.Reader, in []byte) ([]byte, error) {
 	size := int(binary.LittleEndian.Uint32(in[len(in)-4:]))
-	if size > maxMember {
-		return nil, reject("", "gzip member's trailer says it inflates to %d bytes, more than %d", size, maxMember)
-	}
 	src := bytes.NewReader(in)
 	if err := zr.Reset(src); err != nil {
-		return nil, noEOF(err)
+		return nil, streamFault("gzip member", noEOF(err))
 	}
 	zr.Multistream(false)
 	out := f.buffer(size)
 	if _, err := io.ReadFull(zr, out); err != nil {
-		return out, noEOF(err)
+		return out, streamFault("gzip member", noEOF(err))
 	}
 	// The member must end here: its deflate data, its trailer's checks
 	// (CRC-32 and size, which gzip compares) and its length.
 	var one [1]byte
 	if n, err := zr.Read(one[:]); n > 0 || err != io.EOF {
 		if err == nil || err == io.EOF {
-			err = reject("", "gzip member inflates to more than its trailer's %d bytes", size)
+			return out, reject("", "gzip member inflates to more than its trailer's %d bytes", size)
 		}
-		return out, err
+		return out, streamFault("gzip member", err)
 	}
 	if src.Len() > 0 {
 		return out, reject("", "gzip member ends %d bytes before its length", src.Len())
@@ -349,7 +381,7 @@ func (f *inflater) buffer(n int) []byte {
 }
 
 func (f *inflater) release(b []byte) {
-	if b == nil {
+	if cap(b) == 0 {
 		return
 	}
 	select {
@@ -401,7 +433,12 @@ func (f *inflater) Read(p []byte) (int, error) {
 func (f *inflater) stop() {
 	f.once.Do(func() { close(f.quit) })
 	f.wg.Wait()
+	if f.err == nil {
+		f.err = errStopped
+	}
 }
+
+var errStopped = errors.New("archive: reading stopped")
 
 // reachedEnd says whether the reader met the end of what was read, where
 // a failure to read shows.

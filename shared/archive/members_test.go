@@ -56,8 +56,9 @@ func homeBytes(n int) []byte {
 }
 
 // TestWriterMembers checks the members Writer writes: each gives its exact
-// length, holds at most MemberSize bytes, inflates on its own, and the
-// whole is one gzip stream to other readers, GNU gzip's included.
+// length and inflates on its own, every one but the last to MemberSize
+// bytes and the last to fewer, and the whole is one gzip stream to other
+// readers, GNU gzip's included.
 func TestWriterMembers(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -68,7 +69,7 @@ func TestWriterMembers(t *testing.T) {
 		{name: "nothing written: one empty member", size: 0, write: 1, members: 1},
 		{name: "one byte", size: 1, write: 1, members: 1},
 		{name: "one byte short of a member", size: archive.MemberSize - 1, write: 4096, members: 1},
-		{name: "exactly a member: no empty one after", size: archive.MemberSize, write: archive.MemberSize, members: 1},
+		{name: "exactly a member: an empty one ends it", size: archive.MemberSize, write: archive.MemberSize, members: 2},
 		{name: "one byte over", size: archive.MemberSize + 1, write: 64 << 10, members: 2},
 		{name: "writes across members", size: 3*archive.MemberSize + 17, write: 1<<20 + 333, members: 4},
 	}
@@ -97,13 +98,65 @@ func TestWriterMembers(t *testing.T) {
 				zr.Multistream(false)
 				got, err := io.ReadAll(zr)
 				require.NoError(t, err, "member %d inflates on its own", i)
-				assert.LessOrEqual(t, len(got), archive.MemberSize)
+				if i < len(parts)-1 {
+					assert.Len(t, got, archive.MemberSize, "member %d", i)
+				} else {
+					assert.Less(t, len(got), archive.MemberSize, "the last member")
+				}
 				joined = append(joined, got...)
 			}
 			assert.True(t, bytes.Equal(want, joined), "the members hold the stream, in order")
 
 			gunzipped := run(t, bytes.NewReader(data), "gzip", "-dc")
 			assert.True(t, bytes.Equal(want, gunzipped), "GNU gzip reads the whole stream")
+		})
+	}
+}
+
+func mustReadAll(t *testing.T, r io.Reader) []byte {
+	t.Helper()
+	b, err := io.ReadAll(r)
+	require.NoError(t, err)
+	return b
+}
+
+// failingWriter takes ok bytes, then fails.
+type failingWriter struct{ ok int }
+
+func (f *failingWriter) Write(p []byte) (int, error) {
+	if len(p) > f.ok {
+		n := f.ok
+		f.ok = 0
+		return n, io.ErrShortWrite
+	}
+	f.ok -= len(p)
+	return len(p), nil
+}
+
+// TestWriterFailureSticks checks that once writing a member failed, every
+// later Write and Close fails with it, so no member is written twice or
+// after a broken one.
+func TestWriterFailureSticks(t *testing.T) {
+	tests := []struct {
+		name  string
+		ok    int // bytes the destination takes before failing
+		write int
+	}{
+		{name: "the first member fails", ok: 0, write: archive.MemberSize},
+		{name: "a later member fails part way", ok: 1 << 20, write: 3 * archive.MemberSize},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dst := &failingWriter{ok: tc.ok}
+			zw, err := archive.NewWriter(dst, 6)
+			require.NoError(t, err)
+			_, err = zw.Write(homeBytes(tc.write))
+			require.ErrorIs(t, err, io.ErrShortWrite)
+			dst.ok = 1 << 30
+			_, err = zw.Write([]byte("more"))
+			assert.ErrorIs(t, err, io.ErrShortWrite, "a Write after the failure")
+			assert.ErrorIs(t, zw.Close(), io.ErrShortWrite, "Close after the failure")
+			assert.Equal(t, 1<<30, dst.ok, "nothing more reached the destination")
 		})
 	}
 }
@@ -125,6 +178,21 @@ func TestVetRejectsBadMembers(t *testing.T) {
 	setSize := func(n int) func([]byte) {
 		return func(b []byte) { binary.LittleEndian.PutUint32(b[first-4:], uint32(n)) }
 	}
+	lastSize := func(b []byte) { // the last member's size, one over what it inflates to
+		binary.LittleEndian.PutUint32(b[len(b)-4:], binary.LittleEndian.Uint32(b[len(b)-4:])+1)
+	}
+	// A file whose content ends at the first member's end, so that the
+	// next member starts with a tar header: cut there, the tar stream
+	// reads as whole (archive/tar takes an end between entries as the
+	// end), and only the members tell it was cut.
+	aligned := members.tgz(t, file("a", string(homeBytes(archive.MemberSize-512))), file("b", "after the cut"))
+	zr, err := gzip.NewReader(bytes.NewReader(splitMembers(t, aligned)[0]))
+	require.NoError(t, err)
+	hs, err := readNames(t, mustReadAll(t, zr))
+	require.NoError(t, err, "the first member alone reads as a whole tar stream")
+	require.Len(t, hs, 1)
+	// A short member before others: the stream went on after its end.
+	shortFirst := append(members.compress(t, plain[:1000]), members.compress(t, plain[1000:])...)
 	// A member of 256 MiB of zeros, which deflate squeezes into about
 	// 256 KiB: within a member's length, far over what it may inflate to.
 	zeros := func(size uint32) []byte {
@@ -165,8 +233,9 @@ func TestVetRejectsBadMembers(t *testing.T) {
 		{name: "length past the member's end", data: padded, reason: "ends 8 bytes before its length"},
 		{name: "trailer's size under what it inflates to", change: setSize(archive.MemberSize - 1),
 			reason: "inflates to more than its trailer's 1048575 bytes"},
-		{name: "trailer's size over what it inflates to", change: setSize(archive.MemberSize + 1), reason: "checksum mismatch"},
-		{name: "trailer's size over the bound", change: setSize(3 << 20), reason: "says it inflates to 3145728 bytes, more than"},
+		{name: "the last trailer's size over what it inflates to", change: lastSize, reason: "checksum mismatch"},
+		{name: "trailer's size over a member's", change: setSize(archive.MemberSize + 1),
+			reason: "says it inflates to 1048577 bytes, more than 1048576"},
 		{name: "corrupt CRC-32", change: func(b []byte) { b[first-8] ^= 0xff }, reason: "checksum mismatch"},
 		{name: "corrupt deflate data", change: func(b []byte) {
 			for i := first / 2; i < first/2+64; i++ {
@@ -175,9 +244,16 @@ func TestVetRejectsBadMembers(t *testing.T) {
 		}},
 		{name: "truncated inside a member's header", data: good[:first+5], reason: "truncated"},
 		{name: "truncated between members", data: good[:first], reason: "truncated"},
+		{name: "truncated between members, at a tar header", data: splitMembers(t, aligned)[0], reason: "truncated"},
+		{name: "a short member before the end", data: shortFirst, reason: "data after the last gzip member"},
+		{name: "a later member's corrupt deflate data", change: func(b []byte) {
+			for i := first + len(parts[1])/2; i < first+len(parts[1])/2+64; i++ {
+				b[i] ^= 0x55
+			}
+		}},
 		{name: "a member without its length after members with theirs", data: mixed.Bytes(),
 			reason: "not a gzip member giving its length"},
-		{name: "a member inflating to 256 MiB", data: zeros(0), reason: "says it inflates to 268435456 bytes, more than"},
+		{name: "a member inflating to 256 MiB", data: zeros(0), reason: "says it inflates to 268435456 bytes, more than 1048576"},
 		{name: "a member inflating to 256 MiB, its trailer saying 1 MiB", data: zeros(archive.MemberSize),
 			reason: "inflates to more than its trailer's 1048576 bytes"},
 	}

@@ -12,6 +12,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/gzip"
 
 	"github.com/streamspace-dev/functions/shared/chunkpipe"
@@ -109,10 +110,12 @@ func (p *repacker) write(h *tar.Header, e entry, body io.Reader) error {
 //
 // A cap that stops the checks must stop the reading as soon (a bomb's
 // bytes are not fetched past it), so the reading is kept close to the
-// checks: a chunk holds a 64th of what was read before it, between minRead
-// and readChunk, and at most readChunks of them are ahead. The reading is
-// thus at most 64 KiB ahead of the checks over the first MiB, about 6% of
-// what was read after, never more than 1 MiB (docs/archive.md, Reading).
+// checks. In a stream of members, at most window members wait for them
+// (members.go). In any other, a chunk holds a 64th of what was read before
+// it, between minRead and readChunk, and at most readChunks of them are
+// ahead: the reading is at most 64 KiB ahead of the checks over the first
+// MiB, about 6% of what was read after, never more than 1 MiB, besides the
+// peekSize buffer in front of it (docs/archive.md, Reading).
 // A chunk is filled before it is handed over, fewer bytes only at the
 // body's end or failure: an HTTP body's reads bring what the connection
 // holds, often a few KiB, and handing each over by itself costs the
@@ -272,7 +275,7 @@ func (g *gunzip) reachedEnd() bool { return g.in.err != nil }
 func open(src *source, r io.Reader) (tarStream, error) {
 	br := bufio.NewReaderSize(r, peekSize)
 	src.r = br
-	if hasMembers(br) {
+	if src.ctx.Err() == nil && hasMembers(br) {
 		return newInflater(src), nil
 	}
 	return newGunzip(src)
@@ -418,7 +421,8 @@ func (zeroChecker) Write(p []byte) (int, error) {
 // isStreamErr says whether err came from decoding the input rather than from
 // writing the output.
 func isStreamErr(err error) bool {
-	return errors.Is(err, ErrRejected) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) ||
+	var corrupt flate.CorruptInputError
+	return errors.Is(err, ErrRejected) || errors.As(err, &corrupt) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) ||
 		errors.Is(err, gzip.ErrHeader) || errors.Is(err, tar.ErrHeader)
 }
 
