@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 
 	"github.com/streamspace-dev/functions/shared/archive"
 	"github.com/streamspace-dev/functions/shared/homesnap"
 	"github.com/streamspace-dev/functions/shared/kube"
 	"github.com/streamspace-dev/functions/shared/objstore"
+	"github.com/streamspace-dev/functions/shared/runtime"
 )
 
 // backupLevel is the gzip level of pre-restore backups, gzip's default
@@ -33,6 +35,9 @@ func (c homeCapturer) Capture(ctx context.Context, pod kube.Pod, key string, lab
 		Pod: pod, ArchiveKey: key, ManifestKey: homesnap.ManifestKey(key),
 		MaxBytes: c.maxBytes, MaxEntries: c.maxEntries, Level: backupLevel, Labels: labels,
 	})
+	if len(res.Broken) > 0 {
+		runtime.AddLogAttrs(ctx, slog.Any("backupBrokenStreams", res.Broken))
+	}
 	if err != nil {
 		return homesnap.Manifest{}, err
 	}

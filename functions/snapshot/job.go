@@ -227,6 +227,9 @@ func (f *Function) complete(ctx context.Context, e cloudevents.Event, owner stri
 	}
 	runtime.AddLogAttrs(ctx, slog.String("outcome", string(Available)), slog.Int64("sizeBytes", m.SizeBytes),
 		slog.Int64("entries", m.Entries), slog.Int("warnings", len(m.Warnings)))
+	if len(res.Broken) > 0 {
+		runtime.AddLogAttrs(ctx, slog.Any("brokenStreams", res.Broken))
+	}
 	return nil
 }
 

@@ -172,6 +172,11 @@ type Result struct {
 	Manifest Manifest
 	// ManifestObject is the manifest's object.
 	ManifestObject objstore.Object
+	// Broken holds the errors of the attempts whose exec stream broke, for
+	// the caller's log. The manifest, which the snapshot's owner reads in
+	// its metadata, only says which attempts broke: the errors name the
+	// cluster's addresses.
+	Broken []string
 }
 
 // errLimit is the cap being passed, recorded as the tar stage's failure.
@@ -192,7 +197,8 @@ var errLimit = errors.New("the home directory is larger than the snapshot limit"
 func Capture(ctx context.Context, ex Execer, st Store, req Request) (Result, error) {
 	var broken []string
 	for attempt := 1; ; attempt++ {
-		res, err := capture(ctx, ex, st, req, broken)
+		res, err := capture(ctx, ex, st, req, len(broken))
+		res.Broken = broken
 		if err == nil || !streamBroke(ctx, err) || attempt == kube.Attempts {
 			var e *Error
 			if len(broken) > 0 && errors.As(err, &e) {
@@ -211,9 +217,9 @@ func streamBroke(ctx context.Context, err error) bool {
 	return StageOf(err) == StageTar && kube.StreamBroke(ctx, err) && !errors.Is(err, tar.ErrHeader)
 }
 
-// capture is one attempt of Capture; broken lists the earlier attempts'
-// failures, kept as warnings in the manifest.
-func capture(ctx context.Context, ex Execer, st Store, req Request, broken []string) (Result, error) {
+// capture is one attempt of Capture, after broken attempts whose streams
+// broke, which the manifest's warnings count.
+func capture(ctx context.Context, ex Execer, st Store, req Request, broken int) (Result, error) {
 	if req.Level < 0 || req.Level > 9 {
 		return Result{}, &Error{Stage: StageCompress, Err: fmt.Errorf("gzip level %d: want 0 to 9", req.Level)}
 	}
@@ -224,8 +230,8 @@ func capture(ctx context.Context, ex Execer, st Store, req Request, broken []str
 	var first firstError
 	var tarBytes, entries, contentBytes, stored atomic.Int64
 	var warnings []string
-	for _, b := range broken {
-		warnings = append(warnings, "exec stream broke, the capture was made again: "+b)
+	for i := range broken {
+		warnings = append(warnings, fmt.Sprintf("exec stream broke in attempt %d of %d; the capture was made again", i+1, kube.Attempts))
 	}
 
 	tarStream := chunkpipe.New(chunks, handoff)

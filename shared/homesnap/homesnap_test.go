@@ -415,7 +415,14 @@ func TestCaptureRetriesBrokenStreams(t *testing.T) {
 			assert.Equal(t, int64(3), m.Entries, "./, notes.txt and cache.bin")
 			assert.Equal(t, int64(1500000+8<<20), m.ContentBytes)
 			require.Len(t, m.Warnings, tc.breaks)
-			assert.Contains(t, m.Warnings[0], "exec stream broke")
+			assert.Contains(t, m.Warnings[0], "exec stream broke in attempt 1 of")
+			require.Len(t, res.Broken, tc.breaks, "the errors, for the log")
+			if tc.err != nil {
+				assert.Contains(t, res.Broken[0], "connection reset")
+				for _, w := range m.Warnings {
+					assert.NotContains(t, w, "127.0.0.1", "the owner's metadata names no address")
+				}
+			}
 
 			body, _, err := e.store.Get(context.Background(), m.Archive, objstore.Pin{ETag: m.ETag})
 			require.NoError(t, err)
