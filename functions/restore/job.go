@@ -137,29 +137,19 @@ type manifestReader interface {
 	Manifest(ctx context.Context, archiveKey string) (archive.Expect, objstore.Pin, error)
 }
 
-// errLeaseLost ends a job whose lease another owner took over.
-var errLeaseLost = errors.New("the job's lease was lost to another owner")
-
 // leased returns a context for work done under lease: detached from
 // parent's cancellation (the work outlives a delivery the broker gave up
 // on), ended after timeout or as soon as the lease is lost (its cause then
-// errLeaseLost), with the lease kept alive meanwhile. stop ends the keeping
-// and the context.
+// db.ErrLeaseLost), with the lease kept alive meanwhile. stop ends the
+// keeping and the context.
 func leased(parent context.Context, lease *db.Lease, timeout time.Duration) (ctx context.Context, stop func()) {
-	ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
-	ctx, cancelT := context.WithTimeout(ctx, timeout)
+	ctx, cancelT := context.WithTimeout(context.WithoutCancel(parent), timeout)
 	keep := lease.Keep(ctx, 0)
-	go func() {
-		select {
-		case <-lease.Lost():
-			cancel(errLeaseLost)
-		case <-ctx.Done():
-		}
-	}()
+	ctx, cancel := lease.Context(ctx)
 	return ctx, func() {
 		keep()
+		cancel()
 		cancelT()
-		cancel(nil)
 	}
 }
 
@@ -228,7 +218,7 @@ func (f *Function) runJob(ctx context.Context, e cloudevents.Event) error {
 	err = r.execute(jctx)
 	f.jobs.Done(err)
 	runtime.AddLogAttrs(ctx, slog.String("restoreJob", j.ID), slog.Bool("rolledBack", r.rolledBack))
-	if errors.Is(r.alive(jctx), errLeaseLost) {
+	if errors.Is(r.alive(jctx), db.ErrLeaseLost) {
 		// The new owner finishes the job; this one must not write.
 		return nil
 	}
@@ -363,7 +353,7 @@ func (r *run) phase(ctx context.Context, p Phase) error {
 func (r *run) alive(ctx context.Context) error {
 	select {
 	case <-r.lease.Lost():
-		return errLeaseLost
+		return db.ErrLeaseLost
 	default:
 	}
 	return context.Cause(ctx)
@@ -677,7 +667,7 @@ func (r *run) finish(ctx context.Context, files int64) error {
 // not nil, is the vet's verdict on the snapshot, which then becomes failed:
 // no later restore of it could pass.
 func (r *run) fail(ctx context.Context, cause, rejected error) error {
-	if errors.Is(context.Cause(ctx), errLeaseLost) {
+	if errors.Is(context.Cause(ctx), db.ErrLeaseLost) {
 		return cause
 	}
 	reason := cause.Error()
@@ -695,7 +685,7 @@ func (r *run) fail(ctx context.Context, cause, rejected error) error {
 			reason += "; /config was rolled back to the pre-restore snapshot " + r.j.Backup.ID
 		}
 	}
-	if errors.Is(r.alive(ctx), errLeaseLost) {
+	if errors.Is(r.alive(ctx), db.ErrLeaseLost) {
 		// Another owner took the job over during the rollback: it rolls
 		// back and records the outcome; this one must not write.
 		return cause

@@ -29,10 +29,6 @@ func leaseName(id string) string { return "snapshot:" + id }
 // maxReason bounds the error message stored and emitted for a failure.
 const maxReason = 1000
 
-// errLeaseLost is a job that found another owner holding its lease at the
-// end: that owner records the outcome.
-var errLeaseLost = errors.New("the job's lease was taken over")
-
 // errSnapshotFailed counts a recorded failure as a failed job.
 var errSnapshotFailed = errors.New("snapshot failed")
 
@@ -114,7 +110,7 @@ func (f *Function) onRequested(ctx context.Context, e cloudevents.Event) error {
 	} else {
 		job.Done(err)
 	}
-	if errors.Is(err, errLeaseLost) {
+	if errors.Is(err, db.ErrLeaseLost) {
 		runtime.AddLogAttrs(ctx, slog.String("outcome", "taken over"))
 		return nil
 	}
@@ -130,15 +126,8 @@ func (f *Function) run(ctx context.Context, e cloudevents.Event, lease *db.Lease
 	// delivery, so the failure is recorded rather than retried forever.
 	bounded, stop := context.WithTimeout(ctx, f.cfg.JobTimeout)
 	defer stop()
-	jobCtx, cancel := context.WithCancelCause(bounded)
-	defer cancel(nil)
-	go func() {
-		select {
-		case <-lease.Lost():
-			cancel(errLeaseLost)
-		case <-jobCtx.Done():
-		}
-	}()
+	jobCtx, cancel := lease.Context(bounded)
+	defer cancel()
 	if n, err := f.objects.AbortUploads(jobCtx, s.StoragePath); err != nil {
 		return Creating, fmt.Errorf("abort a stale upload of %s: %w", s.ID, err)
 	} else if n > 0 {
@@ -146,8 +135,8 @@ func (f *Function) run(ctx context.Context, e cloudevents.Event, lease *db.Lease
 	}
 
 	res, capErr := f.capture(jobCtx, s, sess)
-	if context.Cause(jobCtx) == errLeaseLost {
-		return Creating, errLeaseLost
+	if context.Cause(jobCtx) == db.ErrLeaseLost {
+		return Creating, db.ErrLeaseLost
 	}
 	if capErr != nil {
 		if ctx.Err() != nil {
@@ -281,13 +270,13 @@ func failureMessage(err error) string {
 	return msg
 }
 
-// holdLease fails with errLeaseLost unless owner still holds the lease of
+// holdLease fails with db.ErrLeaseLost unless owner still holds the lease of
 // snapshot id, and keeps it held until the transaction ends.
 func holdLease(ctx context.Context, tx pgx.Tx, id, owner string) error {
 	var one int
 	err := tx.QueryRow(ctx, leaseHeldSQL, leaseName(id), owner).Scan(&one)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return errLeaseLost
+		return db.ErrLeaseLost
 	}
 	return err
 }

@@ -84,6 +84,25 @@ func (l *Lease) Until() time.Time {
 // stop writing when it is closed.
 func (l *Lease) Lost() <-chan struct{} { return l.lost }
 
+// ErrLeaseLost is the cause that ends a Context when the lease is lost,
+// and what a job that finds another owner holding its lease answers.
+var ErrLeaseLost = errors.New("the job's lease was lost to another owner")
+
+// Context returns a context derived from ctx that ends, with cause
+// ErrLeaseLost, as soon as the lease is lost. cancel ends it and its watch
+// of the lease.
+func (l *Lease) Context(ctx context.Context) (_ context.Context, cancel func()) {
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-l.lost:
+			cancelCause(ErrLeaseLost)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancelCause(nil) }
+}
+
 // Heartbeat extends the lease by its TTL from now. It returns an error of
 // kind Conflict, and closes Lost, if the lease is no longer this owner's.
 func (l *Lease) Heartbeat(ctx context.Context) error {

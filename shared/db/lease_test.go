@@ -2,6 +2,7 @@ package db_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -117,6 +118,42 @@ func TestLease(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.step(t)
 			assert.Equal(t, tc.owner, owner(t, pool, name))
+		})
+	}
+}
+
+// TestLeaseContext checks the context a lease gives ends with cause
+// ErrLeaseLost once the lease is lost, and only then.
+func TestLeaseContext(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.New(t)
+	tests := []struct {
+		name  string
+		end   func(t *testing.T, l *db.Lease, cancel func())
+		cause error
+	}{
+		{name: "the lease is lost to another owner", end: func(t *testing.T, l *db.Lease, _ func()) {
+			expire(t, pool, l.Name)
+			acquire(t, pool, l.Name, "pod-b", time.Minute)
+			assert.Error(t, l.Heartbeat(context.Background()))
+		}, cause: db.ErrLeaseLost},
+		{name: "cancelled while held", end: func(_ *testing.T, _ *db.Lease, cancel func()) { cancel() },
+			cause: context.Canceled},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			l, ok := acquire(t, pool, "job/"+strconv.Itoa(i), "pod-a", time.Minute)
+			require.True(t, ok)
+			ctx, cancel := l.Context(context.Background())
+			defer cancel()
+			require.NoError(t, ctx.Err(), "a held lease's context has not ended")
+			tc.end(t, l, cancel)
+			select {
+			case <-ctx.Done():
+			case <-time.After(patience):
+				t.Fatal("the context did not end")
+			}
+			assert.ErrorIs(t, context.Cause(ctx), tc.cause)
 		})
 	}
 }
