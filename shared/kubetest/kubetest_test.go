@@ -145,7 +145,7 @@ func TestPodBreak(t *testing.T) {
 		name   string
 		delete bool
 	}{
-		{name: "a broken pod ends the stream with an error"},
+		{name: "a broken pod ends the stream"},
 		{name: "a deleted pod ends the stream and is gone from the API", delete: true},
 	}
 	for _, tc := range tests {
@@ -165,8 +165,14 @@ func TestPodBreak(t *testing.T) {
 			} else {
 				pod.Break()
 			}
-			assert.Error(t, <-done)
+			// The stream ends. Its error may not reach the client: the
+			// kubelet closes the connection right after writing the killed
+			// command's status, which can then be lost, and the stream reads
+			// as a success (docs/snapshots.md, "Exec streams can be cut
+			// short"); callers check what they received.
+			<-done
 			feed.Close()
+			assert.Zero(t, pod.Running(), "the command was ended")
 			_, err = c.Client.CoreV1().Pods(ns).Get(context.Background(), pod.Name, metav1.GetOptions{})
 			assert.Equal(t, tc.delete, apierrors.IsNotFound(err))
 		})
@@ -183,12 +189,11 @@ func TestPodHold(t *testing.T) {
 	cfg := c.ServiceAccountConfig("functions", "snapshot")
 
 	tests := []struct {
-		name    string
-		brk     bool
-		wantErr bool
+		name string
+		brk  bool
 	}{
 		{name: "released, the command runs"},
-		{name: "a broken pod ends the held exec with an error", brk: true, wantErr: true},
+		{name: "a broken pod ends the held exec before its command runs", brk: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -214,8 +219,9 @@ func TestPodHold(t *testing.T) {
 			}
 			err := <-done
 			assert.Zero(t, pod.Held())
-			if tc.wantErr {
-				assert.Error(t, err)
+			if tc.brk {
+				// Its error may not reach the client (TestPodBreak says why).
+				assert.Empty(t, out.String(), "the command never ran")
 				return
 			}
 			require.NoError(t, err)
