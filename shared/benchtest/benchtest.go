@@ -6,6 +6,8 @@
 package benchtest
 
 import (
+	"bufio"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,7 +18,30 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/streamspace-dev/functions/shared/archive"
 )
+
+// Gzip is the snapshot's gzip stage alone: r gzipped at level as a
+// snapshot is (archive.Writer, in members), read and written a MiB at a
+// time, as the capture hands its stream on.
+func Gzip(b *testing.B, w io.Writer, r io.Reader, level int) {
+	b.Helper()
+	ow := bufio.NewWriterSize(w, 1<<20)
+	zw, err := archive.NewWriter(ow, level)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(zw, bufio.NewReaderSize(r, 1<<20)); err != nil {
+		b.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := ow.Flush(); err != nil {
+		b.Fatal(err)
+	}
+}
 
 // CPU is CPU time spent on this machine's cores: this process's, its exited
 // children's (the pods' commands, which the test kubelet runs and waits
