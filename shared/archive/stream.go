@@ -130,9 +130,9 @@ const (
 // read.
 func readSize(read int64) int { return int(min(max(read/64, minRead), readChunk)) }
 
-// source counts and hashes (when h is set) the compressed bytes and remembers the first
-// error of the underlying reader, so that a failure to read (transient) is
-// told apart from a malformed stream (a Rejection). A cancelled ctx ends
+// source counts and hashes (when h is set) the compressed bytes and
+// remembers the first error of the underlying reader, so that a failure to
+// read (transient) is told apart from a malformed stream (a Rejection). A cancelled ctx ends
 // the reading without counting as a failure to read.
 type source struct {
 	ctx context.Context
